@@ -1,0 +1,61 @@
+# Ladder's front door. Every target has a one-line comment; `make help` lists them.
+#
+# Heavy caches live outside the clone (see hack/lib/common.sh): the built
+# Kubernetes binaries, Go's module and build caches, and Cargo's target dir.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+export LADDER_CACHE ?= $(HOME)/.cache/ladder
+export CARGO_TARGET_DIR ?= $(LADDER_CACHE)/target
+export KUBECONFIG_LADDER := $(CURDIR)/.ladder/cluster/kubeconfig
+CARGO ?= cargo
+
+.PHONY: help demo test test-unit test-integration test-e2e lint fmt crds check-crds \
+        cluster-up cluster-down services-up services-down toolchain bench bench-app clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+demo: ## run Ladder's main job on this machine (installs what it needs)
+	@hack/demo.sh
+
+test: ## run every test tier: lint, unit, integration (services), e2e (control plane)
+	@hack/test.sh
+
+toolchain: ## install the Debian packages the scripts and tests use
+	@hack/toolchain.sh
+
+lint: ## rustfmt check, clippy with -D warnings, CRD drift check
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+test-unit: ## unit tests: pure code, no services
+	$(CARGO) test --workspace --locked --lib --bins
+
+test-integration: services-up ## integration tests against the real data services
+	set -a; source .ladder/services.env; set +a; \
+	$(CARGO) test -p ladder-app --locked --test '*' -- --test-threads=4
+
+test-e2e: cluster-up ## end-to-end tests against the local control plane
+	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked -- --test-threads=4
+
+crds: ## regenerate crds/ from the Rust types
+	$(CARGO) run -q -p ladder-operator --locked -- crd > crds/ladder.dev_crds.yaml
+
+cluster-up: ## build (cached) and start the local control plane; kubeconfig in .ladder/cluster/
+	@hack/cluster.sh up
+
+cluster-down: ## stop the local control plane and remove its state
+	@hack/cluster.sh down
+
+services-up: ## install and start PostgreSQL (+replica), PgBouncer, Redis, ClickHouse, Varnish
+	@hack/services.sh up
+
+services-down: ## stop the data services and remove their state
+	@hack/services.sh down
+
+clean: cluster-down services-down ## stop everything and remove runtime state
+	rm -rf .ladder

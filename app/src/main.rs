@@ -1,0 +1,2 @@
+//! `ladder-app`: a thin shim over the library.
+fn main() {}

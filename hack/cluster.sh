@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane as local processes on 127.0.0.1:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake
+# nodes that make pods Running/Ready and Job pods complete).
+#
+#   hack/cluster.sh up      build what is missing, start what is not running
+#   hack/cluster.sh down    stop exactly the processes `up` started, remove the state
+#   hack/cluster.sh status  show what runs
+#
+# State, logs and the kubeconfig live in .ladder/cluster/. `up` is idempotent:
+# a second `up` while one runs waits for it, then finds everything running.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+
+ETCD_PORT="${LADDER_ETCD_PORT:-23790}"
+ETCD_PEER_PORT="${LADDER_ETCD_PEER_PORT:-23800}"
+APISERVER_PORT="${LADDER_APISERVER_PORT:-16443}"
+KCM_PORT="${LADDER_KCM_PORT:-20257}"
+SCHEDULER_PORT="${LADDER_SCHEDULER_PORT:-20259}"
+KWOK_PORT="${LADDER_KWOK_PORT:-20247}"
+SERVICE_CIDR=10.96.0.0/16
+FIRST_SERVICE_IP=10.96.0.1
+
+PKI="$CLUSTER_DIR/pki"
+PIDS="$CLUSTER_DIR/pids"
+KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+kc() { kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+running() { # running COMPONENT: its recorded pid is alive
+  local f="$PIDS/$1.pid"
+  [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+apiserver_ready() {
+  curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
+}
+
+fail_component() { # fail_component NAME WHY
+  printf '\033[1;31merror:\033[0m %s %s; last lines of %s:\n' "$1" "$2" "$CLUSTER_DIR/$1.log" >&2
+  tail -n 30 "$CLUSTER_DIR/$1.log" >&2 || true
+  exit 1
+}
+
+wait_until() { # wait_until NAME TIMEOUT CMD...
+  local name="$1" timeout="$2"; shift 2
+  local i
+  for ((i = 0; i < timeout * 5; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    running "$name" || fail_component "$name" "exited"
+    sleep 0.2
+  done
+  fail_component "$name" "did not become healthy within ${timeout}s"
+}
+
+start() { # start NAME BINARY ARGS...: runs it detached, logs and pid under .ladder/cluster
+  local name="$1"; shift
+  if running "$name"; then return 0; fi
+  clean setsid "$@" </dev/null >"$CLUSTER_DIR/$name.log" 2>&1 &
+  echo $! > "$PIDS/$name.pid"
+  log "started $name (pid $!)"
+}
+
+make_pki() {
+  [[ -f $PKI/admin.crt ]] && return 0
+  command -v openssl >/dev/null || die "openssl is required"
+  mkdir -p "$PKI"
+  log "creating the cluster PKI in ${PKI#"$LADDER_ROOT/"}"
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=ladder-local-ca" 2>/dev/null
+    # kube-rs uses rustls: the serving cert needs an IP SAN and must not be a CA.
+    cat > apiserver.ext <<EXT
+basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:$FIRST_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EXT
+    openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt \
+      -days 3650 -extfile apiserver.ext 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > client.ext
+    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=ladder-admin" 2>/dev/null
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt \
+      -days 3650 -extfile client.ext 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    rm -f ./*.csr
+  )
+}
+
+write_kubeconfig() {
+  local tmp="$KUBECONFIG_FILE.tmp"
+  rm -f "$tmp"
+  kubectl --kubeconfig "$tmp" config set-cluster ladder --server="https://127.0.0.1:$APISERVER_PORT" \
+    --certificate-authority="$PKI/ca.crt" --embed-certs=true >/dev/null
+  kubectl --kubeconfig "$tmp" config set-credentials ladder-admin --client-certificate="$PKI/admin.crt" \
+    --client-key="$PKI/admin.key" --embed-certs=true >/dev/null
+  kubectl --kubeconfig "$tmp" config set-context ladder --cluster=ladder --user=ladder-admin >/dev/null
+  kubectl --kubeconfig "$tmp" config use-context ladder >/dev/null
+  mv "$tmp" "$KUBECONFIG_FILE"
+}
+
+kwok_stages() {
+  local src
+  src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  [[ -d $src ]] || go mod download "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null
+  # kwok's own default stages, as its module ships them: nodes initialise and
+  # heartbeat through Leases; pods become Ready, Job pods complete, deleted
+  # pods go away.
+  local f
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    echo "---"; cat "$src/$f"
+  done
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  bash "$LADDER_ROOT/hack/build-k8s.sh"
+  mkdir -p "$CLUSTER_DIR" "$PIDS"
+  make_pki
+  write_kubeconfig
+
+  start etcd "$LADDER_BIN/etcd" --name ladder --data-dir "$CLUSTER_DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "ladder=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --quota-backend-bytes=4294967296 --log-level=warn
+  wait_until etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+
+  start kube-apiserver "$LADDER_BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --endpoint-reconciler-type none \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --authorization-mode RBAC --allow-privileged=true \
+    --max-requests-inflight 800 --max-mutating-requests-inflight 400 \
+    --v=1
+  wait_until kube-apiserver 90 apiserver_ready
+
+  start kube-controller-manager "$LADDER_BIN/kube-controller-manager" \
+    --kubeconfig "$KUBECONFIG_FILE" \
+    --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+    --bind-address 127.0.0.1 --secure-port "$KCM_PORT" \
+    --controllers '*' --leader-elect=false \
+    --root-ca-file "$PKI/ca.crt" --service-account-private-key-file "$PKI/sa.key" \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --enable-hostpath-provisioner=true \
+    --kube-api-qps 200 --kube-api-burst 400 \
+    --v=1
+  wait_until kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
+
+  start kube-scheduler "$LADDER_BIN/kube-scheduler" \
+    --kubeconfig "$KUBECONFIG_FILE" \
+    --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false \
+    --kube-api-qps 200 --kube-api-burst 400 \
+    --v=1
+  wait_until kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+
+  kwok_stages > "$CLUSTER_DIR/kwok.yaml"
+  start kwok "$LADDER_BIN/kwok" --kubeconfig "$KUBECONFIG_FILE" --config "$CLUSTER_DIR/kwok.yaml" \
+    --manage-all-nodes=true --node-ip 127.0.0.1 --node-lease-duration-seconds 40 \
+    --server-address "127.0.0.1:$KWOK_PORT"
+  wait_until kwok 30 curl -fsS "http://127.0.0.1:$KWOK_PORT/healthz"
+
+  bash "$LADDER_ROOT/hack/cluster/nodes.sh" | kc apply -f - >/dev/null
+  kc apply -f "$LADDER_ROOT/hack/cluster/storage.yaml" >/dev/null
+  kc wait --for=condition=Ready node --all --timeout=90s >/dev/null \
+    || fail_component kwok "did not make the nodes Ready"
+  local i
+  for ((i = 0; i < 150; i++)); do
+    kc -n default get serviceaccount default >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  kc -n default get serviceaccount default >/dev/null 2>&1 \
+    || fail_component kube-controller-manager "did not create serviceaccount/default"
+  log "control plane up in $((SECONDS - t0))s; export KUBECONFIG=${KUBECONFIG_FILE#"$LADDER_ROOT/"}"
+}
+
+cmd_down() {
+  local i name pid
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    name="${COMPONENTS[$i]}"
+    [[ -f $PIDS/$name.pid ]] || continue
+    pid="$(cat "$PIDS/$name.pid")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -9 "$pid" 2>/dev/null || true
+      log "stopped $name (pid $pid)"
+    fi
+  done
+  rm -rf "$CLUSTER_DIR"
+}
+
+cmd_status() {
+  local name
+  for name in "${COMPONENTS[@]}"; do
+    if running "$name"; then printf '%-24s up (pid %s)\n' "$name" "$(cat "$PIDS/$name.pid")"
+    else printf '%-24s down\n' "$name"; fi
+  done
+  if [[ -f $KUBECONFIG_FILE ]] && apiserver_ready; then kc get nodes -L topology.kubernetes.io/region,topology.kubernetes.io/zone; fi
+}
+
+mkdir -p "$LADDER_STATE"
+case "${1:-}" in
+  up|down) exec flock -o "$LADDER_STATE/cluster.lock" "$0" "__$1" ;;
+  __up) cmd_up ;;
+  __down) cmd_down ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

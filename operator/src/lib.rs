@@ -1,0 +1,2 @@
+//! Ladder's operator: CRD types, the phase catalogue, pure renderers and the
+//! reconciler that drives a cluster to the phase a `ScalingPhase` declares.

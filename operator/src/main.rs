@@ -1,0 +1,2 @@
+//! `ladder-operator`: a thin shim over the library.
+fn main() {}
