@@ -1,2 +1,4 @@
 //! `ladder-operator`: a thin shim over the library.
-fn main() {}
+fn main() -> anyhow::Result<()> {
+    ladder_operator::cli::main()
+}

@@ -1,0 +1,557 @@
+//! The `ScalingPhase` custom resource (`ladder.dev/v1alpha1`).
+//!
+//! Everything a user can write is declared here, with its documentation (which
+//! becomes `kubectl explain`), its bounds, and the CEL rules the apiserver
+//! enforces for what the schema alone cannot say. Defaults that depend on the
+//! phase (replica counts, shard counts, regions) are *not* schema defaults: they
+//! live in [`crate::catalogue`], so nothing is written back into the object and
+//! a GitOps tool never sees a diff it did not cause.
+//!
+//! The rules are mirrored by [`crate::validate`], which the reconciler runs
+//! anyway: the operator must not trust that the CRD installed in a cluster is the
+//! one it was built with.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The image of the companion app, used when `spec.app.image` is not set.
+pub const DEFAULT_APP_IMAGE: &str = "ghcr.io/ladder-dev/ladder-app:0.1.0";
+/// The port the companion app listens on, used when `spec.app.port` is not set.
+pub const DEFAULT_APP_PORT: i32 = 8080;
+/// Longest `metadata.name` accepted: children append suffixes such as
+/// `-pg-shard-3-replica` and StatefulSet names must leave room for the
+/// `controller-revision-hash` label (63 characters in total).
+pub const MAX_NAME_LEN: usize = 40;
+/// Most entries kept in `status.history`.
+pub const MAX_HISTORY: usize = 10;
+
+/// Declares which phase of the Ladder scalability roadmap a system is in; the
+/// operator builds and runs everything that phase needs.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ladder.dev",
+    version = "v1alpha1",
+    kind = "ScalingPhase",
+    plural = "scalingphases",
+    singular = "scalingphase",
+    shortname = "sp",
+    category = "ladder",
+    namespaced,
+    status = "ScalingPhaseStatus",
+    derive = "PartialEq",
+    doc = "A system declared to be in one phase (0 MVP .. 4 Global) of the Ladder scalability roadmap.",
+    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: child objects append suffixes to it"),
+    printcolumn(name = "Phase", type_ = "integer", json_path = ".status.activePhase", description = "phase the cluster currently runs"),
+    printcolumn(name = "Name", type_ = "string", json_path = ".status.activePhaseName", description = "name of the active phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyComponents", description = "ready components / all components"),
+    printcolumn(name = "TPS", type_ = "number", json_path = ".status.observedTPS", description = "observed transactions per second"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Declared", type_ = "integer", json_path = ".spec.phase", priority = 1, description = "phase declared in spec"),
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "reason of the Ready condition"),
+    printcolumn(name = "Cost/mo", type_ = "integer", json_path = ".status.estimatedMonthlyCostUSD", priority = 1, description = "estimated monthly cost in USD"),
+    printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
+    printcolumn(name = "Deletion", type_ = "string", json_path = ".spec.deletionPolicy", priority = 1)
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.overrides) || !has(self.overrides.app) || !has(self.overrides.app.replicas) || self.phase == 0 || self.overrides.app.replicas >= 2",
+        "message": "overrides.app.replicas must be at least 2 from phase 1 (Growth) up",
+        "fieldPath": ".overrides.app.replicas",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.phase != 0 || !has(self.overrides) || !has(self.overrides.app) || !has(self.overrides.app.replicas) || self.overrides.app.replicas == 1",
+        "message": "phase 0 (MVP) runs exactly one app replica: SQLite on one volume cannot be shared",
+        "fieldPath": ".overrides.app.replicas",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "self.phase < 2 || self.phase > 3 || !has(self.overrides) || !has(self.overrides.postgres) || !has(self.overrides.postgres.readReplicas) || self.overrides.postgres.readReplicas >= 1",
+        "message": "overrides.postgres.readReplicas must be at least 1 in phases 2 and 3",
+        "fieldPath": ".overrides.postgres.readReplicas",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(self.autoscale) || !has(self.autoscale.maxPhase) || self.autoscale.maxPhase >= self.phase",
+        "message": "autoscale.maxPhase must not be below spec.phase",
+        "fieldPath": ".autoscale.maxPhase",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "!has(oldSelf.overrides) || !has(oldSelf.overrides.postgres) || !has(oldSelf.overrides.postgres.shards) || (has(self.overrides) && has(self.overrides.postgres) && has(self.overrides.postgres.shards) && self.overrides.postgres.shards == oldSelf.overrides.postgres.shards)",
+        "message": "overrides.postgres.shards is immutable once set: resharding is a data migration",
+        "fieldPath": ".overrides.postgres.shards",
+        "reason": "FieldValueForbidden"
+    }
+]))]
+pub struct ScalingPhaseSpec {
+    /// The declared phase of the roadmap: 0 MVP, 1 Growth, 2 Regional, 3 National,
+    /// 4 Global. The operator builds everything this phase needs.
+    #[schemars(range(min = 0, max = 4))]
+    pub phase: i32,
+
+    /// The application to run. Defaults to the Ladder companion app.
+    #[serde(default)]
+    pub app: AppSpec,
+
+    /// Per-component overrides of the phase's defaults. Values below a phase's
+    /// safe minimum are refused.
+    #[serde(default)]
+    pub overrides: Overrides,
+
+    /// Regions (values of the `topology.kubernetes.io/region` node label) to
+    /// spread over. Empty means the phase's default (one region for phases 0-1,
+    /// three from phase 2 up, taken from the nodes' labels).
+    #[serde(default)]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "set"))]
+    pub regions: Vec<RegionName>,
+
+    /// What happens to data (PersistentVolumeClaims) and credentials (Secrets)
+    /// when this ScalingPhase is deleted. `Retain` (default) keeps them,
+    /// detached from it; `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Stops the operator from changing any child object while true. Status
+    /// is still reported.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Automatic promotion policy (filled in by the promotion work; Off by default).
+    #[serde(default)]
+    pub autoscale: AutoscaleSpec,
+
+    /// Edge settings: rate limiting, WAF rules and CDN cache rules (phase 2 up).
+    #[serde(default)]
+    pub edge: EdgeSpec,
+
+    /// Enterprise authentication for the app (phase 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// Monthly budget in USD. When the estimated cost of the active phase is
+    /// above it, the Degraded condition says so (nothing is scaled down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100_000_000))]
+    pub monthly_budget_usd: Option<i64>,
+}
+
+/// A region name: the value of a `topology.kubernetes.io/region` label.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(transparent)]
+pub struct RegionName(
+    /// The region name.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub String,
+);
+
+/// What the application container runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// Container image of the app.
+    #[serde(default = "default_app_image")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s]+$"))]
+    pub image: String,
+    /// TCP port the app listens on (unprivileged: the restricted pod security
+    /// profile drops every capability).
+    #[serde(default = "default_app_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// Extra environment variables for the app. Names starting with `LADDER_`
+    /// are reserved for the operator's wiring.
+    #[serde(default)]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvVar>,
+    /// CPU and memory of each app container; the phase's defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+impl Default for AppSpec {
+    fn default() -> Self {
+        Self {
+            image: default_app_image(),
+            port: default_app_port(),
+            env: Vec::new(),
+            resources: None,
+        }
+    }
+}
+
+fn default_app_image() -> String {
+    DEFAULT_APP_IMAGE.to_owned()
+}
+fn default_app_port() -> i32 {
+    DEFAULT_APP_PORT
+}
+
+/// One environment variable of the app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!self.name.startsWith('LADDER_')",
+    "message": "env names starting with LADDER_ are reserved for the operator",
+    "reason": "FieldValueForbidden"
+}]))]
+pub struct EnvVar {
+    /// Variable name (a C identifier).
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
+    pub name: String,
+    /// Variable value.
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// CPU and memory for one container (requests; limits are set equal for memory).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU request, a Kubernetes quantity such as `250m` or `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu: Option<String>,
+    /// Memory request and limit, a Kubernetes quantity such as `512Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 16),
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+    )]
+    pub memory: Option<String>,
+}
+
+/// Storage of one data component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size of each volume, a Kubernetes quantity such as `20Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti)$"))]
+    pub size: Option<String>,
+    /// StorageClass of the volumes; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub storage_class_name: Option<String>,
+}
+
+/// Overrides common to every component.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentOverride {
+    /// Container image; the catalogue's pinned image when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s]+$"))]
+    pub image: Option<String>,
+    /// Replica count; the phase's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+    /// CPU and memory; the phase's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Volumes; the phase's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+}
+
+/// Overrides of the PostgreSQL tier (phases 1-3).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresOverride {
+    /// Container image; the catalogue's pinned image when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s]+$"))]
+    pub image: Option<String>,
+    /// Streaming read replicas per primary (phase 2: 3, phase 3: 1 per shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 15))]
+    pub read_replicas: Option<i32>,
+    /// Number of shards in phase 3 (default 4). Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 64))]
+    pub shards: Option<i32>,
+    /// CPU and memory of each PostgreSQL container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Volumes of each PostgreSQL instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    /// Extra `postgresql.conf` settings. Keys are lower-case identifiers; values
+    /// are single-line and are quoted by the operator.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "x-kubernetes-validations" = [{
+        "rule": "self.all(k, k.matches('^[a-z][a-z0-9_.]{0,62}$'))",
+        "message": "postgres parameter names must be lower-case identifiers (a-z, 0-9, '_', '.'), at most 63 characters",
+        "reason": "FieldValueInvalid"
+    }]))]
+    pub parameters: std::collections::BTreeMap<String, PgParamValue>,
+}
+
+/// A `postgresql.conf` parameter value: one line, no control characters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct PgParamValue(
+    /// The value.
+    #[schemars(length(max = 256), regex(pattern = r"^[^\x00-\x1f\x7f]*$"))]
+    pub String,
+);
+
+/// Overrides of PgBouncer (phases 1-3).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PgBouncerOverride {
+    /// Container image; the catalogue's pinned image when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s]+$"))]
+    pub image: Option<String>,
+    /// Replica count; the phase's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub replicas: Option<i32>,
+    /// Server connections per database/user pair (`default_pool_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub pool_size: Option<i32>,
+}
+
+/// Overrides of CockroachDB (phase 4).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.nodesPerRegion) || self.nodesPerRegion >= 3",
+    "message": "CockroachDB needs at least 3 nodes per region to keep a quorum when one fails",
+    "fieldPath": ".nodesPerRegion",
+    "reason": "FieldValueInvalid"
+}]))]
+pub struct CockroachOverride {
+    /// Container image; the catalogue's pinned image when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^\s]+$"))]
+    pub image: Option<String>,
+    /// CockroachDB nodes in each region (at least 3; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub nodes_per_region: Option<i32>,
+    /// CPU and memory of each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Volume of each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+}
+
+/// Per-component overrides of the phase's defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overrides {
+    /// The app Deployment (replicas: 1 in phase 0, at least 2 from phase 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<ComponentOverride>,
+    /// PostgreSQL (phases 1-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresOverride>,
+    /// PgBouncer (phases 1-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgbouncer: Option<PgBouncerOverride>,
+    /// Redis (phases 1-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<ComponentOverride>,
+    /// ClickHouse (phase 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clickhouse: Option<ComponentOverride>,
+    /// Varnish, the edge cache (phase 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub varnish: Option<ComponentOverride>,
+    /// CockroachDB (phase 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cockroach: Option<CockroachOverride>,
+}
+
+/// What happens to data and credentials when the ScalingPhase is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep PersistentVolumeClaims and credential Secrets, detached from the
+    /// ScalingPhase so garbage collection leaves them alone.
+    #[default]
+    Retain,
+    /// Delete PersistentVolumeClaims and credential Secrets with the ScalingPhase.
+    Delete,
+}
+
+/// How the operator may change the phase by itself.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AutoscaleMode {
+    /// Never: only `spec.phase` counts.
+    #[default]
+    Off,
+    /// Compute and show `status.recommendedPhase`, change nothing.
+    Recommend,
+    /// Move toward the recommended phase, within `maxPhase`.
+    Auto,
+}
+
+/// Automatic promotion policy. Only `mode` and `maxPhase` are read today.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleSpec {
+    /// Off (default), Recommend or Auto.
+    #[serde(default)]
+    pub mode: AutoscaleMode,
+    /// Highest phase automatic promotion may reach; never below `spec.phase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4))]
+    pub max_phase: Option<i32>,
+}
+
+/// Rate limiting, WAF and CDN cache settings rendered into config the app and
+/// the edge tier read.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeSpec {
+    /// Requests per second allowed per client IP; the phase's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub rate_limit_per_second: Option<i32>,
+    /// Seconds the edge cache keeps a cacheable response (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86_400))]
+    pub cache_ttl_seconds: Option<i32>,
+    /// IPv4 networks (CIDR) allowed to send PURGE requests to the edge cache.
+    #[serde(default)]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
+    pub purge_allowed_cidrs: Vec<Cidr>,
+    /// URL path prefixes the WAF blocks outright (e.g. `/admin`).
+    #[serde(default)]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
+    pub blocked_paths: Vec<UrlPath>,
+}
+
+/// An IPv4 network in CIDR notation, such as `10.0.0.0/8`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(transparent)]
+pub struct Cidr(
+    /// The network.
+    #[schemars(
+        length(max = 18),
+        regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$")
+    )]
+    pub String,
+);
+
+/// A URL path prefix: starts with `/`, printable ASCII without quotes or spaces.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(transparent)]
+pub struct UrlPath(
+    /// The path.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^/[A-Za-z0-9._~/-]*$"))]
+    pub String,
+);
+
+/// OpenID Connect settings for the app (phase 4).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Issuer URL of the OIDC provider (https).
+    #[schemars(
+        length(min = 9, max = 255),
+        regex(pattern = r"^https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$")
+    )]
+    pub issuer_url: String,
+    /// OAuth client id of the app.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
+    pub client_id: String,
+    /// Audience the app requires in tokens; the client id when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:/-]+$"))]
+    pub audience: Option<String>,
+}
+
+/// What the operator observed and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPhaseStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The phase whose objects are applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_phase: Option<i32>,
+    /// The name of the active phase (MVP, Growth, Regional, National, Global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_phase_name: Option<String>,
+    /// The phase automatic promotion decided on (written by the promoter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_phase: Option<i32>,
+    /// The phase the load suggests (written by the promoter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_phase: Option<i32>,
+    /// Transactions per second last observed (written by the promoter).
+    #[serde(
+        default,
+        rename = "observedTPS",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub observed_tps: Option<f64>,
+    /// Ready components over all components, such as `3/5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_components: Option<String>,
+    /// Readiness of each workload the phase runs.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub components: Vec<ComponentStatus>,
+    /// Estimated monthly cost of the active phase in USD.
+    #[serde(
+        default,
+        rename = "estimatedMonthlyCostUSD",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub estimated_monthly_cost_usd: Option<i64>,
+    /// Ready, Progressing and Degraded, each with a reason a human can act on.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub conditions: Vec<Condition>,
+    /// The most recent phase changes, newest last (at most 10).
+    #[serde(default)]
+    #[schemars(length(max = 10))]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Readiness of one workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Kind of the workload (Deployment, StatefulSet, Job).
+    pub kind: String,
+    /// Name of the workload.
+    pub name: String,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// Why it is not ready, or a short summary such as `2/2 replicas ready`.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One phase change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The phase that became active.
+    pub phase: i32,
+    /// Its name.
+    pub name: String,
+    /// When its objects were first applied.
+    pub time: Time,
+}
