@@ -27,8 +27,7 @@ pub enum Command {
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    // TODO(issue 4): add `crate::load_report::LoadReport::crd()` once the type exists.
-    vec![ScalingPhase::crd()]
+    vec![ScalingPhase::crd(), crate::load_report::LoadReport::crd()]
 }
 
 /// The CRDs rendered as the YAML committed in `crds/ladder.dev_crds.yaml`.

@@ -75,6 +75,12 @@ pub const MAX_HISTORY: usize = 10;
         "reason": "FieldValueInvalid"
     },
     {
+        "rule": "self.phase < 4 || has(self.auth)",
+        "message": "phase 4 (Global) needs spec.auth: enterprise OIDC settings for the app",
+        "fieldPath": ".auth",
+        "reason": "FieldValueRequired"
+    },
+    {
         "rule": "!has(self.autoscale) || !has(self.autoscale.maxPhase) || self.autoscale.maxPhase >= self.phase",
         "message": "autoscale.maxPhase must not be below spec.phase",
         "fieldPath": ".autoscale.maxPhase",

@@ -1,6 +1,12 @@
 //! Ladder's operator: CRD types, the phase catalogue, pure renderers and the
 //! reconciler that drives a cluster to the phase a `ScalingPhase` declares.
+//!
+//! The pipeline (see [`reconcile`]): read world → [`validate`] → [`render`]
+//! (pure) → [`apply`] (server-side apply, prune) → status.
 
+pub mod catalogue;
 pub mod cli;
 pub mod crd;
 pub mod load_report;
+pub mod render;
+pub mod validate;

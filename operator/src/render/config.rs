@@ -1,0 +1,298 @@
+//! Text config rendered from validated values: `postgresql.conf`,
+//! `pg_hba.conf`, `pgbouncer.ini`, `redis.conf`, the Varnish VCL, the shard map
+//! and the JSON policies. User-provided values are quoted here (PostgreSQL) or
+//! were parsed into numbers and checked character sets by
+//! [`crate::validate`] (CIDRs, paths), so no value can start a new line, a
+//! new key or a new VCL statement. Every function is pure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde_json::json;
+
+use crate::validate::{Edge, Oidc, Validated};
+
+/// Hash slots of the shard map (fixed: changing it is a resharding migration).
+pub const SHARD_SLOTS: u32 = 16_384;
+/// Version of the shard-map format and of its first allocation.
+pub const SHARD_MAP_VERSION: u32 = 1;
+
+/// Quotes a `postgresql.conf` value: single quotes, with `'` and `\` doubled.
+/// Control characters (newlines included) are refused.
+pub fn pg_quote(value: &str) -> Option<String> {
+    if value.chars().any(char::is_control) {
+        return None;
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Some(out)
+}
+
+/// `postgresql.conf`: the operator's settings, then the user's parameters
+/// (names already checked, values quoted). The operator's TLS and replication
+/// settings come last so a user parameter cannot turn them off.
+pub fn postgresql_conf(parameters: &BTreeMap<String, String>, read_replicas: i32) -> String {
+    let mut out =
+        String::from("# Rendered by ladder-operator. Do not edit: changes are overwritten.\n");
+    out.push_str(
+        "listen_addresses = '*'\nport = 5432\nmax_connections = 200\nshared_buffers = '256MB'\n",
+    );
+    for (k, v) in parameters {
+        if let Some(q) = pg_quote(v) {
+            let _ = writeln!(out, "{k} = {q}");
+        }
+    }
+    out.push_str("# Managed settings (override user parameters above).\n");
+    out.push_str("ssl = on\nssl_cert_file = '/etc/ladder/tls/tls.crt'\nssl_key_file = '/etc/ladder/tls/tls.key'\n");
+    out.push_str("ssl_ca_file = '/etc/ladder/tls/ca.crt'\nssl_min_protocol_version = 'TLSv1.2'\n");
+    out.push_str(
+        "password_encryption = 'scram-sha-256'\nwal_level = 'replica'\nhot_standby = on\n",
+    );
+    let _ = writeln!(out, "max_wal_senders = {}", (read_replicas + 2).max(4));
+    out.push_str("wal_keep_size = '1GB'\n");
+    out
+}
+
+/// `pg_hba.conf`: TLS with SCRAM only, replication for the replication user.
+pub fn pg_hba_conf() -> String {
+    "# Rendered by ladder-operator.\n\
+     local   all          all                      scram-sha-256\n\
+     hostssl replication  replicator  0.0.0.0/0    scram-sha-256\n\
+     hostssl all          all         0.0.0.0/0    scram-sha-256\n\
+     host    all          all         0.0.0.0/0    reject\n"
+        .to_owned()
+}
+
+/// Run once by the primary's entrypoint on an empty data directory: creates
+/// the replication role. The password comes from the environment (a Secret)
+/// and is passed as a psql variable, quoted by psql itself.
+pub fn pg_init_script() -> String {
+    // psql interpolates :'pw' (quoted) only in scripts read from stdin, not in -c.
+    "#!/bin/sh\n# Rendered by ladder-operator.\nset -eu\n\
+     psql -v ON_ERROR_STOP=1 -v pw=\"$REPLICATION_PASSWORD\" --username \"$POSTGRES_USER\" --dbname \"$POSTGRES_DB\" <<'EOSQL'\n\
+     CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD :'pw';\n\
+     EOSQL\n"
+        .to_owned()
+}
+
+/// `pgbouncer.ini` with one database entry per backend, `(db name, host)`.
+pub fn pgbouncer_ini(databases: &[(String, String)], pool_size: i32) -> String {
+    let mut out = String::from("; Rendered by ladder-operator.\n[databases]\n");
+    for (db, host) in databases {
+        let _ = writeln!(out, "{db} = host={host} port=5432 dbname=ladder");
+    }
+    out.push_str("\n[pgbouncer]\nlisten_addr = 0.0.0.0\nlisten_port = 6432\n");
+    out.push_str("auth_type = scram-sha-256\nauth_file = /etc/pgbouncer-auth/userlist.txt\n");
+    out.push_str("pool_mode = transaction\nmax_client_conn = 2000\n");
+    let _ = writeln!(out, "default_pool_size = {pool_size}");
+    out.push_str("client_tls_sslmode = require\nclient_tls_cert_file = /etc/ladder/tls/tls.crt\n");
+    out.push_str("client_tls_key_file = /etc/ladder/tls/tls.key\nclient_tls_ca_file = /etc/ladder/tls/ca.crt\n");
+    out.push_str("server_tls_sslmode = verify-full\nserver_tls_ca_file = /etc/ladder/tls/ca.crt\n");
+    out.push_str("admin_users = ladder\nstats_users = ladder\n");
+    out
+}
+
+/// `redis.conf` for a TLS-only Redis. The password arrives as an argument
+/// from the credentials Secret, never in this file.
+pub fn redis_conf() -> String {
+    "# Rendered by ladder-operator.\n\
+     port 0\n\
+     tls-port 6379\n\
+     tls-cert-file /etc/ladder/tls/tls.crt\n\
+     tls-key-file /etc/ladder/tls/tls.key\n\
+     tls-ca-cert-file /etc/ladder/tls/ca.crt\n\
+     tls-auth-clients no\n\
+     appendonly yes\n\
+     dir /data\n\
+     maxmemory-policy allkeys-lru\n"
+        .to_owned()
+}
+
+/// ClickHouse server overrides: TLS ports only, listen on all addresses.
+pub fn clickhouse_config() -> String {
+    "<!-- Rendered by ladder-operator. -->\n\
+     <clickhouse>\n\
+     \x20 <listen_host>0.0.0.0</listen_host>\n\
+     \x20 <http_port remove=\"1\"/>\n\
+     \x20 <tcp_port remove=\"1\"/>\n\
+     \x20 <https_port>8443</https_port>\n\
+     \x20 <tcp_port_secure>9440</tcp_port_secure>\n\
+     \x20 <openSSL><server>\n\
+     \x20   <certificateFile>/etc/ladder/tls/tls.crt</certificateFile>\n\
+     \x20   <privateKeyFile>/etc/ladder/tls/tls.key</privateKeyFile>\n\
+     \x20   <caConfig>/etc/ladder/tls/ca.crt</caConfig>\n\
+     \x20 </server></openSSL>\n\
+     </clickhouse>\n"
+        .to_owned()
+}
+
+/// Escapes a URL path for a VCL regular expression inside a VCL string.
+/// Validation allows only `[A-Za-z0-9._~/-]`, so `"` and newlines cannot
+/// occur; `.` is the only regex metacharacter left to escape.
+pub fn vcl_path_regex(path: &str) -> Option<String> {
+    if !path
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"._~/-".contains(&c))
+    {
+        return None;
+    }
+    Some(format!("^{}", path.replace('.', "\\.")))
+}
+
+/// The Varnish VCL: backend the app Service, PURGE limited to an ACL, WAF
+/// path blocks, cache only anonymous GET/HEAD for the configured TTL.
+pub fn varnish_vcl(v: &Validated, edge: &Edge, app_host: &str) -> String {
+    let mut out = String::from("# Rendered by ladder-operator.\nvcl 4.1;\n\n");
+    let _ = writeln!(
+        out,
+        "backend app {{\n  .host = \"{app_host}\";\n  .port = \"{}\";\n}}\n",
+        v.app_port
+    );
+    out.push_str("acl purge {\n  \"127.0.0.1\";\n");
+    for (o, p) in &edge.purge_allowed {
+        // Re-formatted from parsed octets: nothing of the user's text reaches the file.
+        let _ = writeln!(out, "  \"{}.{}.{}.{}\"/{};", o[0], o[1], o[2], o[3], p);
+    }
+    out.push_str("}\n\nsub vcl_recv {\n");
+    out.push_str("  if (req.method == \"PURGE\") {\n    if (!client.ip ~ purge) {\n      return (synth(405, \"Not allowed\"));\n    }\n    return (purge);\n  }\n");
+    for path in &edge.blocked_paths {
+        if let Some(re) = vcl_path_regex(path) {
+            let _ = writeln!(
+                out,
+                "  if (req.url ~ \"{re}\") {{\n    return (synth(403, \"Forbidden\"));\n  }}"
+            );
+        }
+    }
+    out.push_str(
+        "  if (req.method != \"GET\" && req.method != \"HEAD\") {\n    return (pass);\n  }\n",
+    );
+    out.push_str("  if (req.http.Authorization || req.http.Cookie) {\n    return (pass);\n  }\n  return (hash);\n}\n\n");
+    out.push_str("sub vcl_backend_response {\n  if (beresp.http.Set-Cookie || beresp.http.Cache-Control ~ \"private|no-store\") {\n");
+    out.push_str("    set beresp.uncacheable = true;\n    return (deliver);\n  }\n");
+    let _ = writeln!(
+        out,
+        "  set beresp.ttl = {}s;\n  return (deliver);\n}}",
+        edge.cache_ttl_seconds
+    );
+    out
+}
+
+/// The rate-limit and WAF policy the app (and the edge) read.
+pub fn edge_policy_json(edge: &Edge) -> String {
+    let doc = json!({
+        "version": 1,
+        "rateLimit": {"requestsPerSecondPerClient": edge.rate_limit_per_second, "burst": edge.rate_limit_per_second * 2},
+        "waf": {
+            "blockedPathPrefixes": edge.blocked_paths,
+            "maxBodyBytes": 1_048_576,
+            "blockedMethods": ["TRACE", "TRACK", "CONNECT"],
+        },
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// The CDN tier's config: the origin, what it caches and for how long.
+pub fn cdn_json(edge: &Edge, origin: &str) -> String {
+    let doc = json!({
+        "version": 1,
+        "origin": origin,
+        "cache": {"defaultTtlSeconds": edge.cache_ttl_seconds, "methods": ["GET", "HEAD"], "bypassOn": ["Authorization", "Cookie"]},
+        "purge": {"method": "PURGE", "allowedCidrs": edge.purge_allowed.iter().map(|(o, p)| format!("{}.{}.{}.{}/{}", o[0], o[1], o[2], o[3], p)).collect::<Vec<_>>()},
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// The shard allocation map: contiguous ranges of hash slots per shard, with
+/// the pgbouncer database of each shard. Versioned; the ConfigMap holding it
+/// is immutable and named after the version.
+pub fn shard_map_json(shards: i32, databases: &[(String, String)]) -> String {
+    let n = shards.max(1) as u32;
+    let per = SHARD_SLOTS / n;
+    let ranges: Vec<_> = (0..n)
+        .map(|i| {
+            let from = i * per;
+            let to = if i + 1 == n {
+                SHARD_SLOTS - 1
+            } else {
+                from + per - 1
+            };
+            json!({
+                "shard": i,
+                "slots": [from, to],
+                "database": databases.get(i as usize).map(|d| d.0.clone()),
+            })
+        })
+        .collect();
+    let doc = json!({
+        "version": SHARD_MAP_VERSION,
+        "hash": "crc16-xmodem",
+        "slots": SHARD_SLOTS,
+        "shardKey": "tenant_id",
+        "shards": ranges,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// OIDC settings for the app.
+pub fn oidc_json(oidc: &Oidc) -> String {
+    let doc = json!({
+        "issuerUrl": oidc.issuer_url,
+        "clientId": oidc.client_id,
+        "audience": oidc.audience,
+        "scopes": ["openid", "profile", "email"],
+        "roles": {"claim": "groups", "admin": "ladder-admins", "viewer": "ladder-viewers"},
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_values_cannot_break_out() {
+        assert_eq!(pg_quote("on").as_deref(), Some("'on'"));
+        assert_eq!(pg_quote("a'b").as_deref(), Some("'a''b'"));
+        assert_eq!(pg_quote(r"a\'").as_deref(), Some(r"'a\\'''"));
+        assert_eq!(pg_quote("x'\nssl = off"), None);
+        let mut p = BTreeMap::new();
+        p.insert("work_mem".to_owned(), "64MB' \nssl = 'off".to_owned());
+        p.insert("search_path".to_owned(), "a', ssl = 'off".to_owned());
+        let conf = postgresql_conf(&p, 0);
+        assert!(!conf.contains("64MB"), "a value with a newline is dropped");
+        assert!(conf.contains("search_path = 'a'', ssl = ''off'"));
+        assert_eq!(conf.lines().filter(|l| l.starts_with("ssl =")).count(), 1);
+    }
+
+    #[test]
+    fn vcl_paths_are_escaped_or_refused() {
+        assert_eq!(
+            vcl_path_regex("/admin.php").as_deref(),
+            Some(r"^/admin\.php")
+        );
+        assert_eq!(vcl_path_regex("/a\"); return (pass); #"), None);
+        assert_eq!(vcl_path_regex("/a\nb"), None);
+    }
+
+    #[test]
+    fn shard_map_covers_every_slot_once() {
+        let dbs: Vec<_> = (0..3)
+            .map(|i| (format!("shard_{i}"), format!("h{i}")))
+            .collect();
+        let doc: serde_json::Value = serde_json::from_str(&shard_map_json(3, &dbs)).expect("json");
+        let mut next = 0;
+        for s in doc["shards"].as_array().expect("shards") {
+            assert_eq!(s["slots"][0], next);
+            next = s["slots"][1].as_u64().expect("to") + 1;
+        }
+        assert_eq!(next, u64::from(SHARD_SLOTS));
+    }
+}
