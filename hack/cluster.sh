@@ -58,9 +58,8 @@ wait_until() { # wait_until NAME TIMEOUT CMD...
 start() { # start NAME BINARY ARGS...: runs it detached, logs and pid under .ladder/cluster
   local name="$1"; shift
   if running "$name"; then return 0; fi
-  clean setsid "$@" </dev/null >"$CLUSTER_DIR/$name.log" 2>&1 &
-  echo $! > "$PIDS/$name.pid"
-  log "started $name (pid $!)"
+  daemon "$PIDS/$name.pid" "$CLUSTER_DIR/$name.log" "$@"
+  log "started $name (pid $(cat "$PIDS/$name.pid"))"
 }
 
 make_pki() {

@@ -215,8 +215,8 @@ CONF
       <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
 CONF
-  ( cd "$dir" && clean setsid /usr/sbin/clickhouse-server --config-file="$dir/config.xml" \
-      --pid-file="$dir/clickhouse.pid" </dev/null >"$dir/stdout.log" 2>&1 & )
+  # Debian's 18.16 does not write --pid-file reliably: record the pid ourselves.
+  daemon "$dir/clickhouse.pid" "$dir/stdout.log" /usr/sbin/clickhouse-server --config-file="$dir/config.xml"
   wait_for "clickhouse" "$dir/clickhouse.err.log" 60 curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping"
   log "clickhouse (HTTP) on 127.0.0.1:$CLICKHOUSE_HTTP_PORT"
 }

@@ -62,3 +62,18 @@ clean() {
   )
 }
 
+
+# daemon PIDFILE LOGFILE CMD...: starts CMD detached (own session, stdin from
+# /dev/null, output to LOGFILE, no inherited descriptors) and records its pid.
+# The recorded pid is CMD's own, so stopping it stops exactly that process.
+daemon() {
+  local pidfile="$1" logfile="$2"; shift 2
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd="${fd##*/}"
+      if (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid "$@"
+  ) </dev/null >"$logfile" 2>&1 &
+  echo $! > "$pidfile"
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make test`: every test tier, bringing up what the tests need and tearing
+# down what this run started (a cluster or services that were already running
+# are left running).
+#
+#   1. lint: rustfmt, clippy -D warnings
+#   2. unit: pure tests of every crate (renderers, golden files, CRD drift, ...)
+#   3. integration: ladder-app against real PostgreSQL (+ streaming replica),
+#      PgBouncer, Redis, ClickHouse and Varnish on loopback
+#   4. e2e: against the local control plane (etcd, kube-apiserver,
+#      kube-controller-manager, kube-scheduler, kwok)
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+cd "$LADDER_ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LADDER_CACHE/target}"
+CARGO_FLAGS=(--locked)
+
+started=()
+teardown() {
+  local rc=$?
+  for s in "${started[@]}"; do bash "hack/$s.sh" down >/dev/null 2>&1 || true; done
+  exit "$rc"
+}
+trap teardown EXIT
+
+step() { printf '\n\033[1;35m### %s\033[0m\n' "$*" >&2; }
+
+bash hack/toolchain.sh
+
+step "lint: rustfmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets "${CARGO_FLAGS[@]}" -- -D warnings
+
+# Start the cluster's build early: on a cold machine it is the long pole.
+step "bringing up the data services and the local control plane"
+[[ -f .ladder/services.env ]] && bash hack/services.sh status | grep -q 'replica  up' || started+=(services)
+bash hack/services.sh up
+if ! bash hack/cluster.sh status 2>/dev/null | grep -q 'kube-apiserver *up'; then started+=(cluster); fi
+bash hack/cluster.sh up
+
+step "unit tests (pure)"
+cargo test --workspace "${CARGO_FLAGS[@]}" --lib --bins
+if compgen -G "operator/tests/*.rs" >/dev/null; then
+  cargo test -p ladder-operator "${CARGO_FLAGS[@]}" --tests
+fi
+
+step "integration tests against the real data services"
+set -a; source .ladder/services.env; set +a
+cargo test -p ladder-app "${CARGO_FLAGS[@]}" --tests
+
+step "e2e tests against the local control plane"
+KUBECONFIG="$CLUSTER_DIR/kubeconfig" cargo test -p ladder-e2e "${CARGO_FLAGS[@]}" --tests
+
+step "all test tiers passed"
