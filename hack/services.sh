@@ -103,7 +103,7 @@ start_replica() {
   if pg_up "$PG_REPLICA_PORT"; then log "postgres replica already running on :$PG_REPLICA_PORT"; return; fi
   if [[ ! -f $dir/PG_VERSION ]]; then
     log "cloning the streaming replica with pg_basebackup"
-    rm -rf "$dir"; mkdir -p "$dir" && chown "$DB_OWNER" "$dir" && chmod 700 "$dir"
+    mkdir -p "$dir"; find "$dir/" -mindepth 1 -delete; chown "$DB_OWNER" "$dir" && chmod 700 "$dir"
     as_db env PGPASSWORD="$DB_PASSWORD" "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PRIMARY_PORT" \
       -U "$DB_USER" -D "$dir" -R -c fast -X stream -C -S ladder_replica_1 >"$SERVICES_DIR/pg-basebackup.log" 2>&1 \
       || { tail "$SERVICES_DIR/pg-basebackup.log" >&2; die "pg_basebackup failed"; }
@@ -270,6 +270,17 @@ cmd_up() {
   install_missing
   mkdir -p "$SERVICES_DIR"
   chown "$DB_OWNER" "$SERVICES_DIR" 2>/dev/null || true
+  # PostgreSQL runs as `postgres` when we are root: it must be able to reach
+  # the data folder. If a parent of the clone is private, keep the data in a
+  # private folder of its own under /var/tmp and link it from .ladder/services.
+  if ! as_db test -w "$SERVICES_DIR" 2>/dev/null; then
+    local alt="/var/tmp/ladder-services-$(printf '%s' "$LADDER_ROOT" | cksum | cut -d' ' -f1)"
+    warn "$DB_OWNER cannot reach $SERVICES_DIR; keeping PostgreSQL data in $alt"
+    mkdir -p "$alt" && chown "$DB_OWNER" "$alt" && chmod 700 "$alt"
+    for d in pg-primary pg-replica pgbouncer; do
+      mkdir -p "$alt/$d"; chown "$DB_OWNER" "$alt/$d"; ln -sfn "$alt/$d" "$SERVICES_DIR/$d"
+    done
+  fi
   start_primary
   start_replica
   start_pgbouncer
@@ -298,6 +309,7 @@ cmd_down() {
       log "stopped $d"
     fi
   done
+  rm -rf "/var/tmp/ladder-services-$(printf '%s' "$LADDER_ROOT" | cksum | cut -d' ' -f1)"
   rm -rf "$SERVICES_DIR" "$ENV_FILE"
 }
 
