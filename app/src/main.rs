@@ -1,2 +1,6 @@
 //! `ladder-app`: a thin shim over the library.
-fn main() {}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    ladder_app::server::main_entry().await
+}

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, PgConnection, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, raw_sql};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -34,14 +34,18 @@ async fn row_written_through_pgbouncer_is_read_on_the_streaming_replica() {
     let mut bouncer = PgConnection::connect(&env("LADDER_PGBOUNCER_URL"))
         .await
         .expect("connect through pgbouncer");
-    bouncer
-        .execute(format!("CREATE TABLE {table} (id bigint PRIMARY KEY, v text NOT NULL)").as_str())
-        .await
-        .expect("create table on the primary");
-    bouncer
-        .execute(format!("INSERT INTO {table} VALUES (1, '{marker}')").as_str())
-        .await
-        .expect("insert on the primary");
+    raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, v text NOT NULL)"
+    )))
+    .execute(&mut bouncer)
+    .await
+    .expect("create table on the primary");
+    raw_sql(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES (1, '{marker}')"
+    )))
+    .execute(&mut bouncer)
+    .await
+    .expect("insert on the primary");
 
     let mut replica = PgConnection::connect(&env("LADDER_PG_REPLICA_URL"))
         .await
@@ -50,13 +54,16 @@ async fn row_written_through_pgbouncer_is_read_on_the_streaming_replica() {
         .fetch_one(&mut replica)
         .await
         .expect("ask the replica whether it is a standby");
-    assert!(in_recovery, "the replica URL must point at a standby, not the primary");
+    assert!(
+        in_recovery,
+        "the replica URL must point at a standby, not the primary"
+    );
 
     // Streaming replication is asynchronous: wait for the replay, bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
     let seen = loop {
-        let rows = replica
-            .fetch_all(format!("SELECT v FROM {table} WHERE id = 1").as_str())
+        let rows = raw_sql(AssertSqlSafe(format!("SELECT v FROM {table} WHERE id = 1")))
+            .fetch_all(&mut replica)
             .await;
         match rows {
             Ok(rows) if !rows.is_empty() => break rows[0].get::<String, _>("v"),
@@ -67,13 +74,15 @@ async fn row_written_through_pgbouncer_is_read_on_the_streaming_replica() {
     assert_eq!(seen, marker);
 
     // A standby refuses writes: this is a real replica, not a second primary.
-    let write = replica
-        .execute(format!("INSERT INTO {table} VALUES (2, 'x')").as_str())
-        .await;
+    let write = raw_sql(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES (2, 'x')"
+    )))
+    .execute(&mut replica)
+    .await;
     assert!(write.is_err(), "a write on the streaming replica must fail");
 
-    bouncer
-        .execute(format!("DROP TABLE {table}").as_str())
+    raw_sql(AssertSqlSafe(format!("DROP TABLE {table}")))
+        .execute(&mut bouncer)
         .await
         .expect("drop table");
 }
@@ -130,11 +139,17 @@ async fn clickhouse_inserts_and_selects_over_http() {
                 .expect("clickhouse answers");
             let status = resp.status();
             let body = resp.text().await.expect("clickhouse body");
-            assert!(status.is_success(), "clickhouse refused `{sql}`: {status} {body}");
+            assert!(
+                status.is_success(),
+                "clickhouse refused `{sql}`: {status} {body}"
+            );
             body
         }
     };
-    run(format!("CREATE TABLE {table} (day Date, clicks UInt64) ENGINE = Memory")).await;
+    run(format!(
+        "CREATE TABLE {table} (day Date, clicks UInt64) ENGINE = Memory"
+    ))
+    .await;
     run(format!(
         "INSERT INTO {table} FORMAT JSONEachRow {{\"day\":\"2026-11-25\",\"clicks\":3}} {{\"day\":\"2026-11-25\",\"clicks\":4}} {{\"day\":\"2026-11-26\",\"clicks\":5}}"
     ))
@@ -149,7 +164,12 @@ async fn clickhouse_inserts_and_selects_over_http() {
 
 /// Serves `Cache-Control: max-age=60` responses on Varnish's origin port and
 /// counts the requests that reach it.
-async fn start_origin(port: u16) -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+async fn start_origin(
+    port: u16,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // The app's Varnish test may hold the port for a moment: retry, bounded.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -164,7 +184,9 @@ async fn start_origin(port: u16) -> (std::sync::Arc<std::sync::atomic::AtomicUsi
     let counter = hits.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -197,20 +219,38 @@ async fn start_origin(port: u16) -> (std::sync::Arc<std::sync::atomic::AtomicUsi
 #[tokio::test]
 async fn varnish_serves_a_cached_response_and_honours_purge() {
     use std::sync::atomic::Ordering;
-    let port: u16 = env("LADDER_VARNISH_ORIGIN_PORT").parse().expect("origin port");
+    let port: u16 = env("LADDER_VARNISH_ORIGIN_PORT")
+        .parse()
+        .expect("origin port");
     let (hits, origin) = start_origin(port).await;
     let url = format!("{}/{}", env("LADDER_VARNISH_URL"), unique("smoke"));
     let http = reqwest::Client::new();
 
-    let first = http.get(&url).send().await.expect("first GET through varnish");
+    let first = http
+        .get(&url)
+        .send()
+        .await
+        .expect("first GET through varnish");
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["x-cache"], "MISS");
     let first_body = first.text().await.expect("body");
 
-    let second = http.get(&url).send().await.expect("second GET through varnish");
+    let second = http
+        .get(&url)
+        .send()
+        .await
+        .expect("second GET through varnish");
     assert_eq!(second.headers()["x-cache"], "HIT");
-    assert_eq!(second.text().await.expect("body"), first_body, "a hit returns the cached body");
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "the cached response must not reach the origin");
+    assert_eq!(
+        second.text().await.expect("body"),
+        first_body,
+        "a hit returns the cached body"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the cached response must not reach the origin"
+    );
 
     let purge = http
         .request(reqwest::Method::from_bytes(b"PURGE").expect("method"), &url)
@@ -220,6 +260,10 @@ async fn varnish_serves_a_cached_response_and_honours_purge() {
     assert_eq!(purge.status(), 200, "purge from loopback is allowed");
     let third = http.get(&url).send().await.expect("GET after purge");
     assert_eq!(third.headers()["x-cache"], "MISS");
-    assert_eq!(hits.load(Ordering::SeqCst), 2, "after a purge the origin is asked again");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "after a purge the origin is asked again"
+    );
     origin.abort();
 }

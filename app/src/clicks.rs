@@ -1,0 +1,292 @@
+//! Click analytics. A redirect only *records* a click in memory; a background task flushes them:
+//!
+//! - to the primary database (phases 0-2), aggregated per (code, day) so a flush is one small
+//!   transaction however many clicks it carries;
+//! - to ClickHouse (phase 3+), as batched `INSERT … FORMAT JSONEachRow` over its HTTP interface.
+//!   Debian's clickhouse-server is 18.16, so the table uses the old `MergeTree(date, key, 8192)`
+//!   syntax, and stats use plain `GROUP BY` (no parameterised queries: codes are validated to
+//!   `[A-Za-z0-9_-]` before they reach SQL).
+//!
+//! Neither sink can fail a redirect: the buffer is bounded (`--click-buffer`); while the sink is
+//! down batches are kept for retry up to that bound, then the oldest clicks are dropped and counted
+//! in `ladder_clicks_total{outcome="dropped"}`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::store::{ClickRow, StoreHandle};
+
+/// The ClickHouse HTTP client.
+#[derive(Debug, Clone)]
+pub struct ClickHouse {
+    http: reqwest::Client,
+    url: String,
+    database: String,
+}
+
+impl ClickHouse {
+    pub fn new(url: &str, database: &str) -> anyhow::Result<Self> {
+        if !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            bail!("ClickHouse database name must be [A-Za-z0-9_]");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(ClickHouse {
+            http,
+            url: url.trim_end_matches('/').to_owned(),
+            database: database.to_owned(),
+        })
+    }
+
+    async fn exec(&self, query: &str, body: Option<String>) -> anyhow::Result<String> {
+        let mut url = url::Url::parse(&self.url).context("ClickHouse URL")?;
+        url.query_pairs_mut().append_pair("query", query);
+        let req = self.http.post(url);
+        let req = match body {
+            Some(b) => req.body(b),
+            None => req,
+        };
+        let resp = req.send().await.context("ClickHouse unreachable")?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!(
+                "ClickHouse answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+        }
+        Ok(text)
+    }
+
+    pub async fn ensure_schema(&self) -> anyhow::Result<()> {
+        self.exec(
+            &format!("CREATE DATABASE IF NOT EXISTS {}", self.database),
+            None,
+        )
+        .await?;
+        self.exec(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {}.clicks (day Date, ts DateTime, code String) \
+                 ENGINE = MergeTree(day, (code, ts), 8192)",
+                self.database
+            ),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert(&self, clicks: &[(String, DateTime<Utc>)]) -> anyhow::Result<()> {
+        let mut body = String::with_capacity(clicks.len() * 64);
+        for (code, at) in clicks {
+            let line = serde_json::json!({
+                "day": at.format("%Y-%m-%d").to_string(),
+                "ts": at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                "code": code,
+            });
+            body.push_str(&line.to_string());
+            body.push('\n');
+        }
+        self.exec(
+            &format!("INSERT INTO {}.clicks FORMAT JSONEachRow", self.database),
+            Some(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn stats(&self, code: &str) -> anyhow::Result<Vec<ClickRow>> {
+        if !crate::links::valid_code_chars(code) {
+            bail!("invalid code");
+        }
+        let text = self
+            .exec(
+                &format!(
+                    "SELECT toString(day) AS day, count() AS clicks FROM {}.clicks WHERE code = '{code}' \
+                     GROUP BY day ORDER BY day FORMAT JSONEachRow",
+                    self.database
+                ),
+                None,
+            )
+            .await?;
+        let mut rows = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            // UInt64 comes back quoted by default (output_format_json_quote_64bit_integers).
+            let clicks = match &v["clicks"] {
+                serde_json::Value::String(s) => s.parse()?,
+                other => other.as_i64().unwrap_or(0),
+            };
+            rows.push(ClickRow {
+                code: code.to_owned(),
+                day: v["day"].as_str().unwrap_or_default().to_owned(),
+                clicks,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// Where clicks go.
+#[derive(Debug)]
+pub enum ClickSink {
+    Off,
+    Db(DbClicks),
+    ClickHouse(ChClicks),
+}
+
+#[derive(Debug)]
+pub struct DbClicks {
+    pending: Arc<Mutex<HashMap<(String, String), i64>>>,
+}
+
+#[derive(Debug)]
+pub struct ChClicks {
+    tx: mpsc::Sender<(String, DateTime<Utc>)>,
+    pub client: ClickHouse,
+}
+
+impl ClickSink {
+    /// Starts the database sink and its flusher.
+    pub fn db(store: StoreHandle, metrics: Arc<Metrics>, every: Duration, cap: usize) -> Self {
+        let pending: Arc<Mutex<HashMap<(String, String), i64>>> = Arc::default();
+        tokio::spawn({
+            let pending = pending.clone();
+            async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let batch =
+                        std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let rows: Vec<ClickRow> = batch
+                        .iter()
+                        .map(|((code, day), n)| ClickRow {
+                            code: code.clone(),
+                            day: day.clone(),
+                            clicks: *n,
+                        })
+                        .collect();
+                    let total: i64 = rows.iter().map(|r| r.clicks).sum();
+                    match store.get().add_clicks(&rows).await {
+                        Ok(()) => Metrics::inc(&metrics.clicks, "stored", total as u64),
+                        Err(err) => {
+                            tracing::warn!(error = %err, clicks = total, "click flush failed; keeping them for retry");
+                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                            for (k, n) in batch {
+                                if p.len() >= cap && !p.contains_key(&k) {
+                                    Metrics::inc(&metrics.clicks, "dropped", n as u64);
+                                    continue;
+                                }
+                                *p.entry(k).or_default() += n;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        ClickSink::Db(DbClicks { pending })
+    }
+
+    /// Starts the ClickHouse sink and its flusher.
+    pub fn clickhouse(
+        client: ClickHouse,
+        metrics: Arc<Metrics>,
+        every: Duration,
+        cap: usize,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(String, DateTime<Utc>)>(cap.max(1));
+        tokio::spawn({
+            let client = client.clone();
+            async move {
+                // Clicks that failed to insert, oldest first; bounded by `cap`.
+                let mut retry: VecDeque<(String, DateTime<Utc>)> = VecDeque::new();
+                let mut schema_ready = false;
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    while let Ok(c) = rx.try_recv() {
+                        retry.push_back(c);
+                    }
+                    if retry.len() > cap {
+                        let drop = retry.len() - cap;
+                        retry.drain(..drop);
+                        Metrics::inc(&metrics.clicks, "dropped", drop as u64);
+                    }
+                    if retry.is_empty() {
+                        continue;
+                    }
+                    if !schema_ready {
+                        match client.ensure_schema().await {
+                            Ok(()) => schema_ready = true,
+                            Err(err) => {
+                                tracing::warn!(error = %format!("{err:#}"), "ClickHouse schema not ready");
+                                continue;
+                            }
+                        }
+                    }
+                    while !retry.is_empty() {
+                        let n = retry.len().min(50_000);
+                        let batch: Vec<_> = retry.iter().take(n).cloned().collect();
+                        match client.insert(&batch).await {
+                            Ok(()) => {
+                                retry.drain(..n);
+                                Metrics::inc(&metrics.clicks, "stored", n as u64);
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %format!("{err:#}"), buffered = retry.len(), "ClickHouse insert failed; will retry");
+                                Metrics::inc(&metrics.clicks, "retried", n as u64);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        ClickSink::ClickHouse(ChClicks { tx, client })
+    }
+
+    /// Records one click; never blocks, never fails the redirect.
+    pub fn record(&self, code: &str, metrics: &Metrics) {
+        let now = Utc::now();
+        match self {
+            ClickSink::Off => {}
+            ClickSink::Db(d) => {
+                let mut p = d.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let key = (code.to_owned(), now.format("%Y-%m-%d").to_string());
+                if let Some(n) = p.get_mut(&key) {
+                    *n += 1;
+                } else if p.len() < 1_000_000 {
+                    p.insert(key, 1);
+                } else {
+                    Metrics::inc(&metrics.clicks, "dropped", 1);
+                }
+            }
+            ClickSink::ClickHouse(c) => {
+                if c.tx.try_send((code.to_owned(), now)).is_err() {
+                    Metrics::inc(&metrics.clicks, "dropped", 1);
+                }
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClickSink::Off => "off",
+            ClickSink::Db(_) => "db",
+            ClickSink::ClickHouse(_) => "clickhouse",
+        }
+    }
+}

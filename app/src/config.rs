@@ -1,0 +1,188 @@
+//! Command line and environment configuration. Every flag also reads a `LADDER_*` variable, which
+//! is how the operator configures the app. With no configuration at all, `ladder-app serve` runs
+//! phase 0: SQLite in `./ladder.db`, an in-process cache, listening on 127.0.0.1:8080.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::{StoreOptions, StoreSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ladder-app",
+    version,
+    about = "Ladder's companion link shortener"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(Box<ServeArgs>),
+    /// Copy links and clicks from one tier to another, verify, and cut over.
+    Migrate(crate::migrate::MigrateArgs),
+}
+
+/// Where click events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClickSinkKind {
+    /// The primary database up to phase 2, ClickHouse from phase 3 when a URL is set.
+    Auto,
+    Db,
+    Clickhouse,
+    Off,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LADDER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The data tier: sqlite:PATH | postgres:URL | pgbouncer:URL | replicas:PRIMARY,REPLICA,.. |
+    /// shards:MAP.json | dsql:URL.
+    #[arg(long, env = "LADDER_STORE", default_value = "sqlite:ladder.db")]
+    pub store: StoreSpec,
+
+    /// The ScalingPhase's phase this instance serves (0-4): picks defaults and is reported.
+    #[arg(long, env = "LADDER_PHASE", default_value_t = 0)]
+    pub phase: u8,
+
+    /// Database connections per pool.
+    #[arg(long, env = "LADDER_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a database connection before answering 503.
+    #[arg(long, env = "LADDER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Replicas lagging further than this many WAL bytes leave read rotation.
+    #[arg(long, env = "LADDER_MAX_REPLICA_LAG_BYTES", default_value_t = 1024 * 1024)]
+    pub max_replica_lag_bytes: u64,
+
+    /// How often replica health, shard maps, rules files and the cut-over pointer are polled.
+    #[arg(long, env = "LADDER_POLL_INTERVAL_MS", default_value_t = 250)]
+    pub poll_interval_ms: u64,
+
+    /// Redis for the shared redirect cache and rate limits (phase >= 1). Without it: in-process.
+    #[arg(long, env = "LADDER_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key (isolates tenants and tests).
+    #[arg(long, env = "LADDER_REDIS_PREFIX", default_value = "ladder:")]
+    pub redis_prefix: String,
+
+    /// Redirect cache entry lifetime.
+    #[arg(long, env = "LADDER_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+
+    /// Where clicks go.
+    #[arg(long, env = "LADDER_CLICKS", value_enum, default_value_t = ClickSinkKind::Auto)]
+    pub clicks: ClickSinkKind,
+
+    /// ClickHouse HTTP interface (phase >= 3).
+    #[arg(long, env = "LADDER_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+
+    /// ClickHouse database holding the `clicks` table.
+    #[arg(long, env = "LADDER_CLICKHOUSE_DATABASE", default_value = "ladder")]
+    pub clickhouse_database: String,
+
+    /// Clicks buffered in memory while the sink is slow or down; beyond this they are dropped
+    /// (and counted in ladder_clicks_total{outcome="dropped"}).
+    #[arg(long, env = "LADDER_CLICK_BUFFER", default_value_t = 100_000)]
+    pub click_buffer: usize,
+
+    /// How often buffered clicks are flushed.
+    #[arg(long, env = "LADDER_CLICK_FLUSH_MS", default_value_t = 1000)]
+    pub click_flush_ms: u64,
+
+    /// Edge cache (Varnish) base URL to PURGE on update/delete.
+    #[arg(long, env = "LADDER_VARNISH_URL")]
+    pub varnish_url: Option<String>,
+
+    /// Cache-Control max-age of redirects (what the CDN may cache).
+    #[arg(long, env = "LADDER_REDIRECT_MAX_AGE_SECS", default_value_t = 60)]
+    pub redirect_max_age_secs: u64,
+
+    /// Public base URL used in `shortUrl` responses.
+    #[arg(long, env = "LADDER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// JSON file with rate-limit and WAF rules, re-read when it changes (see docs/operations.md).
+    #[arg(long, env = "LADDER_RULES_FILE")]
+    pub rules_file: Option<PathBuf>,
+
+    /// Trust the first `X-Forwarded-For` address as the client (behind a trusted proxy only).
+    #[arg(long, env = "LADDER_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+
+    /// Length of the sliding load window.
+    #[arg(long, env = "LADDER_LOAD_WINDOW_SECS", default_value_t = 60)]
+    pub load_window_secs: u64,
+
+    /// Write a LoadReport object to Kubernetes (needs a kubeconfig or in-cluster credentials).
+    #[arg(long, env = "LADDER_REPORT_LOAD")]
+    pub report_load: bool,
+
+    /// How often the LoadReport is written.
+    #[arg(long, env = "LADDER_REPORT_INTERVAL_SECS", default_value_t = 15)]
+    pub report_interval_secs: u64,
+
+    /// The ScalingPhase this instance serves (named in its LoadReport).
+    #[arg(long, env = "LADDER_SCALING_PHASE", default_value = "ladder")]
+    pub scaling_phase: String,
+
+    /// Namespace of the LoadReport (the Pod's namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// This instance's name (the Pod name in a cluster): names the LoadReport and finds its owner.
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+impl ServeArgs {
+    /// The defaults of `ladder-app serve` with no flags (tests start from this).
+    pub fn defaults() -> ServeArgs {
+        match Cli::try_parse_from(["ladder-app", "serve"]) {
+            Ok(Cli {
+                command: Command::Serve(args),
+            }) => *args,
+            _ => unreachable!("`serve` with no flags always parses"),
+        }
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            max_replica_lag_bytes: self.max_replica_lag_bytes,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+        }
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flags_is_phase_zero_on_loopback() {
+        let a = ServeArgs::defaults();
+        assert!(a.listen.ip().is_loopback());
+        assert!(matches!(a.store, StoreSpec::Sqlite { .. }));
+        assert!(a.redis_url.is_none());
+        assert_eq!(a.phase, 0);
+    }
+}

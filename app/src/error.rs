@@ -1,0 +1,117 @@
+//! The one error type of the HTTP API. Each variant documents its status code; the body is always
+//! `{"error": {"code": "...", "message": "..."}}`. 5xx details are logged here, never returned.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not valid JSON or misses required fields.
+    #[error("malformed request body: {0}")]
+    MalformedJson(String),
+    /// 422: the input is well-formed but not acceptable (bad URL, bad code, blocked target).
+    #[error("{0}")]
+    Invalid(String),
+    /// 404: unknown code.
+    #[error("no link with that code")]
+    NotFound,
+    /// 409: the custom code is taken.
+    #[error("that code is already taken")]
+    Conflict,
+    /// 413: the body is larger than the configured limit.
+    #[error("request body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// 429: the client's token bucket is empty; retry after the given seconds.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_secs: u64 },
+    /// 503: the database is down or writes are fenced for a migration cut-over; retry shortly.
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] StoreError),
+    /// 500: anything else.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::NotFound => "not_found",
+            ApiError::Conflict => "conflict",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Duplicate => ApiError::Conflict,
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Fenced | StoreError::Unavailable(_) => ApiError::Unavailable(err),
+            StoreError::Other(source) => ApiError::Internal(source),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            // `{:#}` walks the source chain; sources never carry connection strings (the
+            // drivers' errors name hosts and SQLSTATEs, not passwords).
+            tracing::error!(error = %DisplayChain(&self), code = self.code(), "request failed");
+        }
+        let mut resp = (
+            status,
+            Json(serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } })),
+        )
+            .into_response();
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+/// Renders an error and its sources for a log line.
+struct DisplayChain<'a>(&'a ApiError);
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! The link resource: `/api/v1/links…` and the redirect `GET /{code}`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::api::ClientKey;
+use crate::clicks::ClickSink;
+use crate::error::ApiError;
+use crate::store::{Link, ReadCtx, StoreError};
+
+/// Paths that can never be codes (they are routes).
+const RESERVED: &[&str] = &[
+    "api",
+    "healthz",
+    "readyz",
+    "metrics",
+    "load",
+    "openapi.json",
+];
+const GENERATED_LEN: usize = 7;
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/links", axum::routing::post(create))
+        .route("/api/v1/links/{code}", get(show).put(update).delete(remove))
+        .route("/api/v1/links/{code}/stats", get(stats))
+        .route("/{code}", get(redirect))
+}
+
+/// `POST /api/v1/links` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLink {
+    /// The target URL (http or https).
+    pub url: String,
+    /// Optional custom code, `[A-Za-z0-9_-]{3,32}`.
+    pub code: Option<String>,
+}
+
+/// `PUT /api/v1/links/{code}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLink {
+    pub url: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkView {
+    pub code: String,
+    pub url: String,
+    pub created_at: String,
+    pub short_url: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DayView {
+    pub day: String,
+    pub clicks: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    pub code: String,
+    pub total: i64,
+    pub days: Vec<DayView>,
+}
+
+pub fn valid_code_chars(code: &str) -> bool {
+    !code.is_empty()
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn validate_code(code: &str) -> Result<(), ApiError> {
+    if !(3..=32).contains(&code.len()) || !valid_code_chars(code) {
+        return Err(ApiError::Invalid(
+            "code must be 3-32 characters of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    if RESERVED.contains(&code) {
+        return Err(ApiError::Invalid(format!("code {code:?} is reserved")));
+    }
+    Ok(())
+}
+
+/// A code from the path: anything that could not have been created is simply unknown.
+fn path_code(code: &str) -> Result<(), ApiError> {
+    if code.len() > 32 || !valid_code_chars(code) {
+        Err(ApiError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_target(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    let rules = state.limiter.rules();
+    if raw.len() > rules.max_url_length {
+        return Err(ApiError::Invalid(format!(
+            "url longer than {} characters",
+            rules.max_url_length
+        )));
+    }
+    let url = url::Url::parse(raw.trim())
+        .map_err(|e| ApiError::Invalid(format!("url is not valid: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::Invalid(
+            "only http and https targets are allowed".into(),
+        ));
+    }
+    let Some(host) = url.host_str() else {
+        return Err(ApiError::Invalid("url needs a host".into()));
+    };
+    if rules.host_blocked(host) {
+        return Err(ApiError::Invalid("target host is blocked".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::Invalid(
+            "urls with credentials are not allowed".into(),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    let limit = state.limiter.rules().max_body_bytes;
+    if body.len() > limit {
+        return Err(ApiError::TooLarge { limit });
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+fn view(state: &AppState, link: &Link) -> LinkView {
+    let created = chrono::DateTime::from_timestamp_millis(link.created_ms).unwrap_or_default();
+    LinkView {
+        code: link.code.clone(),
+        url: link.target.clone(),
+        created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        short_url: format!(
+            "{}/{}",
+            state.config.public_url.trim_end_matches('/'),
+            link.code
+        ),
+    }
+}
+
+fn generate_code() -> String {
+    let mut rng = rand::rng();
+    (0..GENERATED_LEN)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+async fn create(
+    State(state): State<AppState>,
+    client: ClientKey,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateLink = parse_body(&state, &body)?;
+    let target = validate_target(&state, &req.url)?;
+    if let Some(code) = &req.code {
+        validate_code(code)?;
+    }
+    let store = state.store.get();
+    let created_ms = chrono::Utc::now().timestamp_millis();
+    // Generated codes: 62^7 ≈ 3.5e12, so a collision is rare; retry a few times anyway.
+    let mut attempts = 0;
+    let (link, ack) = loop {
+        attempts += 1;
+        let link = Link {
+            code: req.code.clone().unwrap_or_else(generate_code),
+            target: target.clone(),
+            created_ms,
+        };
+        match store.create_link(&link).await {
+            Ok(ack) => break (link, ack),
+            Err(StoreError::Duplicate) if req.code.is_none() && attempts < 5 => continue,
+            Err(err) => return Err(err.into()),
+        }
+    };
+    // A tombstone may have been reused: drop whatever the caches hold for it.
+    state.cache.invalidate(&link.code).await;
+    let mut resp = (StatusCode::CREATED, axum::Json(view(&state, &link))).into_response();
+    state.note_write(&client, ack, resp.headers_mut());
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/links/{}", link.code)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    client: ClientKey,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    path_code(&code)?;
+    let ctx = state.read_ctx(&client, &headers);
+    let (link, from) = state.store.get().get_link(&code, ctx).await?;
+    let link = link.ok_or(ApiError::NotFound)?;
+    let mut resp = axum::Json(view(&state, &link)).into_response();
+    resp.headers_mut().insert(
+        "x-ladder-read-from",
+        HeaderValue::from_static(from.as_str()),
+    );
+    Ok(resp)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    client: ClientKey,
+    Path(code): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    path_code(&code)?;
+    let req: UpdateLink = parse_body(&state, &body)?;
+    let target = validate_target(&state, &req.url)?;
+    let store = state.store.get();
+    let ack = store.update_link(&code, &target).await?;
+    state.invalidate_everywhere(&code).await;
+    let (link, _) = store.get_link(&code, ReadCtx { min_lsn: ack.lsn }).await?;
+    let link = link.ok_or(ApiError::NotFound)?;
+    let mut resp = axum::Json(view(&state, &link)).into_response();
+    state.note_write(&client, ack, resp.headers_mut());
+    Ok(resp)
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    client: ClientKey,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    path_code(&code)?;
+    let ack = state.store.get().delete_link(&code).await?;
+    state.invalidate_everywhere(&code).await;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    state.note_write(&client, ack, resp.headers_mut());
+    Ok(resp)
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    client: ClientKey,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    path_code(&code)?;
+    let ctx = state.read_ctx(&client, &headers);
+    let store = state.store.get();
+    let (link, _) = store.get_link(&code, ctx).await?;
+    if link.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let rows = match &state.clicks {
+        ClickSink::ClickHouse(c) => c.client.stats(&code).await.map_err(ApiError::Internal)?,
+        _ => store.click_stats(&code).await?,
+    };
+    let total = rows.iter().map(|r| r.clicks).sum();
+    let days = rows
+        .into_iter()
+        .map(|r| DayView {
+            day: r.day,
+            clicks: r.clicks,
+        })
+        .collect();
+    Ok(axum::Json(StatsView { code, total, days }).into_response())
+}
+
+/// `GET /{code}`: 302 to the target, cacheable by the edge (Cache-Control + ETag).
+async fn redirect(
+    State(state): State<AppState>,
+    client: ClientKey,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    path_code(&code)?;
+    let (target, hit) = match state.cache.get(&code, &state.metrics).await {
+        Some(t) => (t, true),
+        None => {
+            let ctx = state.read_ctx(&client, &headers);
+            let (link, _) = state.store.get().get_link(&code, ctx).await?;
+            let link = link.ok_or(ApiError::NotFound)?;
+            state.cache.put(&code, &link.target).await;
+            (link.target, false)
+        }
+    };
+    state.clicks.record(&code, &state.metrics);
+    let etag = format!(
+        "\"{:016x}\"",
+        crate::store::fnv1a64(format!("{code}\u{1f}{target}").as_bytes())
+    );
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = StatusCode::FOUND.into_response();
+        let location = HeaderValue::from_str(&target).map_err(|e| ApiError::Internal(e.into()))?;
+        r.headers_mut().insert(header::LOCATION, location);
+        r
+    };
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "public, max-age={}",
+        state.config.redirect_max_age_secs
+    )) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        "x-ladder-cache",
+        HeaderValue::from_static(if hit { "hit" } else { "miss" }),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert!(validate_code("abc").is_ok());
+        assert!(validate_code("a-b_C9").is_ok());
+        assert!(validate_code("ab").is_err());
+        assert!(validate_code("has space").is_err());
+        assert!(validate_code("healthz").is_err());
+        assert!(validate_code(&"x".repeat(33)).is_err());
+        let g = generate_code();
+        assert_eq!(g.len(), GENERATED_LEN);
+        assert!(valid_code_chars(&g));
+    }
+}

@@ -1,0 +1,246 @@
+//! Builds the application state from [`ServeArgs`] and runs the HTTP server with its background
+//! tasks: click flushing, rules reloading, the cut-over watcher and (optionally) load reporting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::cache::{EdgePurger, RedirectCache};
+use crate::clicks::{ClickHouse, ClickSink};
+use crate::config::{ClickSinkKind, ServeArgs};
+use crate::metrics::Metrics;
+use crate::ratelimit::{Limiter, Rules};
+use crate::store::{self, StoreHandle, StoreSpec};
+use crate::{AppConfig, AppState};
+
+/// Opens the data tier and every optional service named in `args`.
+pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+    let metrics = Arc::new(Metrics::new(Duration::from_secs(args.load_window_secs)));
+    let opened = store::open(&args.store, &args.store_options(), metrics.clone())
+        .await
+        .with_context(|| format!("opening store {}", args.store.redacted()))?;
+    let store = StoreHandle::new(opened);
+    let ttl = Duration::from_secs(args.cache_ttl_secs);
+    let cache = match &args.redis_url {
+        Some(url) => RedirectCache::redis(url, &args.redis_prefix, ttl).context("redis url")?,
+        None => RedirectCache::local(ttl),
+    };
+    let rules = match &args.rules_file {
+        Some(p) => Limiter::load_file(p).with_context(|| format!("rules file {}", p.display()))?,
+        None => Rules::default(),
+    };
+    let limiter = Arc::new(Limiter::new(
+        rules,
+        cache.redis_conn().map(|c| (c, args.redis_prefix.clone())),
+    ));
+    if let Some(p) = &args.rules_file {
+        limiter.watch(
+            p.clone(),
+            args.poll_interval().max(Duration::from_millis(200)),
+        );
+    }
+    let flush = Duration::from_millis(args.click_flush_ms.max(10));
+    let kind = match args.clicks {
+        ClickSinkKind::Auto if args.phase >= 3 && args.clickhouse_url.is_some() => {
+            ClickSinkKind::Clickhouse
+        }
+        ClickSinkKind::Auto => ClickSinkKind::Db,
+        k => k,
+    };
+    let clicks = match kind {
+        ClickSinkKind::Off => ClickSink::Off,
+        ClickSinkKind::Clickhouse => {
+            let url = args
+                .clickhouse_url
+                .as_deref()
+                .context("--clicks clickhouse needs --clickhouse-url")?;
+            let ch = ClickHouse::new(url, &args.clickhouse_database)?;
+            if let Err(err) = ch.ensure_schema().await {
+                // Not fatal: clicks buffer until ClickHouse is back.
+                tracing::warn!(error = %format!("{err:#}"), "ClickHouse not ready at startup");
+            }
+            ClickSink::clickhouse(ch, metrics.clone(), flush, args.click_buffer)
+        }
+        _ => ClickSink::db(store.clone(), metrics.clone(), flush, args.click_buffer),
+    };
+    let purger = args
+        .varnish_url
+        .as_deref()
+        .map(EdgePurger::new)
+        .transpose()?;
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("ladder-app-{}", std::process::id()));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let state = AppState::new(
+        store,
+        cache,
+        clicks,
+        limiter,
+        purger,
+        metrics,
+        AppConfig {
+            phase: args.phase,
+            redirect_max_age_secs: args.redirect_max_age_secs,
+            public_url,
+            trust_forwarded_for: args.trust_forwarded_for,
+            instance,
+        },
+    );
+    watch_cutover(&state, args);
+    Ok(state)
+}
+
+/// Follows the cut-over pointer of the current tier (see `crate::migrate`): when a migration has
+/// fenced this tier and named its successor, open the successor and switch to it. Until the
+/// switch, writes answer 503 + Retry-After (fenced), reads keep working.
+fn watch_cutover(state: &AppState, args: &ServeArgs) {
+    let weak = Arc::downgrade(&state.0);
+    let (opts, every) = (args.store_options(), args.poll_interval());
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            let current = inner.store.get();
+            let Ok(control) = current.control().await else {
+                continue;
+            };
+            let Some(next) = control.moved_to else {
+                continue;
+            };
+            let spec: StoreSpec = match next.parse() {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!(error = %err, "cut-over pointer is not a valid store spec");
+                    continue;
+                }
+            };
+            match store::open(&spec, &opts, metrics.clone()).await {
+                Ok(new) => {
+                    // Skip a pointer back to ourselves (e.g. a reverse migration that is done).
+                    if new.tier_id() == current.tier_id() && new.tier() == current.tier() {
+                        continue;
+                    }
+                    tracing::info!(to = %spec.redacted(), "cut over to the new tier");
+                    inner.store.set(new);
+                }
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), to = %spec.redacted(), "cannot open the new tier yet")
+                }
+            }
+        }
+    });
+}
+
+/// A running server (tests start several in one process).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting and aborts the server task.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `args.listen` (port 0 picks a free one) and serves in the background.
+pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
+    let state = build_state(args).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let router = crate::app(state.clone());
+    let task = tokio::spawn(async move {
+        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(err) = axum::serve(listener, svc).await {
+            tracing::error!(error = %err, "server stopped");
+        }
+    });
+    Ok(Running { addr, state, task })
+}
+
+/// `ladder-app serve`: runs until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let state = build_state(&args).await?;
+    if args.report_load {
+        crate::report::spawn(state.clone(), &args);
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, store = %args.store.redacted(), phase = args.phase, "serving");
+    let svc = crate::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, svc)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
+
+/// Entry point of the binary: parses the command line and dispatches.
+pub async fn main_entry() -> anyhow::Result<std::process::ExitCode> {
+    use clap::Parser;
+    let cli = crate::config::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .json()
+        .init();
+    match cli.command {
+        crate::config::Command::Serve(args) => {
+            serve(*args).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        crate::config::Command::Migrate(args) => crate::migrate::run(args).await,
+    }
+}

@@ -1,0 +1,431 @@
+//! One storage interface, one implementation per tier of the roadmap.
+//!
+//! Handlers only see [`Store`]; the operator's configuration picks the tier through a
+//! [`StoreSpec`] string (`--store`), e.g. `sqlite:ladder.db` or `shards:/etc/ladder/shard-map.json`.
+//!
+//! | spec | phase | implementation |
+//! |---|---|---|
+//! | `sqlite:PATH` | 0 | [`sqlite::SqliteStore`] |
+//! | `postgres:URL` | 1 (direct) | [`pg::PgStore`] |
+//! | `pgbouncer:URL` | 1 | [`pg::PgStore`] with unnamed statements inside explicit transactions |
+//! | `replicas:PRIMARY,REPLICA,...` | 2 | [`replicas::ReplicaStore`] |
+//! | `shards:MAP.json` | 3 | [`sharded::ShardedStore`] |
+//! | `dsql:URL` | 4 | [`pg::PgStore`] at SERIALIZABLE, every write retried on SQLSTATE 40001 |
+//!
+//! Every tier keeps the same four tables (see `app/migrations/`): `links`, `clicks_daily`,
+//! `ladder_control` (write fence + cut-over pointer) and `ladder_migrate_checkpoint`.
+
+pub mod pg;
+pub mod replicas;
+pub mod sharded;
+pub mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+
+/// A stored link, as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub code: String,
+    pub target: String,
+    pub created_ms: i64,
+}
+
+/// A raw `links` row, tombstones included: what the migrator copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRow {
+    pub code: String,
+    pub target: String,
+    pub created_ms: i64,
+    pub seq: i64,
+    pub deleted: bool,
+}
+
+/// Clicks of one code on one UTC day (`YYYY-MM-DD`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClickRow {
+    pub code: String,
+    pub day: String,
+    pub clicks: i64,
+}
+
+/// What a write tells the caller about consistency: on the replica tier, the primary's WAL
+/// position after the commit, so that later reads of the same client can wait for a replica
+/// that has replayed past it (read-your-writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteAck {
+    pub lsn: Option<u64>,
+}
+
+/// Per-request read context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadCtx {
+    /// The client's last write position; a replica is used only once it has replayed past it.
+    pub min_lsn: Option<u64>,
+}
+
+/// Where a read was served from (reported in the `x-ladder-read-from` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    Primary,
+    Replica,
+}
+
+impl ReadFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadFrom::Primary => "primary",
+            ReadFrom::Replica => "replica",
+        }
+    }
+}
+
+/// The fence/cut-over state of a tier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Control {
+    pub fenced: bool,
+    pub moved_to: Option<String>,
+}
+
+/// Storage failures, classified by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The code already exists (HTTP 409).
+    #[error("code already exists")]
+    Duplicate,
+    /// No such code (HTTP 404).
+    #[error("no such code")]
+    NotFound,
+    /// The tier is fenced for a cut-over; the client should retry shortly (HTTP 503).
+    #[error("writes are fenced for a migration cut-over")]
+    Fenced,
+    /// The database cannot be reached or is overloaded (HTTP 503).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else (HTTP 500).
+    #[error("database error")]
+    Other(#[source] anyhow::Error),
+}
+
+impl StoreError {
+    /// Classifies a sqlx error: connection-level problems are `Unavailable`.
+    pub fn from_sqlx(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some("23505") => StoreError::Duplicate,
+                // admin shutdown, cannot connect now, too many connections, read-only tx
+                Some("57P01" | "57P02" | "57P03" | "53300" | "25006" | "08006" | "08001") => {
+                    StoreError::Unavailable(err)
+                }
+                _ if db.message().contains("database is locked") => StoreError::Unavailable(err),
+                _ => StoreError::Other(err.into()),
+            },
+            _ => StoreError::Other(err.into()),
+        }
+    }
+
+    /// True for SQLSTATE 40001 (serialization failure) and 40P01 (deadlock): retry the tx.
+    pub fn is_retryable_conflict(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The storage interface every tier implements.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Short tier name (`sqlite`, `postgres`, `pgbouncer`, `replicas`, `shards`, `dsql`).
+    fn tier(&self) -> &'static str;
+    /// The identity of this tier's fence row in `ladder_control`.
+    fn tier_id(&self) -> String;
+
+    /// Inserts a link; `Duplicate` when the code is taken (a tombstone may be reused).
+    async fn create_link(&self, link: &Link) -> StoreResult<WriteAck>;
+    async fn get_link(&self, code: &str, ctx: ReadCtx) -> StoreResult<(Option<Link>, ReadFrom)>;
+    async fn update_link(&self, code: &str, target: &str) -> StoreResult<WriteAck>;
+    async fn delete_link(&self, code: &str) -> StoreResult<WriteAck>;
+    /// Adds click counts (aggregated per code and day).
+    async fn add_clicks(&self, clicks: &[ClickRow]) -> StoreResult<()>;
+    async fn click_stats(&self, code: &str) -> StoreResult<Vec<ClickRow>>;
+    /// Cheap liveness query against every backend the tier needs.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Tier-specific readiness details (replicas in rotation, shard map version, ...).
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "tier": self.tier() })
+    }
+
+    // ---- migration support -------------------------------------------------------------
+
+    /// The fence/cut-over state of this tier.
+    async fn control(&self) -> StoreResult<Control>;
+    /// Sets the fence (waits for in-flight writes to finish) and the cut-over pointer.
+    async fn set_control(&self, control: &Control) -> StoreResult<()>;
+    /// Number of independent partitions (shards); 1 for unsharded tiers.
+    fn partitions(&self) -> usize {
+        1
+    }
+    /// Which partition a code belongs to.
+    fn partition_of(&self, _code: &str) -> usize {
+        0
+    }
+    /// Rows of one partition with `seq > after`, ordered by `seq`.
+    async fn scan_links(
+        &self,
+        partition: usize,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<LinkRow>>;
+    /// Every click row of one partition.
+    async fn scan_clicks(&self, partition: usize) -> StoreResult<Vec<ClickRow>>;
+    /// Upserts raw rows (migrator only; bypasses the fence). Idempotent.
+    async fn put_links(&self, rows: &[LinkRow]) -> StoreResult<()>;
+    /// Upserts click rows, replacing counts (migrator only). Idempotent.
+    async fn put_clicks(&self, rows: &[ClickRow]) -> StoreResult<()>;
+    async fn checkpoint_get(&self, id: &str) -> StoreResult<Option<String>>;
+    async fn checkpoint_put(&self, id: &str, state: &str) -> StoreResult<()>;
+}
+
+/// Which tier to open: parsed from `--store`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sqlite {
+        path: String,
+    },
+    Postgres {
+        url: String,
+    },
+    PgBouncer {
+        url: String,
+    },
+    Replicas {
+        primary: String,
+        replicas: Vec<String>,
+    },
+    Shards {
+        map_path: String,
+    },
+    Dsql {
+        url: String,
+    },
+}
+
+impl fmt::Debug for StoreSpec {
+    // URLs carry passwords: never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            format!(
+                "store spec must be KIND:VALUE, e.g. sqlite:ladder.db (got {})",
+                redact_url(s)
+            )
+        })?;
+        if rest.is_empty() {
+            return Err(format!("store spec {kind}: needs a value"));
+        }
+        let rest = rest.to_owned();
+        Ok(match kind {
+            "sqlite" => StoreSpec::Sqlite { path: rest },
+            "postgres" | "postgresql" => StoreSpec::Postgres { url: rest },
+            "pgbouncer" => StoreSpec::PgBouncer { url: rest },
+            "replicas" => {
+                let mut parts = rest.split(',').map(str::to_owned);
+                let primary = parts.next().unwrap_or_default();
+                StoreSpec::Replicas {
+                    primary,
+                    replicas: parts.collect(),
+                }
+            }
+            "shards" => StoreSpec::Shards { map_path: rest },
+            "dsql" | "cockroachdb" => StoreSpec::Dsql { url: rest },
+            other => return Err(format!("unknown store kind {other:?}")),
+        })
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    /// The full spec (with credentials): only for storing, never for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Sqlite { path } => write!(f, "sqlite:{path}"),
+            StoreSpec::Postgres { url } => write!(f, "postgres:{url}"),
+            StoreSpec::PgBouncer { url } => write!(f, "pgbouncer:{url}"),
+            StoreSpec::Replicas { primary, replicas } => {
+                write!(f, "replicas:{primary}")?;
+                for r in replicas {
+                    write!(f, ",{r}")?;
+                }
+                Ok(())
+            }
+            StoreSpec::Shards { map_path } => write!(f, "shards:{map_path}"),
+            StoreSpec::Dsql { url } => write!(f, "dsql:{url}"),
+        }
+    }
+}
+
+impl StoreSpec {
+    /// The spec with passwords removed, for logs and errors.
+    pub fn redacted(&self) -> String {
+        let full = self.to_string();
+        let (kind, rest) = full.split_once(':').unwrap_or(("", &full));
+        let parts: Vec<String> = rest.split(',').map(redact_url).collect();
+        format!("{kind}:{}", parts.join(","))
+    }
+}
+
+/// Replaces the password of a URL with `***`.
+pub fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => s.to_owned(),
+    }
+}
+
+/// Tunables shared by the database tiers.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+    /// Replicas whose replay position is further behind the primary than this leave rotation.
+    pub max_replica_lag_bytes: u64,
+    /// How often replica health and shard-map files are checked.
+    pub poll_interval: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(3),
+            max_replica_lag_bytes: 1024 * 1024,
+            poll_interval: std::time::Duration::from_millis(250),
+        }
+    }
+}
+
+/// Opens (and migrates) the tier a spec names.
+pub async fn open(
+    spec: &StoreSpec,
+    opts: &StoreOptions,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match spec {
+        StoreSpec::Sqlite { path } => {
+            Arc::new(sqlite::SqliteStore::open(path, opts, metrics).await?)
+        }
+        StoreSpec::Postgres { url } => {
+            Arc::new(pg::PgStore::open(url, pg::PgMode::Direct, opts, metrics).await?)
+        }
+        StoreSpec::PgBouncer { url } => {
+            Arc::new(pg::PgStore::open(url, pg::PgMode::Bouncer, opts, metrics).await?)
+        }
+        StoreSpec::Dsql { url } => {
+            Arc::new(pg::PgStore::open(url, pg::PgMode::Distributed, opts, metrics).await?)
+        }
+        StoreSpec::Replicas { primary, replicas } => {
+            Arc::new(replicas::ReplicaStore::open(primary, replicas, opts, metrics).await?)
+        }
+        StoreSpec::Shards { map_path } => {
+            Arc::new(sharded::ShardedStore::open(map_path, opts, metrics).await?)
+        }
+    })
+}
+
+/// An order-independent checksum of link rows (used by `migrate` to verify copies).
+pub fn link_checksum(rows: &[LinkRow]) -> u64 {
+    rows.iter().fold(0u64, |acc, r| {
+        acc.wrapping_add(fnv1a64(
+            format!(
+                "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+                r.code, r.target, r.created_ms, r.deleted
+            )
+            .as_bytes(),
+        ))
+    })
+}
+
+/// An order-independent checksum of click rows.
+pub fn click_checksum(rows: &[ClickRow]) -> u64 {
+    rows.iter().fold(0u64, |acc, r| {
+        acc.wrapping_add(fnv1a64(
+            format!("{}\u{1f}{}\u{1f}{}", r.code, r.day, r.clicks).as_bytes(),
+        ))
+    })
+}
+
+/// FNV-1a, 64 bit: the shard-slot hash (documented in docs/storage.md so the operator and any
+/// other client compute the same slot) and the row checksum.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_redacts() {
+        let s: StoreSpec =
+            "replicas:postgres://u:secret@127.0.0.1:1/db,postgres://u:secret@127.0.0.1:2/db"
+                .parse()
+                .expect("parses");
+        assert!(matches!(&s, StoreSpec::Replicas { replicas, .. } if replicas.len() == 1));
+        assert!(s.to_string().contains("secret"));
+        assert!(!s.redacted().contains("secret"), "{}", s.redacted());
+        assert!(!format!("{s:?}").contains("secret"));
+        assert!("nope".parse::<StoreSpec>().is_err());
+        assert!("mysql:x".parse::<StoreSpec>().is_err());
+    }
+
+    #[test]
+    fn fnv_is_stable() {
+        // Reference values of FNV-1a 64: other implementations must agree.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
+
+/// The store in force. A cut-over (see `crate::migrate`) swaps it without a restart.
+#[derive(Debug, Clone)]
+pub struct StoreHandle(Arc<std::sync::RwLock<Arc<dyn Store>>>);
+
+impl StoreHandle {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StoreHandle(Arc::new(std::sync::RwLock::new(store)))
+    }
+
+    pub fn get(&self) -> Arc<dyn Store> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, store: Arc<dyn Store>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+}

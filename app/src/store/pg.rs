@@ -1,0 +1,568 @@
+//! PostgreSQL tiers: direct (building block of the replica and shard tiers), through PgBouncer
+//! (phase 1) and distributed SQL over the PostgreSQL wire protocol (phase 4, CockroachDB).
+//!
+//! ## Why PgBouncer needs special care
+//! PgBouncer 1.18 in *transaction* mode hands a client a server connection for one transaction
+//! only; the next transaction may run on another server connection. sqlx by default prepares every
+//! query as a *named* statement (`sqlx_s_N`) and reuses it on later calls: through PgBouncer the
+//! statement would be missing on the next server connection ("prepared statement does not exist")
+//! or, worse, collide with another client's `sqlx_s_N` on the same server. So in
+//! [`PgMode::Bouncer`]:
+//! - the statement cache is off (`statement_cache_capacity(0)`) and every query is
+//!   `persistent(false)`, i.e. uses the *unnamed* statement, which Postgres drops at the next Parse;
+//! - every query, reads included, runs inside an explicit `BEGIN … COMMIT`, because sqlx sends
+//!   Parse/Describe and Bind/Execute in two round trips (two Syncs): outside a transaction PgBouncer
+//!   may switch server connections between them;
+//! - schema migrations take `pg_advisory_xact_lock` (transaction-scoped) instead of a session lock,
+//!   and run as plain simple-protocol SQL.
+//!
+//! ## Distributed SQL
+//! [`PgMode::Distributed`] runs every write transaction at SERIALIZABLE (CockroachDB's only level)
+//! and retries it on SQLSTATE 40001 (and 40P01) with exponential backoff and jitter, counting
+//! retries in `ladder_db_transaction_retries_total`. CockroachDB is not available in the test
+//! environment: the tests exercise this path against PostgreSQL at SERIALIZABLE with real
+//! concurrent conflicts (see docs/storage.md).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use rand::Rng;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+
+use super::{
+    ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreError, StoreOptions,
+    StoreResult, WriteAck,
+};
+use crate::metrics::Metrics;
+
+/// How the tier talks to PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgMode {
+    Direct,
+    Bouncer,
+    Distributed,
+}
+
+/// Write attempts before a serialization failure is given up (and surfaces as 503).
+const MAX_ATTEMPTS: u32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    mode: PgMode,
+    tier_id: String,
+    metrics: Arc<Metrics>,
+}
+
+type Q<'a> = sqlx::query::Query<'a, Postgres, PgArguments>;
+
+/// The body of a write transaction: SQL errors go in the outer `Result` (retried or classified by
+/// the driver), logical outcomes (not found, duplicate) in the inner one (rolled back, returned).
+type TxBody<'c> = BoxFuture<'c, Result<StoreResult<()>, sqlx::Error>>;
+
+fn e(err: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(err)
+}
+
+fn link_row(r: &sqlx::postgres::PgRow) -> LinkRow {
+    LinkRow {
+        code: r.get(0),
+        target: r.get(1),
+        created_ms: r.get(2),
+        seq: r.get(3),
+        deleted: r.get(4),
+    }
+}
+
+impl PgStore {
+    /// Connects lazily (the app starts while the database is down and reports 503 until it is
+    /// back) and applies the schema when reachable.
+    pub async fn open(
+        url: &str,
+        mode: PgMode,
+        opts: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let store = Self::connect(url, mode, opts, metrics, "postgres")?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Builds the pool without touching the database.
+    pub fn connect(
+        url: &str,
+        mode: PgMode,
+        opts: &StoreOptions,
+        metrics: Arc<Metrics>,
+        tier_id: &str,
+    ) -> anyhow::Result<Self> {
+        let mut options: PgConnectOptions = url.parse().map_err(|err| {
+            anyhow::anyhow!("invalid PostgreSQL URL {}: {err}", super::redact_url(url))
+        })?;
+        options = options.application_name("ladder-app");
+        if mode == PgMode::Bouncer {
+            options = options.statement_cache_capacity(0);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_lazy_with(options);
+        let tier_id = match mode {
+            PgMode::Direct => tier_id.to_owned(),
+            PgMode::Bouncer => "pgbouncer".to_owned(),
+            PgMode::Distributed => "dsql".to_owned(),
+        };
+        Ok(PgStore {
+            pool,
+            mode,
+            tier_id,
+            metrics,
+        })
+    }
+
+    pub fn with_tier_id(mut self, tier_id: &str) -> Self {
+        self.tier_id = tier_id.to_owned();
+        self
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A query that is safe for this mode (unnamed statement through PgBouncer).
+    fn q(&self, sql: &'static str) -> Q<'static> {
+        sqlx::query(sql).persistent(self.mode != PgMode::Bouncer)
+    }
+
+    /// Applies `migrations/postgres` (idempotent), serialised by a transaction-scoped advisory
+    /// lock so that it is safe through PgBouncer and with many replicas starting at once.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql("SELECT pg_advisory_xact_lock(7428823)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.ensure_control_row().await?;
+        Ok(())
+    }
+
+    /// The fence row must exist: writers lock it `FOR SHARE`, which locks nothing when it is absent.
+    pub async fn ensure_control_row(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(e)?;
+        self.q("INSERT INTO ladder_control (tier_id, fenced) VALUES ($1, FALSE) ON CONFLICT (tier_id) DO NOTHING")
+            .bind(self.tier_id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(e)?;
+        tx.commit().await.map_err(e)
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        match self.mode {
+            PgMode::Distributed => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    .await
+            }
+            _ => self.pool.begin().await,
+        }
+    }
+
+    /// Runs one write transaction: fence check (`FOR SHARE` on this tier's control row, so a
+    /// fence waits for in-flight writes), `body`, commit; retried on serialization failures.
+    async fn write<F>(&self, fence: bool, body: F) -> StoreResult<()>
+    where
+        F: for<'c> Fn(&'c mut PgConnection, i64) -> TxBody<'c> + Send + Sync,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_write(fence, &body).await {
+                Ok(outcome) => return outcome,
+                Err(err) if StoreError::is_retryable_conflict(&err) && attempt < MAX_ATTEMPTS => {
+                    self.metrics.tx_retries.inc();
+                    // 5 ms, 10 ms, … capped at 320 ms, with full jitter.
+                    let cap = 5u64 << attempt.min(6);
+                    let wait = rand::rng().random_range(1..=cap);
+                    tracing::debug!(attempt, wait_ms = wait, "serialization failure, retrying");
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                Err(err) => return Err(e(err)),
+            }
+        }
+    }
+
+    async fn try_write<F>(&self, fence: bool, body: &F) -> Result<StoreResult<()>, sqlx::Error>
+    where
+        F: for<'c> Fn(&'c mut PgConnection, i64) -> TxBody<'c> + Send + Sync,
+    {
+        let mut tx = self.begin().await?;
+        if fence {
+            let row = self
+                .q("SELECT fenced FROM ladder_control WHERE tier_id = $1 FOR SHARE")
+                .bind(self.tier_id.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if row.is_some_and(|r| r.get::<bool, _>(0)) {
+                tx.rollback().await?;
+                return Ok(Err(StoreError::Fenced));
+            }
+        }
+        let seq: i64 = self
+            .q("SELECT nextval('ladder_links_seq')")
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        match body(&mut tx, seq).await? {
+            Ok(()) => {
+                tx.commit().await?;
+                self.metrics.record_tx();
+                Ok(Ok(()))
+            }
+            Err(outcome) => {
+                tx.rollback().await?;
+                Ok(Err(outcome))
+            }
+        }
+    }
+
+    /// Runs a read: inside a transaction through PgBouncer (see the module doc).
+    async fn read_rows(&self, query: Q<'static>) -> StoreResult<Vec<sqlx::postgres::PgRow>> {
+        if self.mode == PgMode::Bouncer {
+            let mut tx = self.pool.begin().await.map_err(e)?;
+            let rows = query.fetch_all(&mut *tx).await.map_err(e)?;
+            tx.commit().await.map_err(e)?;
+            Ok(rows)
+        } else {
+            query.fetch_all(&self.pool).await.map_err(e)
+        }
+    }
+
+    /// The primary's current WAL position (replica tier: read-your-writes token).
+    pub async fn current_lsn(&self) -> StoreResult<u64> {
+        let rows = self
+            .read_rows(self.q("SELECT pg_current_wal_lsn()::text"))
+            .await?;
+        let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+        parse_lsn(&text).ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad LSN {text:?}")))
+    }
+
+    /// A replica's last replayed WAL position (None on a primary).
+    pub async fn replay_lsn(&self) -> StoreResult<Option<u64>> {
+        let rows = self
+            .read_rows(self.q("SELECT pg_last_wal_replay_lsn()::text"))
+            .await?;
+        let text: Option<String> = rows.first().and_then(|r| r.get(0));
+        Ok(text.as_deref().and_then(parse_lsn))
+    }
+}
+
+/// Parses a `pg_lsn` text (`16/B374D848`) into a byte position.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn tier(&self) -> &'static str {
+        match self.mode {
+            PgMode::Direct => "postgres",
+            PgMode::Bouncer => "pgbouncer",
+            PgMode::Distributed => "dsql",
+        }
+    }
+
+    fn tier_id(&self) -> String {
+        self.tier_id.clone()
+    }
+
+    async fn create_link(&self, link: &Link) -> StoreResult<WriteAck> {
+        self.write(true, |conn, seq| {
+            // A tombstone (deleted link) may be reused; a live code may not.
+            let q = self
+                .q("INSERT INTO links (code, target, created_ms, seq, deleted) VALUES ($1, $2, $3, $4, FALSE)
+                    ON CONFLICT (code) DO UPDATE SET target = excluded.target, created_ms = excluded.created_ms,
+                      seq = excluded.seq, deleted = FALSE WHERE links.deleted")
+                .bind(link.code.clone())
+                .bind(link.target.clone())
+                .bind(link.created_ms)
+                .bind(seq);
+            Box::pin(async move {
+                let res = q.execute(conn).await?;
+                Ok(if res.rows_affected() == 0 { Err(StoreError::Duplicate) } else { Ok(()) })
+            })
+        })
+        .await?;
+        Ok(WriteAck::default())
+    }
+
+    async fn get_link(&self, code: &str, _ctx: ReadCtx) -> StoreResult<(Option<Link>, ReadFrom)> {
+        let rows = self
+            .read_rows(
+                self.q(
+                    "SELECT code, target, created_ms FROM links WHERE code = $1 AND NOT deleted",
+                )
+                .bind(code.to_owned()),
+            )
+            .await?;
+        Ok((
+            rows.first().map(|r| Link {
+                code: r.get(0),
+                target: r.get(1),
+                created_ms: r.get(2),
+            }),
+            ReadFrom::Primary,
+        ))
+    }
+
+    async fn update_link(&self, code: &str, target: &str) -> StoreResult<WriteAck> {
+        self.write(true, |conn, seq| {
+            let q = self
+                .q("UPDATE links SET target = $1, seq = $2 WHERE code = $3 AND NOT deleted")
+                .bind(target.to_owned())
+                .bind(seq)
+                .bind(code.to_owned());
+            Box::pin(async move {
+                let res = q.execute(conn).await?;
+                Ok(if res.rows_affected() == 0 {
+                    Err(StoreError::NotFound)
+                } else {
+                    Ok(())
+                })
+            })
+        })
+        .await?;
+        Ok(WriteAck::default())
+    }
+
+    async fn delete_link(&self, code: &str) -> StoreResult<WriteAck> {
+        self.write(true, |conn, seq| {
+            let q = self
+                .q("UPDATE links SET deleted = TRUE, seq = $1 WHERE code = $2 AND NOT deleted")
+                .bind(seq)
+                .bind(code.to_owned());
+            Box::pin(async move {
+                let res = q.execute(conn).await?;
+                Ok(if res.rows_affected() == 0 {
+                    Err(StoreError::NotFound)
+                } else {
+                    Ok(())
+                })
+            })
+        })
+        .await?;
+        Ok(WriteAck::default())
+    }
+
+    async fn add_clicks(&self, clicks: &[ClickRow]) -> StoreResult<()> {
+        // Concurrent flushes of the same (code, day) from
+        // several instances conflict at SERIALIZABLE and are retried.
+        self.write(true, |conn, _| {
+            let qs: Vec<Q<'static>> = clicks
+                .iter()
+                .map(|c| {
+                    self.q(
+                        "INSERT INTO clicks_daily (code, day, clicks) VALUES ($1, $2, $3)
+                         ON CONFLICT (code, day) DO UPDATE SET clicks = clicks_daily.clicks + excluded.clicks",
+                    )
+                    .bind(c.code.clone())
+                    .bind(c.day.clone())
+                    .bind(c.clicks)
+                })
+                .collect();
+            Box::pin(async move {
+                for q in qs {
+                    q.execute(&mut *conn).await?;
+                }
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
+    async fn click_stats(&self, code: &str) -> StoreResult<Vec<ClickRow>> {
+        let rows = self
+            .read_rows(
+                self.q("SELECT code, day, clicks FROM clicks_daily WHERE code = $1 ORDER BY day")
+                    .bind(code.to_owned()),
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClickRow {
+                code: r.get(0),
+                day: r.get(1),
+                clicks: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read_rows(self.q("SELECT 1")).await.map(|_| ())
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({ "tier": self.tier(), "tierId": self.tier_id })
+    }
+
+    async fn control(&self) -> StoreResult<Control> {
+        let rows = self
+            .read_rows(
+                self.q("SELECT fenced, moved_to FROM ladder_control WHERE tier_id = $1")
+                    .bind(self.tier_id.clone()),
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| Control {
+                fenced: r.get(0),
+                moved_to: r.get(1),
+            })
+            .unwrap_or_default())
+    }
+
+    async fn set_control(&self, control: &Control) -> StoreResult<()> {
+        // The UPDATE waits for every writer holding FOR SHARE on the row: when it commits, every
+        // write that committed before is in, and every later write sees the fence.
+        let mut tx = self.pool.begin().await.map_err(e)?;
+        self.q(
+            "INSERT INTO ladder_control (tier_id, fenced, moved_to) VALUES ($1, $2, $3)
+             ON CONFLICT (tier_id) DO UPDATE SET fenced = excluded.fenced, moved_to = excluded.moved_to",
+        )
+        .bind(self.tier_id.clone())
+        .bind(control.fenced)
+        .bind(control.moved_to.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
+        tx.commit().await.map_err(e)
+    }
+
+    async fn scan_links(
+        &self,
+        _partition: usize,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<LinkRow>> {
+        let rows = self
+            .read_rows(
+                self.q("SELECT code, target, created_ms, seq, deleted FROM links WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(limit),
+            )
+            .await?;
+        Ok(rows.iter().map(link_row).collect())
+    }
+
+    async fn scan_clicks(&self, _partition: usize) -> StoreResult<Vec<ClickRow>> {
+        let rows = self
+            .read_rows(self.q("SELECT code, day, clicks FROM clicks_daily"))
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClickRow {
+                code: r.get(0),
+                day: r.get(1),
+                clicks: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn put_links(&self, rows: &[LinkRow]) -> StoreResult<()> {
+        self.write(false, |conn, _| {
+            let qs: Vec<Q<'static>> = rows
+                .iter()
+                .map(|r| {
+                    // Content from the source, a fresh local seq (so a later migration away from
+                    // this tier sees the row in order); unchanged rows are left alone.
+                    self.q(
+                        "INSERT INTO links (code, target, created_ms, seq, deleted)
+                         VALUES ($1, $2, $3, nextval('ladder_links_seq'), $4)
+                         ON CONFLICT (code) DO UPDATE SET target = excluded.target, created_ms = excluded.created_ms,
+                           seq = excluded.seq, deleted = excluded.deleted
+                         WHERE (links.target, links.created_ms, links.deleted)
+                           IS DISTINCT FROM (excluded.target, excluded.created_ms, excluded.deleted)",
+                    )
+                    .bind(r.code.clone())
+                    .bind(r.target.clone())
+                    .bind(r.created_ms)
+                    .bind(r.deleted)
+                })
+                .collect();
+            Box::pin(async move {
+                for q in qs {
+                    q.execute(&mut *conn).await?;
+                }
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
+    async fn put_clicks(&self, rows: &[ClickRow]) -> StoreResult<()> {
+        self.write(false, |conn, _| {
+            let qs: Vec<Q<'static>> = rows
+                .iter()
+                .map(|c| {
+                    self.q(
+                        "INSERT INTO clicks_daily (code, day, clicks) VALUES ($1, $2, $3)
+                         ON CONFLICT (code, day) DO UPDATE SET clicks = excluded.clicks",
+                    )
+                    .bind(c.code.clone())
+                    .bind(c.day.clone())
+                    .bind(c.clicks)
+                })
+                .collect();
+            Box::pin(async move {
+                for q in qs {
+                    q.execute(&mut *conn).await?;
+                }
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
+    async fn checkpoint_get(&self, id: &str) -> StoreResult<Option<String>> {
+        let rows = self
+            .read_rows(
+                self.q("SELECT state FROM ladder_migrate_checkpoint WHERE id = $1")
+                    .bind(id.to_owned()),
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn checkpoint_put(&self, id: &str, state: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(e)?;
+        self.q(
+            "INSERT INTO ladder_migrate_checkpoint (id, state) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+        )
+        .bind(id.to_owned())
+        .bind(state.to_owned())
+        .execute(&mut *tx)
+        .await
+        .map_err(e)?;
+        tx.commit().await.map_err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_lsn;
+
+    #[test]
+    fn lsn_parses() {
+        assert_eq!(parse_lsn("0/3019088"), Some(0x0301_9088));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(parse_lsn("nope"), None);
+    }
+}

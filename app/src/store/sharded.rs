@@ -1,0 +1,461 @@
+//! Phase 3: sharded PostgreSQL, routed by the operator's versioned shard allocation map.
+//!
+//! The map is a JSON file (the operator mounts it from a ConfigMap):
+//!
+//! ```json
+//! { "version": 2, "slots": 1024,
+//!   "shards": [ { "name": "s0", "url": "postgres://…/ladder_s0" }, { "name": "s1", "url": "…" } ],
+//!   "ranges": [ { "from": 0, "to": 511, "shard": "s0" }, { "from": 512, "to": 1023, "shard": "s1" } ] }
+//! ```
+//!
+//! A code's slot is `fnv1a64(code) % slots`; the ranges (inclusive) must cover every slot exactly
+//! once. The file is re-read every poll interval; a new `version` takes effect without restart
+//! (new shards are connected and migrated first, then routing switches atomically). A map change
+//! that moves slots holding data is a resharding: run `ladder-app migrate --from shards:OLD
+//! --to shards:NEW` instead of editing the live map in place (see docs/migration.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::pg::{PgMode, PgStore};
+use super::{
+    ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreError, StoreOptions,
+    StoreResult, WriteAck, fnv1a64,
+};
+use crate::metrics::Metrics;
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardDef {
+    pub name: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for ShardDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.name, super::redact_url(&self.url))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRange {
+    pub from: u32,
+    pub to: u32,
+    pub shard: String,
+}
+
+/// The shard allocation map (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMap {
+    pub version: u64,
+    pub slots: u32,
+    pub shards: Vec<ShardDef>,
+    pub ranges: Vec<SlotRange>,
+}
+
+impl ShardMap {
+    /// Validates and returns the slot → shard index table.
+    pub fn slot_table(&self) -> anyhow::Result<Vec<usize>> {
+        if self.slots == 0 || self.slots > 65_536 {
+            bail!("slots must be 1..=65536");
+        }
+        if self.shards.is_empty() {
+            bail!("a shard map needs at least one shard");
+        }
+        let index: HashMap<&str, usize> = self
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        if index.len() != self.shards.len() {
+            bail!("shard names must be unique");
+        }
+        let mut table = vec![usize::MAX; self.slots as usize];
+        for r in &self.ranges {
+            let shard = *index
+                .get(r.shard.as_str())
+                .with_context(|| format!("range names unknown shard {}", r.shard))?;
+            if r.from > r.to || r.to >= self.slots {
+                bail!("bad range {}..={}", r.from, r.to);
+            }
+            for slot in r.from..=r.to {
+                let cell = &mut table[slot as usize];
+                if *cell != usize::MAX {
+                    bail!("slot {slot} is assigned twice");
+                }
+                *cell = shard;
+            }
+        }
+        if let Some(slot) = table.iter().position(|s| *s == usize::MAX) {
+            bail!("slot {slot} is not assigned");
+        }
+        Ok(table)
+    }
+
+    pub fn slot_of(&self, code: &str) -> u32 {
+        (fnv1a64(code.as_bytes()) % u64::from(self.slots)) as u32
+    }
+
+    /// Reads and validates a map file.
+    pub fn load(path: &str) -> anyhow::Result<ShardMap> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading shard map {path}"))?;
+        let map: ShardMap =
+            serde_json::from_str(&text).with_context(|| format!("parsing shard map {path}"))?;
+        map.slot_table()?;
+        Ok(map)
+    }
+}
+
+#[derive(Debug)]
+struct Routing {
+    map: ShardMap,
+    table: Vec<usize>,
+    stores: Vec<PgStore>,
+}
+
+impl Routing {
+    fn shard(&self, code: &str) -> &PgStore {
+        &self.stores[self.table[self.map.slot_of(code) as usize]]
+    }
+
+    fn index(&self, code: &str) -> usize {
+        self.table[self.map.slot_of(code) as usize]
+    }
+}
+
+#[derive(Debug)]
+pub struct ShardedStore {
+    path: String,
+    routing: Arc<RwLock<Arc<Routing>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ShardedStore {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+async fn build(
+    map: ShardMap,
+    opts: &StoreOptions,
+    metrics: &Arc<Metrics>,
+    old: Option<&Routing>,
+) -> anyhow::Result<Routing> {
+    let table = map.slot_table()?;
+    let tier_id = format!("shards-v{}", map.version);
+    let mut stores = Vec::new();
+    for def in &map.shards {
+        // Reuse the pool of a shard whose URL did not change.
+        let reused = old.and_then(|o| {
+            o.map
+                .shards
+                .iter()
+                .position(|d| d.url == def.url)
+                .map(|i| o.stores[i].clone().with_tier_id(&tier_id))
+        });
+        let store = match reused {
+            Some(s) => s,
+            None => PgStore::connect(&def.url, PgMode::Direct, opts, metrics.clone(), &tier_id)?,
+        };
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("migrating shard {}", def.name))?;
+        stores.push(store);
+    }
+    Ok(Routing { map, table, stores })
+}
+
+impl ShardedStore {
+    pub async fn open(
+        path: &str,
+        opts: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let map = ShardMap::load(path)?;
+        let routing = Arc::new(RwLock::new(Arc::new(
+            build(map, opts, &metrics, None).await?,
+        )));
+        let task = tokio::spawn({
+            let (routing, path, opts) = (routing.clone(), path.to_owned(), opts.clone());
+            async move {
+                let mut seen: Option<SystemTime> =
+                    std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                let mut tick = tokio::time::interval(opts.poll_interval);
+                loop {
+                    tick.tick().await;
+                    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    if modified == seen {
+                        continue;
+                    }
+                    seen = modified;
+                    if let Err(err) = reload(&routing, &path, &opts, &metrics).await {
+                        tracing::error!(error = %format!("{err:#}"), "shard map reload failed; keeping the current map");
+                    }
+                }
+            }
+        });
+        Ok(ShardedStore {
+            path: path.to_owned(),
+            routing,
+            task: Some(task),
+        })
+    }
+
+    fn current(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The version of the map in force.
+    pub fn map_version(&self) -> u64 {
+        self.current().map.version
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+async fn reload(
+    routing: &RwLock<Arc<Routing>>,
+    path: &str,
+    opts: &StoreOptions,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let map = ShardMap::load(path)?;
+    let old = routing.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if map == old.map {
+        return Ok(());
+    }
+    let new = build(map, opts, metrics, Some(&old)).await?;
+    for s in &new.stores {
+        s.ensure_control_row()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    tracing::info!(
+        from = old.map.version,
+        to = new.map.version,
+        "shard map reloaded"
+    );
+    *routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+    Ok(())
+}
+
+#[async_trait]
+impl Store for ShardedStore {
+    fn tier(&self) -> &'static str {
+        "shards"
+    }
+
+    fn tier_id(&self) -> String {
+        format!("shards-v{}", self.map_version())
+    }
+
+    async fn create_link(&self, link: &Link) -> StoreResult<WriteAck> {
+        self.current().shard(&link.code).create_link(link).await
+    }
+
+    async fn get_link(&self, code: &str, ctx: ReadCtx) -> StoreResult<(Option<Link>, ReadFrom)> {
+        self.current().shard(code).get_link(code, ctx).await
+    }
+
+    async fn update_link(&self, code: &str, target: &str) -> StoreResult<WriteAck> {
+        self.current().shard(code).update_link(code, target).await
+    }
+
+    async fn delete_link(&self, code: &str) -> StoreResult<WriteAck> {
+        self.current().shard(code).delete_link(code).await
+    }
+
+    async fn add_clicks(&self, clicks: &[ClickRow]) -> StoreResult<()> {
+        let r = self.current();
+        let mut by_shard: HashMap<usize, Vec<ClickRow>> = HashMap::new();
+        for c in clicks {
+            by_shard
+                .entry(r.index(&c.code))
+                .or_default()
+                .push(c.clone());
+        }
+        for (i, rows) in by_shard {
+            r.stores[i].add_clicks(&rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn click_stats(&self, code: &str) -> StoreResult<Vec<ClickRow>> {
+        self.current().shard(code).click_stats(code).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        for s in &self.current().stores {
+            s.ping().await?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let r = self.current();
+        serde_json::json!({
+            "tier": "shards",
+            "shardMapVersion": r.map.version,
+            "shards": r.map.shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        })
+    }
+
+    async fn control(&self) -> StoreResult<Control> {
+        let r = self.current();
+        // Fenced if any shard is fenced; the cut-over pointer is written to every shard.
+        let mut out = Control::default();
+        for s in &r.stores {
+            let c = s.control().await?;
+            out.fenced |= c.fenced;
+            if out.moved_to.is_none() {
+                out.moved_to = c.moved_to;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_control(&self, control: &Control) -> StoreResult<()> {
+        for s in &self.current().stores {
+            s.set_control(control).await?;
+        }
+        Ok(())
+    }
+
+    fn partitions(&self) -> usize {
+        self.current().stores.len()
+    }
+
+    fn partition_of(&self, code: &str) -> usize {
+        self.current().index(code)
+    }
+
+    async fn scan_links(
+        &self,
+        partition: usize,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<LinkRow>> {
+        let r = self.current();
+        let s = r
+            .stores
+            .get(partition)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("no shard {partition}")))?;
+        // Rows a shard holds but no longer owns (left behind by a resharding) are returned too;
+        // `migrate` routes every row by the target map, and its verify step ignores strays.
+        s.scan_links(0, after, limit).await
+    }
+
+    async fn scan_clicks(&self, partition: usize) -> StoreResult<Vec<ClickRow>> {
+        let r = self.current();
+        let s = r
+            .stores
+            .get(partition)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("no shard {partition}")))?;
+        s.scan_clicks(0).await
+    }
+
+    async fn put_links(&self, rows: &[LinkRow]) -> StoreResult<()> {
+        let r = self.current();
+        let mut by_shard: HashMap<usize, Vec<LinkRow>> = HashMap::new();
+        for row in rows {
+            by_shard
+                .entry(r.index(&row.code))
+                .or_default()
+                .push(row.clone());
+        }
+        for (i, rows) in by_shard {
+            r.stores[i].put_links(&rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn put_clicks(&self, rows: &[ClickRow]) -> StoreResult<()> {
+        let r = self.current();
+        let mut by_shard: HashMap<usize, Vec<ClickRow>> = HashMap::new();
+        for row in rows {
+            by_shard
+                .entry(r.index(&row.code))
+                .or_default()
+                .push(row.clone());
+        }
+        for (i, rows) in by_shard {
+            r.stores[i].put_clicks(&rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint_get(&self, id: &str) -> StoreResult<Option<String>> {
+        self.current().stores[0].checkpoint_get(id).await
+    }
+
+    async fn checkpoint_put(&self, id: &str, state: &str) -> StoreResult<()> {
+        self.current().stores[0].checkpoint_put(id, state).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(ranges: &[(u32, u32, &str)]) -> ShardMap {
+        ShardMap {
+            version: 1,
+            slots: 16,
+            shards: vec![
+                ShardDef {
+                    name: "a".into(),
+                    url: "postgres://x@127.0.0.1/a".into(),
+                },
+                ShardDef {
+                    name: "b".into(),
+                    url: "postgres://x@127.0.0.1/b".into(),
+                },
+            ],
+            ranges: ranges
+                .iter()
+                .map(|(f, t, s)| SlotRange {
+                    from: *f,
+                    to: *t,
+                    shard: (*s).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn validates_coverage() {
+        assert!(map(&[(0, 7, "a"), (8, 15, "b")]).slot_table().is_ok());
+        assert!(map(&[(0, 7, "a")]).slot_table().is_err(), "gap");
+        assert!(
+            map(&[(0, 8, "a"), (8, 15, "b")]).slot_table().is_err(),
+            "overlap"
+        );
+        assert!(map(&[(0, 15, "c")]).slot_table().is_err(), "unknown shard");
+    }
+
+    #[test]
+    fn routes_deterministically() {
+        let m = map(&[(0, 7, "a"), (8, 15, "b")]);
+        let t = m.slot_table().expect("valid");
+        let shards: std::collections::HashSet<usize> = (0..200)
+            .map(|i| t[m.slot_of(&format!("code{i}")) as usize])
+            .collect();
+        assert_eq!(shards.len(), 2, "codes spread over both shards");
+        assert_eq!(m.slot_of("abc"), m.slot_of("abc"));
+    }
+}

@@ -1,0 +1,252 @@
+//! Shared helpers of the integration tests. The services are the real ones from
+//! `make services-up`; their addresses come from `.ladder/services.env` (exported by
+//! `make test-integration`). Every test isolates itself: its own PostgreSQL database(s), its own
+//! Redis key prefix, its own ClickHouse database, its own SQLite file.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ladder_app::config::{ClickSinkKind, ServeArgs};
+use ladder_app::server::{self, Running};
+use ladder_app::store::StoreSpec;
+use rand::Rng;
+
+/// A required service address; fails the test (rather than skipping it) when missing.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        // Fall back to the env file so `cargo test` works without `make`.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ladder/services.env");
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            })
+            .unwrap_or_else(|| {
+                panic!("{name} is not set: run `make services-up` / `make test-integration`")
+            })
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}_{:x}_{}", n & 0xffff_ffff, std::process::id())
+}
+
+/// Replaces the database of a PostgreSQL URL.
+pub fn with_db(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("valid url");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// Creates a fresh database on the primary; returns its name.
+pub async fn fresh_db(prefix: &str) -> String {
+    let name = unique(&format!("t_{prefix}"));
+    let admin = env("LADDER_PG_PRIMARY_URL");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connect to the primary");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    name
+}
+
+pub fn primary_url(db: &str) -> String {
+    with_db(&env("LADDER_PG_PRIMARY_URL"), db)
+}
+
+pub fn replica_url(db: &str) -> String {
+    with_db(&env("LADDER_PG_REPLICA_URL"), db)
+}
+
+pub fn bouncer_url(db: &str) -> String {
+    with_db(&env("LADDER_PGBOUNCER_URL"), db)
+}
+
+pub fn temp_sqlite() -> String {
+    let dir: PathBuf = std::env::temp_dir().join(unique("ladder-test"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("ladder.db").display().to_string()
+}
+
+/// `serve` defaults with every optional service off, a free loopback port, fast polling.
+pub fn args(store: StoreSpec) -> ServeArgs {
+    let mut a = ServeArgs::defaults();
+    a.listen = "127.0.0.1:0".parse().expect("addr");
+    a.store = store;
+    a.redis_url = None;
+    a.redis_prefix = format!("{}:", unique("ladder-test"));
+    a.clickhouse_url = None;
+    a.clicks = ClickSinkKind::Db;
+    a.varnish_url = None;
+    a.rules_file = None;
+    a.poll_interval_ms = 100;
+    a.click_flush_ms = 100;
+    a.db_acquire_timeout_ms = 1500;
+    a.db_max_connections = 8;
+    a.report_load = false;
+    a.public_url = None;
+    a
+}
+
+pub async fn start(args: &ServeArgs) -> Running {
+    server::start(args).await.expect("app starts")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// Creates a link and returns its code (asserting 201).
+pub async fn create(c: &reqwest::Client, base: &str, url: &str, code: Option<&str>) -> String {
+    let mut body = serde_json::json!({ "url": url });
+    if let Some(code) = code {
+        body["code"] = code.into();
+    }
+    let resp = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(status, 201, "create failed: {v}");
+    v["code"].as_str().expect("code").to_owned()
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A metric's value from `/metrics` text (sum over label sets containing `filter`).
+pub async fn metric(c: &reqwest::Client, base: &str, name: &str, filter: &str) -> f64 {
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Asserts one full CRUD + redirect + stats round through the HTTP API.
+pub async fn crud_round(base: &str) {
+    let c = http();
+    let code = create(&c, base, "https://example.com/a?b=c", None).await;
+    // show
+    let v: serde_json::Value = c
+        .get(format!("{base}/api/v1/links/{code}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["url"], "https://example.com/a?b=c");
+    // redirect, cacheable
+    let r = c
+        .get(format!("{base}/{code}"))
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "https://example.com/a?b=c");
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .expect("ascii")
+            .contains("max-age=")
+    );
+    let etag = r.headers()["etag"].clone();
+    let r = c
+        .get(format!("{base}/{code}"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("conditional");
+    assert_eq!(r.status(), 304);
+    // custom code + duplicate
+    let custom = unique("c").replace('_', "-");
+    let custom = &custom[..custom.len().min(30)];
+    create(&c, base, "http://example.org/", Some(custom)).await;
+    let dup = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&serde_json::json!({"url": "http://x.org/", "code": custom}))
+        .send()
+        .await
+        .expect("dup");
+    assert_eq!(dup.status(), 409);
+    // update, then the redirect follows the new target
+    let r = c
+        .put(format!("{base}/api/v1/links/{custom}"))
+        .json(&serde_json::json!({"url": "https://example.net/new"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{base}/{custom}"))
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(r.headers()["location"], "https://example.net/new");
+    // stats count the redirects (flushed in the background)
+    eventually("clicks in stats", Duration::from_secs(10), || {
+        let c = c.clone();
+        let url = format!("{base}/api/v1/links/{code}/stats");
+        async move {
+            let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
+            (v["total"].as_i64() == Some(2)).then_some(())
+        }
+    })
+    .await;
+    // delete
+    let r = c
+        .delete(format!("{base}/api/v1/links/{code}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        c.get(format!("{base}/{code}"))
+            .send()
+            .await
+            .expect("gone")
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.delete(format!("{base}/api/v1/links/{code}"))
+            .send()
+            .await
+            .expect("again")
+            .status(),
+        404
+    );
+}
