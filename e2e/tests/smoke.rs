@@ -30,7 +30,12 @@ async fn namespace(client: &Client, prefix: &str) -> String {
         .expect("create namespace");
     // Pods are refused until the service-account controller made `default`.
     let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-    wait(await_condition(sa, "default", |s: Option<&ServiceAccount>| s.is_some()), 60, "serviceaccount/default").await;
+    wait(
+        await_condition(sa, "default", |s: Option<&ServiceAccount>| s.is_some()),
+        60,
+        "serviceaccount/default",
+    )
+    .await;
     name
 }
 
@@ -59,25 +64,39 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 #[tokio::test]
 async fn six_ready_nodes_over_three_regions_and_six_zones() {
-    let nodes = Api::<Node>::all(client().await).list(&ListParams::default()).await.expect("list nodes");
+    let nodes = Api::<Node>::all(client().await)
+        .list(&ListParams::default())
+        .await
+        .expect("list nodes");
     let ready: Vec<&Node> = nodes
         .items
         .iter()
         .filter(|n| {
-            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .collect();
-    assert!(ready.len() >= 6, "expected at least 6 Ready nodes, found {}", ready.len());
-    let regions: BTreeSet<_> = ready.iter().filter_map(|n| n.labels().get(REGION).cloned()).collect();
+    assert!(
+        ready.len() >= 6,
+        "expected at least 6 Ready nodes, found {}",
+        ready.len()
+    );
+    let regions: BTreeSet<_> = ready
+        .iter()
+        .filter_map(|n| n.labels().get(REGION).cloned())
+        .collect();
     let zones: BTreeSet<_> = ready
         .iter()
         .filter_map(|n| n.labels().get("topology.kubernetes.io/zone").cloned())
@@ -85,7 +104,11 @@ async fn six_ready_nodes_over_three_regions_and_six_zones() {
     assert!(regions.len() >= 3, "regions: {regions:?}");
     assert!(zones.len() >= 6, "zones: {zones:?}");
     for n in &ready {
-        let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| !t.is_empty());
+        let tainted = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| !t.is_empty());
         assert!(!tainted, "node {} carries a taint", n.name_any());
     }
 }
@@ -119,11 +142,16 @@ async fn statefulset_with_volumes_spreads_over_regions_and_is_garbage_collected(
     }))
     .expect("statefulset");
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    sts_api.create(&PostParams::default(), &sts).await.expect("create statefulset");
+    sts_api
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("create statefulset");
 
     wait(
         await_condition(sts_api.clone(), "db", |s: Option<&StatefulSet>| {
-            s.and_then(|s| s.status.as_ref()).and_then(|st| st.ready_replicas) == Some(3)
+            s.and_then(|s| s.status.as_ref())
+                .and_then(|st| st.ready_replicas)
+                == Some(3)
         }),
         120,
         "3 ready replicas",
@@ -131,30 +159,63 @@ async fn statefulset_with_volumes_spreads_over_regions_and_is_garbage_collected(
     .await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let list = pods.list(&ListParams::default().labels("app=db")).await.expect("list pods");
+    let list = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .expect("list pods");
     assert_eq!(list.items.len(), 3);
     let nodes: Api<Node> = Api::all(client.clone());
     let mut regions = BTreeSet::new();
     for p in &list.items {
         let phase = p.status.as_ref().and_then(|s| s.phase.clone());
-        assert_eq!(phase.as_deref(), Some("Running"), "pod {} not Running", p.name_any());
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).expect("scheduled");
+        assert_eq!(
+            phase.as_deref(),
+            Some("Running"),
+            "pod {} not Running",
+            p.name_any()
+        );
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .expect("scheduled");
         let node = nodes.get(&node).await.expect("node");
         regions.insert(node.labels().get(REGION).cloned().expect("region label"));
     }
-    assert_eq!(regions.len(), 3, "pods must spread over three regions, got {regions:?}");
+    assert_eq!(
+        regions.len(),
+        3,
+        "pods must spread over three regions, got {regions:?}"
+    );
 
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    for claim in pvcs.list(&ListParams::default()).await.expect("list pvcs").items {
+    for claim in pvcs
+        .list(&ListParams::default())
+        .await
+        .expect("list pvcs")
+        .items
+    {
         let phase = claim.status.and_then(|s| s.phase);
-        assert_eq!(phase.as_deref(), Some("Bound"), "claim {:?} not bound", claim.metadata.name);
+        assert_eq!(
+            phase.as_deref(),
+            Some("Bound"),
+            "claim {:?} not bound",
+            claim.metadata.name
+        );
     }
 
     // Deleting the owner: the garbage collector removes its pods.
-    sts_api.delete("db", &DeleteParams::background()).await.expect("delete statefulset");
+    sts_api
+        .delete("db", &DeleteParams::background())
+        .await
+        .expect("delete statefulset");
     eventually(120, "the garbage collector to remove the pods", || {
         let pods = pods.clone();
-        async move { pods.list(&ListParams::default().labels("app=db")).await.is_ok_and(|l| l.items.is_empty()) }
+        async move {
+            pods.list(&ListParams::default().labels("app=db"))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        }
     })
     .await;
     delete_namespace(&client, &ns).await;
@@ -174,8 +235,15 @@ async fn job_completes() {
     }))
     .expect("job");
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    jobs.create(&PostParams::default(), &job).await.expect("create job");
-    wait(await_condition(jobs.clone(), "once", conditions::is_job_completed()), 120, "the job to complete").await;
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("create job");
+    wait(
+        await_condition(jobs.clone(), "once", conditions::is_job_completed()),
+        120,
+        "the job to complete",
+    )
+    .await;
     let done = jobs.get("once").await.expect("get job");
     assert_eq!(done.status.and_then(|s| s.succeeded), Some(1));
     delete_namespace(&client, &ns).await;
