@@ -42,8 +42,9 @@ test-integration: services-up ## integration tests against the real data service
 test-e2e: cluster-up ## end-to-end tests against the local control plane
 	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked -- --test-threads=4
 
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run -q -p ladder-operator --locked -- crd > crds/ladder.dev_crds.yaml
+	cp crds/ladder.dev_crds.yaml charts/ladder-operator/crds/ladder.dev_crds.yaml
 
 cluster-up: ## build (cached) and start the local control plane; kubeconfig in .ladder/cluster/
 	@hack/cluster.sh up

@@ -37,6 +37,8 @@ step "bringing up the data services and the local control plane"
 bash hack/services.sh up
 if ! bash hack/cluster.sh status 2>/dev/null | grep -q 'kube-apiserver *up'; then started+=(cluster); fi
 bash hack/cluster.sh up
+LADDER_HELM="$(bash hack/build-helm.sh)"
+export LADDER_HELM
 
 step "unit tests (pure)"
 cargo test --workspace "${CARGO_FLAGS[@]}" --lib --bins
