@@ -21,6 +21,17 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions as a multi-document YAML stream.
     Crd,
+    /// Run the operator against the cluster of the current kubeconfig.
+    Run(crate::run::RunArgs),
+    /// Print the objects a ScalingPhase (YAML file, `-` for stdin) renders to,
+    /// without a cluster (generated Secrets are listed, not created).
+    Render {
+        /// Path of a ScalingPhase manifest.
+        file: String,
+        /// Regions to assume for the nodes, comma-separated.
+        #[arg(long, default_value = "ap-south,eu-west,us-east")]
+        regions: String,
+    },
 }
 
 /// Every CRD this operator serves or reads, in a stable order.
@@ -73,6 +84,21 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => {
             let yaml = crds_yaml()?;
+            std::io::stdout().lock().write_all(yaml.as_bytes())?;
+            Ok(())
+        }
+        Command::Run(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(crate::run::run(args))
+        }
+        Command::Render { file, regions } => {
+            let text = if file == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(&file)? };
+            let mut sp: ScalingPhase = serde_yaml::from_str(&text)?;
+            sp.metadata.namespace.get_or_insert_with(|| "default".into());
+            sp.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+            let world = crate::validate::World { node_regions: regions.split(',').map(str::to_owned).collect(), keda: false };
+            let (v, profile) = crate::validate::validate(&sp, &world).map_err(|e| anyhow::anyhow!("invalid: {e}"))?;
+            let yaml = crate::render::render(&v, &profile).to_yaml();
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
             Ok(())
         }

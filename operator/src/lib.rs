@@ -2,11 +2,17 @@
 //! reconciler that drives a cluster to the phase a `ScalingPhase` declares.
 //!
 //! The pipeline (see [`reconcile`]): read world → [`validate`] → [`render`]
-//! (pure) → [`apply`] (server-side apply, prune) → status.
+//! (pure) → [`apply`] (server-side apply, prune) → [`status`].
 
+pub mod apply;
 pub mod catalogue;
 pub mod cli;
 pub mod crd;
+pub mod leader;
 pub mod load_report;
+pub mod metrics;
+pub mod reconcile;
 pub mod render;
+pub mod run;
+pub mod status;
 pub mod validate;

@@ -10,6 +10,7 @@
 //! [`labels`] and the controller owner reference of its ScalingPhase.
 
 mod components;
+pub use components::scaled_object_resource;
 pub mod config;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,239 @@
+//! `ladder-operator run`: the long-running operator process.
+//!
+//! Starts the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`), waits to
+//! become leader (unless disabled), then runs the Controller until SIGTERM or
+//! Ctrl-C, finishing in-flight reconciles and releasing the Lease on the way out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::api::PartialObjectMeta;
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use kube::{Client, Discovery};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::crd::ScalingPhase;
+use crate::leader::Elector;
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context};
+
+/// Options of `ladder-operator run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address of the metrics and health endpoints.
+    #[arg(long, env = "LADDER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Take part in leader election (disable only for a single local process).
+    #[arg(long, env = "LADDER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "LADDER_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LADDER_LEASE_NAME", default_value = "ladder-operator")]
+    pub lease_name: String,
+    /// This candidate's identity (the pod name in a cluster); hostname-pid when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Log format: json or text.
+    #[arg(long, env = "LADDER_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Only reconcile ScalingPhases in this namespace (all when unset).
+    #[arg(long, env = "LADDER_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// Sets up `tracing`: JSON lines by default, filter from `RUST_LOG`.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+/// The HTTP endpoints.
+fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State(s): State<Http>| async move { s.metrics.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Http>| async move {
+                if s.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+            }),
+        )
+        .with_state(Http { metrics, ready })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(%e, "cannot listen for SIGTERM");
+                futures::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}
+
+/// Runs the operator until a shutdown signal.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(&args.log_format);
+    let client = Client::try_default().await.context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            info!("shutdown requested");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.http_addr).await.with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let app = router(metrics.clone(), ready.clone());
+    let http_stop = stopped(stop_rx.clone());
+    let http = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(http_stop).await });
+
+    // Refuse to start without the CRD: say so clearly instead of crash-looping on watch errors.
+    let sps: Api<ScalingPhase> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    if let Err(e) = sps.list(&ListParams::default().limit(1)).await {
+        error!(%e, "cannot list ScalingPhases: is the CRD installed? (`ladder-operator crd | kubectl apply -f -`)");
+        anyhow::bail!("ScalingPhase CRD not available: {e}");
+    }
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let elector = args.leader_election.then(|| {
+        Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, Duration::from_secs(args.lease_seconds))
+    });
+    if let Some(e) = &elector {
+        info!(%identity, lease = %args.lease_name, "waiting to become leader");
+        let mut stop = stop_rx.clone();
+        loop {
+            match e.try_acquire_or_renew().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(err) => warn!(%err, "leader election failed; retrying"),
+            }
+            ready.store(true, Ordering::Relaxed); // a standby is healthy and ready
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {},
+                _ = stop.wait_for(|s| *s) => { let _ = http.await; return Ok(()); }
+            }
+        }
+        metrics.leader.set(1);
+        info!(%identity, "became leader");
+        let e = e.clone();
+        let stop_tx = stop_tx.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let period = e.duration() / 3;
+            loop {
+                tokio::time::sleep(period).await;
+                match e.try_acquire_or_renew().await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        error!("lost the leader Lease; stopping so no two leaders act");
+                        metrics.leader.set(0);
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                    Err(err) => warn!(%err, "renewing the Lease failed; retrying"),
+                }
+            }
+        });
+    }
+
+    let discovery = Discovery::new(client.clone()).filter(&["keda.sh"]).run().await;
+    let keda = discovery.map(|d| d.has_group("keda.sh")).unwrap_or(false);
+    info!(keda, "optional integrations detected at start");
+
+    let (nodes, writer) = reflector::store();
+    let node_stream = reflector(writer, watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(node_stream);
+
+    let reporter = Reporter { controller: "ladder-operator".into(), instance: Some(identity.clone()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), recorder, nodes, keda));
+
+    // Only what affects readiness is watched: workload status changes wake
+    // the reconciler. Other children are repaired on the drift interval.
+    let children = watcher::Config::default().labels(&format!("{}={}", crate::render::MANAGED_BY_LABEL, crate::render::MANAGED_BY));
+    let (deploys, stss, jobs): (Api<Deployment>, Api<StatefulSet>, Api<Job>) = match &args.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    ready.store(true, Ordering::Relaxed);
+    info!("controller starting");
+    Controller::new(sps, watcher::Config::default().any_semantic())
+        .owns(deploys, children.clone())
+        .owns(stss, children.clone())
+        .owns(jobs, children)
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "controller event");
+            }
+        })
+        .await;
+    info!("controller stopped");
+    if let Some(e) = &elector {
+        metrics.leader.set(0);
+        if let Err(err) = e.release().await {
+            warn!(%err, "could not release the Lease");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    Ok(())
+}
