@@ -3,7 +3,8 @@
 # (the local control plane in hack/). Installs what it needs, brings up the
 # control plane and the data services, shows the nodes by region, then (when
 # the operator is built) installs the CRDs, runs the operator and applies a
-# sample ScalingPhase.
+# sample ScalingPhase. Between the two, the companion app serves a link on
+# phase 0 (SQLite) and phase 1 (PgBouncer + Redis) on loopback.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$LADDER_ROOT"
@@ -22,6 +23,8 @@ log "the local control plane: $("$KUBECTL" version -o json 2>/dev/null | sed -n 
 echo
 log "the data services (connection URLs in .ladder/services.env)"
 bash hack/services.sh status
+
+bash hack/demo-app.sh
 
 if [[ -x hack/demo-operator.sh ]]; then
   echo
