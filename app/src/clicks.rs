@@ -49,12 +49,15 @@ impl ClickHouse {
     }
 
     async fn exec(&self, query: &str, body: Option<String>) -> anyhow::Result<String> {
-        let mut url = url::Url::parse(&self.url).context("ClickHouse URL")?;
-        url.query_pairs_mut().append_pair("query", query);
-        let req = self.http.post(url);
+        // ClickHouse 18.16 refuses a POST without Content-Length (and hyper sends none for an
+        // empty body): a statement without data travels as the body itself.
         let req = match body {
-            Some(b) => req.body(b),
-            None => req,
+            Some(data) => {
+                let mut url = url::Url::parse(&self.url).context("ClickHouse URL")?;
+                url.query_pairs_mut().append_pair("query", query);
+                self.http.post(url).body(data)
+            }
+            None => self.http.post(&self.url).body(query.to_owned()),
         };
         let resp = req.send().await.context("ClickHouse unreachable")?;
         let status = resp.status();

@@ -209,8 +209,10 @@ async fn show(
     path_code(&code)?;
     let ctx = state.read_ctx(&client, &headers);
     let (link, from) = state.store.get().get_link(&code, ctx).await?;
-    let link = link.ok_or(ApiError::NotFound)?;
-    let mut resp = axum::Json(view(&state, &link)).into_response();
+    let mut resp = match link {
+        Some(link) => axum::Json(view(&state, &link)).into_response(),
+        None => ApiError::NotFound.into_response(),
+    };
     resp.headers_mut().insert(
         "x-ladder-read-from",
         HeaderValue::from_static(from.as_str()),

@@ -1,0 +1,126 @@
+//! Phase 3 analytics: clicks into the real ClickHouse (18.16) and stats out of it; a ClickHouse
+//! outage never fails a redirect (bounded buffer, then drop and count).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ladder_app::config::ClickSinkKind;
+use ladder_app::store::StoreSpec;
+
+#[tokio::test]
+async fn clicks_go_to_clickhouse_and_back_as_stats() {
+    let mut a = args(StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    });
+    a.phase = 3;
+    a.clicks = ClickSinkKind::Auto;
+    a.clickhouse_url = Some(env("LADDER_CLICKHOUSE_URL"));
+    a.clickhouse_database = unique("ladder_test");
+    let app = start(&a).await;
+    let (c, base) = (http(), app.url());
+    let ready: serde_json::Value = c
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        ready["clicks"], "clickhouse",
+        "phase 3 with a ClickHouse URL sends clicks there"
+    );
+    let code = create(&c, &base, "https://example.com/", None).await;
+    let other = create(&c, &base, "https://example.org/", None).await;
+    for _ in 0..7 {
+        assert_eq!(
+            c.get(format!("{base}/{code}"))
+                .send()
+                .await
+                .expect("redirect")
+                .status(),
+            302
+        );
+    }
+    assert_eq!(
+        c.get(format!("{base}/{other}"))
+            .send()
+            .await
+            .expect("redirect")
+            .status(),
+        302
+    );
+    let stats = eventually("clicks in ClickHouse", Duration::from_secs(15), || async {
+        let v: serde_json::Value = c
+            .get(format!("{base}/api/v1/links/{code}/stats"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["total"] == 7).then_some(v)
+    })
+    .await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(stats["days"][0]["day"], today);
+    // The rows really are in ClickHouse (not the SQL database).
+    let count = http()
+        .post(env("LADDER_CLICKHOUSE_URL"))
+        .body(format!(
+            "SELECT count() FROM {}.clicks WHERE code = '{code}'",
+            a.clickhouse_database
+        ))
+        .send()
+        .await
+        .expect("clickhouse")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(count.trim(), "7");
+}
+
+#[tokio::test]
+async fn clickhouse_outage_never_fails_a_redirect() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut a = args(StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    });
+    a.clicks = ClickSinkKind::Clickhouse;
+    a.clickhouse_url = Some(format!("http://127.0.0.1:{dead}"));
+    a.clickhouse_database = unique("ladder_test");
+    a.click_buffer = 5;
+    let app = start(&a).await;
+    let (c, base) = (http(), app.url());
+    let code = create(&c, &base, "https://example.com/", None).await;
+    let started = Instant::now();
+    for _ in 0..30 {
+        assert_eq!(
+            c.get(format!("{base}/{code}"))
+                .send()
+                .await
+                .expect("redirect")
+                .status(),
+            302
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "redirects must not wait for ClickHouse"
+    );
+    // 30 clicks, 5 buffered: the rest are dropped and counted.
+    eventually(
+        "dropped clicks counted",
+        Duration::from_secs(10),
+        || async {
+            (metric(&c, &base, "ladder_clicks_total", "dropped").await >= 25.0).then_some(())
+        },
+    )
+    .await;
+}
