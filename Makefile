@@ -58,5 +58,8 @@ services-up: ## install and start PostgreSQL (+replica), PgBouncer, Redis, Click
 services-down: ## stop the data services and remove their state
 	@hack/services.sh down
 
+bench-app: ## benchmark ladder-app per tier beside its ceilings; writes bench/app.md
+	@hack/bench-app.sh
+
 clean: cluster-down services-down ## stop everything and remove runtime state
 	rm -rf .ladder
