@@ -29,11 +29,36 @@ pub const FIELD_MANAGER: &str = "ladder-app";
     namespaced,
     derive = "PartialEq",
     doc = "The load one ladder-app instance observed; the operator's promoter reads these.",
-    printcolumn(name = "ScalingPhase", type_ = "string", json_path = ".spec.scalingPhase", description = "the ScalingPhase the instance serves"),
-    printcolumn(name = "Phase", type_ = "integer", json_path = ".spec.phase", description = "phase the instance runs"),
-    printcolumn(name = "RPS", type_ = "number", json_path = ".spec.requestsPerSecond", description = "requests per second"),
-    printcolumn(name = "TPS", type_ = "number", json_path = ".spec.transactionsPerSecond", description = "write transactions per second"),
-    printcolumn(name = "P99ms", type_ = "number", json_path = ".spec.p99LatencyMs", description = "p99 latency in milliseconds"),
+    printcolumn(
+        name = "ScalingPhase",
+        type_ = "string",
+        json_path = ".spec.scalingPhase",
+        description = "the ScalingPhase the instance serves"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "integer",
+        json_path = ".spec.phase",
+        description = "phase the instance runs"
+    ),
+    printcolumn(
+        name = "RPS",
+        type_ = "number",
+        json_path = ".spec.requestsPerSecond",
+        description = "requests per second"
+    ),
+    printcolumn(
+        name = "TPS",
+        type_ = "number",
+        json_path = ".spec.transactionsPerSecond",
+        description = "write transactions per second"
+    ),
+    printcolumn(
+        name = "P99ms",
+        type_ = "number",
+        json_path = ".spec.p99LatencyMs",
+        description = "p99 latency in milliseconds"
+    ),
     printcolumn(name = "Reported", type_ = "date", json_path = ".spec.reportedAt")
 )]
 #[serde(rename_all = "camelCase")]
@@ -77,7 +102,14 @@ mod tests {
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.group, "ladder.dev");
         let yaml = serde_yaml::to_string(&crd).expect("serialises");
-        for field in ["scalingPhase", "requestsPerSecond", "transactionsPerSecond", "p99LatencyMs", "errorRate", "reportedAt"] {
+        for field in [
+            "scalingPhase",
+            "requestsPerSecond",
+            "transactionsPerSecond",
+            "p99LatencyMs",
+            "errorRate",
+            "reportedAt",
+        ] {
             assert!(yaml.contains(field), "{field} missing from the schema");
         }
     }
