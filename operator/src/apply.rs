@@ -17,14 +17,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
@@ -82,9 +84,19 @@ impl ApplyError {
     }
 }
 
-async fn apply_all<K>(client: &Client, ns: &str, kind: &'static str, items: &[K], metrics: &Metrics) -> Result<(), ApplyError>
+async fn apply_all<K>(
+    client: &Client,
+    ns: &str,
+    kind: &'static str,
+    items: &[K],
+    metrics: &Metrics,
+) -> Result<(), ApplyError>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -92,22 +104,36 @@ where
         let name = item.name_any();
         api.patch(&name, &pp, &Patch::Apply(item))
             .await
-            .map_err(|source| ApplyError::Apply { kind, name: name.clone(), source })?;
+            .map_err(|source| ApplyError::Apply {
+                kind,
+                name: name.clone(),
+                source,
+            })?;
         metrics.applied(kind);
     }
     Ok(())
 }
 
 fn random_password() -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
 }
 
 /// Parameters of every phase CA (subject, usages, validity).
 fn ca_params() -> Result<rcgen::CertificateParams, String> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, "ladder phase CA");
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ladder phase CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     Ok(params)
@@ -115,7 +141,10 @@ fn ca_params() -> Result<rcgen::CertificateParams, String> {
 
 /// Generates the content of a Secret. Needs the CA Secret's data for leaf
 /// certificates.
-fn generate(content: &SecretContent, ca: Option<&BTreeMap<String, ByteString>>) -> Result<BTreeMap<String, String>, String> {
+fn generate(
+    content: &SecretContent,
+    ca: Option<&BTreeMap<String, ByteString>>,
+) -> Result<BTreeMap<String, String>, String> {
     let mut data = BTreeMap::new();
     match content {
         SecretContent::Credentials { username, postgres } => {
@@ -124,7 +153,10 @@ fn generate(content: &SecretContent, ca: Option<&BTreeMap<String, ByteString>>) 
             data.insert("password".into(), password.clone());
             if *postgres {
                 data.insert("replication-password".into(), random_password());
-                data.insert("userlist.txt".into(), format!("\"{username}\" \"{password}\"\n"));
+                data.insert(
+                    "userlist.txt".into(),
+                    format!("\"{username}\" \"{password}\"\n"),
+                );
             }
         }
         SecretContent::Ca => {
@@ -134,18 +166,31 @@ fn generate(content: &SecretContent, ca: Option<&BTreeMap<String, ByteString>>) 
             data.insert("ca.crt".into(), cert.pem());
             data.insert("ca.key".into(), key.serialize_pem());
         }
-        SecretContent::Tls { common_name, dns_names, .. } => {
+        SecretContent::Tls {
+            common_name,
+            dns_names,
+            ..
+        } => {
             let ca = ca.ok_or("the CA Secret is missing")?;
-            let text = |k: &str| ca.get(k).map(|b| String::from_utf8_lossy(&b.0).into_owned()).ok_or(format!("CA has no {k}"));
+            let text = |k: &str| {
+                ca.get(k)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .ok_or(format!("CA has no {k}"))
+            };
             let (ca_crt, ca_key) = (text("ca.crt")?, text("ca.key")?);
             let ca_key = rcgen::KeyPair::from_pem(&ca_key).map_err(|e| e.to_string())?;
             // The issuer is rebuilt from the same parameters and key as the CA
             // certificate, so issued certificates name and identify it exactly.
             let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
-            let mut params = rcgen::CertificateParams::new(dns_names.clone()).map_err(|e| e.to_string())?;
-            params.distinguished_name.push(rcgen::DnType::CommonName, common_name.clone());
-            params.extended_key_usages =
-                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let mut params =
+                rcgen::CertificateParams::new(dns_names.clone()).map_err(|e| e.to_string())?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, common_name.clone());
+            params.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
             params.not_after = rcgen::date_time_ymd(2030, 1, 1);
             let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
             let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
@@ -159,11 +204,19 @@ fn generate(content: &SecretContent, ca: Option<&BTreeMap<String, ByteString>>) 
 
 /// Makes every generated Secret exist. Existing ones are left untouched
 /// (their data is never regenerated); missing ones are created.
-async fn ensure_secrets(client: &Client, ns: &str, secrets: &[GeneratedSecret], metrics: &Metrics) -> Result<(), ApplyError> {
+async fn ensure_secrets(
+    client: &Client,
+    ns: &str,
+    secrets: &[GeneratedSecret],
+    metrics: &Metrics,
+) -> Result<(), ApplyError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut ca_data: Option<BTreeMap<String, ByteString>> = None;
     for s in secrets {
-        let err = |reason: String| ApplyError::Secret { name: s.name.clone(), reason };
+        let err = |reason: String| ApplyError::Secret {
+            name: s.name.clone(),
+            reason,
+        };
         let existing = api.get_opt(&s.name).await.map_err(|e| err(e.to_string()))?;
         let data = match existing {
             Some(found) => found.data.unwrap_or_default(),
@@ -171,7 +224,11 @@ async fn ensure_secrets(client: &Client, ns: &str, secrets: &[GeneratedSecret], 
                 let ca = match &s.content {
                     SecretContent::Tls { ca, .. } => {
                         if ca_data.is_none() {
-                            ca_data = api.get_opt(ca).await.map_err(|e| err(e.to_string()))?.and_then(|c| c.data);
+                            ca_data = api
+                                .get_opt(ca)
+                                .await
+                                .map_err(|e| err(e.to_string()))?
+                                .and_then(|c| c.data);
                         }
                         ca_data.as_ref()
                     }
@@ -181,13 +238,31 @@ async fn ensure_secrets(client: &Client, ns: &str, secrets: &[GeneratedSecret], 
                 let secret = Secret {
                     metadata: s.meta.clone(),
                     string_data: Some(generated),
-                    type_: Some(if matches!(s.content, SecretContent::Tls { .. }) { "kubernetes.io/tls" } else { "Opaque" }.into()),
+                    type_: Some(
+                        if matches!(s.content, SecretContent::Tls { .. }) {
+                            "kubernetes.io/tls"
+                        } else {
+                            "Opaque"
+                        }
+                        .into(),
+                    ),
                     ..Secret::default()
                 };
-                let created = match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret).await {
+                let created = match api
+                    .create(
+                        &PostParams {
+                            field_manager: Some(FIELD_MANAGER.into()),
+                            ..PostParams::default()
+                        },
+                        &secret,
+                    )
+                    .await
+                {
                     Ok(c) => c,
                     // Lost a race with another reconcile: keep the winner's data.
-                    Err(kube::Error::Api(e)) if e.code == 409 => api.get(&s.name).await.map_err(|e| err(e.to_string()))?,
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        api.get(&s.name).await.map_err(|e| err(e.to_string()))?
+                    }
                     Err(e) => return Err(err(e.to_string())),
                 };
                 metrics.applied("Secret");
@@ -202,7 +277,13 @@ async fn ensure_secrets(client: &Client, ns: &str, secrets: &[GeneratedSecret], 
 }
 
 /// Applies the desired set in the documented order.
-pub async fn apply(client: &Client, ns: &str, desired: &Desired, keda: bool, metrics: &Metrics) -> Result<(), ApplyError> {
+pub async fn apply(
+    client: &Client,
+    ns: &str,
+    desired: &Desired,
+    keda: bool,
+    metrics: &Metrics,
+) -> Result<(), ApplyError> {
     // Destructured without `..`: a new child kind must be handled here.
     let Desired {
         generated_secrets,
@@ -226,22 +307,96 @@ pub async fn apply(client: &Client, ns: &str, desired: &Desired, keda: bool, met
     apply_all(client, ns, "Role", roles, metrics).await?;
     apply_all(client, ns, "RoleBinding", role_bindings, metrics).await?;
     apply_all(client, ns, "ConfigMap", config_maps, metrics).await?;
-    apply_all(client, ns, "PersistentVolumeClaim", persistent_volume_claims, metrics).await?;
+    apply_all(
+        client,
+        ns,
+        "PersistentVolumeClaim",
+        persistent_volume_claims,
+        metrics,
+    )
+    .await?;
     apply_all(client, ns, "Service", services, metrics).await?;
     apply_all(client, ns, "NetworkPolicy", network_policies, metrics).await?;
-    apply_all(client, ns, "StatefulSet", stateful_sets, metrics).await?;
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    for sts in stateful_sets {
+        let name = sts.name_any();
+        let mut sts = sts.clone();
+        // volumeClaimTemplates are immutable: an existing StatefulSet keeps
+        // its own, so a phase change never fails on a new default size.
+        // TODO(storage): expand the PVCs in place (the StorageClass allows it)
+        // and report the resize in status instead of keeping the old size.
+        let existing = sts_api
+            .get_opt(&name)
+            .await
+            .map_err(|source| ApplyError::Apply {
+                kind: "StatefulSet",
+                name: name.clone(),
+                source,
+            })?;
+        if let Some(existing) = existing {
+            let sizes = |t: &Option<Vec<PersistentVolumeClaim>>| -> Vec<_> {
+                t.iter()
+                    .flatten()
+                    .map(|c| {
+                        c.spec
+                            .as_ref()
+                            .and_then(|s| s.resources.as_ref())
+                            .and_then(|r| r.requests.clone())
+                    })
+                    .collect()
+            };
+            if sizes(&existing.spec.volume_claim_templates)
+                != sizes(&sts.spec.volume_claim_templates)
+            {
+                tracing::warn!(%name, "storage size changed: keeping the existing volumeClaimTemplates (immutable)");
+            }
+            sts.spec.volume_claim_templates = existing.spec.volume_claim_templates;
+        }
+        apply_all(
+            client,
+            ns,
+            "StatefulSet",
+            std::slice::from_ref(&sts),
+            metrics,
+        )
+        .await?;
+    }
     apply_all(client, ns, "Deployment", deployments, metrics).await?;
     // Jobs are immutable once created: apply only the ones that do not exist.
     let job_api: Api<Job> = Api::namespaced(client.clone(), ns);
     for job in jobs {
-        if job_api.get_opt(&job.name_any()).await.map_err(|source| ApplyError::Apply { kind: "Job", name: job.name_any(), source })?.is_none() {
+        if job_api
+            .get_opt(&job.name_any())
+            .await
+            .map_err(|source| ApplyError::Apply {
+                kind: "Job",
+                name: job.name_any(),
+                source,
+            })?
+            .is_none()
+        {
             apply_all(client, ns, "Job", std::slice::from_ref(job), metrics).await?;
         }
     }
-    apply_all(client, ns, "PodDisruptionBudget", pod_disruption_budgets, metrics).await?;
-    apply_all(client, ns, "HorizontalPodAutoscaler", horizontal_pod_autoscalers, metrics).await?;
+    apply_all(
+        client,
+        ns,
+        "PodDisruptionBudget",
+        pod_disruption_budgets,
+        metrics,
+    )
+    .await?;
+    apply_all(
+        client,
+        ns,
+        "HorizontalPodAutoscaler",
+        horizontal_pod_autoscalers,
+        metrics,
+    )
+    .await?;
     if keda {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &render::scaled_object_resource());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &render::scaled_object_resource());
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         for o in scaled_objects {
             let mut body = serde_json::to_value(o).unwrap_or_default();
@@ -249,7 +404,11 @@ pub async fn apply(client: &Client, ns: &str, desired: &Desired, keda: bool, met
             body["kind"] = "ScaledObject".into();
             api.patch(&o.name_any(), &pp, &Patch::Apply(&body))
                 .await
-                .map_err(|source| ApplyError::Apply { kind: "ScaledObject", name: o.name_any(), source })?;
+                .map_err(|source| ApplyError::Apply {
+                    kind: "ScaledObject",
+                    name: o.name_any(),
+                    source,
+                })?;
             metrics.applied("ScaledObject");
         }
     }
@@ -258,12 +417,28 @@ pub async fn apply(client: &Client, ns: &str, desired: &Desired, keda: bool, met
 
 /// Label selector of every child of a ScalingPhase.
 pub fn children_selector(name: &str) -> String {
-    format!("{}={},{}={name}", render::MANAGED_BY_LABEL, render::MANAGED_BY, render::SCALINGPHASE_LABEL)
+    format!(
+        "{}={},{}={name}",
+        render::MANAGED_BY_LABEL,
+        render::MANAGED_BY,
+        render::SCALINGPHASE_LABEL
+    )
 }
 
-async fn prune_kind<K>(client: &Client, ns: &str, kind: &'static str, sp: &str, uid: &str, keep: BTreeSet<String>, metrics: &Metrics) -> Result<(), ApplyError>
+async fn prune_kind<K>(
+    client: &Client,
+    ns: &str,
+    kind: &'static str,
+    sp: &str,
+    uid: &str,
+    keep: BTreeSet<String>,
+    metrics: &Metrics,
+) -> Result<(), ApplyError>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let list = api
@@ -271,7 +446,12 @@ where
         .await
         .map_err(|source| ApplyError::Prune { kind, source })?;
     for item in list {
-        let owned = item.metadata.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true));
+        let owned = item
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.controller == Some(true));
         let name = item.name_any();
         if owned && !keep.contains(&name) {
             tracing::info!(%kind, %name, "pruning child no longer desired");
@@ -293,7 +473,14 @@ fn names<K: Resource>(items: &[K]) -> BTreeSet<String> {
 /// reference) that are not in `desired`. PersistentVolumeClaims and Secrets
 /// are never pruned: data and credentials outlive a phase change, and leave
 /// only with the ScalingPhase under `deletionPolicy: Delete`.
-pub async fn prune(client: &Client, ns: &str, sp: &str, uid: &str, desired: &Desired, metrics: &Metrics) -> Result<(), ApplyError> {
+pub async fn prune(
+    client: &Client,
+    ns: &str,
+    sp: &str,
+    uid: &str,
+    desired: &Desired,
+    metrics: &Metrics,
+) -> Result<(), ApplyError> {
     let Desired {
         generated_secrets: _,
         service_accounts,
@@ -312,17 +499,89 @@ pub async fn prune(client: &Client, ns: &str, sp: &str, uid: &str, desired: &Des
         expected: _,
     } = desired;
     // Reverse of the apply order: dependents first.
-    prune_kind::<HorizontalPodAutoscaler>(client, ns, "HorizontalPodAutoscaler", sp, uid, names(horizontal_pod_autoscalers), metrics).await?;
-    prune_kind::<PodDisruptionBudget>(client, ns, "PodDisruptionBudget", sp, uid, names(pod_disruption_budgets), metrics).await?;
+    prune_kind::<HorizontalPodAutoscaler>(
+        client,
+        ns,
+        "HorizontalPodAutoscaler",
+        sp,
+        uid,
+        names(horizontal_pod_autoscalers),
+        metrics,
+    )
+    .await?;
+    prune_kind::<PodDisruptionBudget>(
+        client,
+        ns,
+        "PodDisruptionBudget",
+        sp,
+        uid,
+        names(pod_disruption_budgets),
+        metrics,
+    )
+    .await?;
     prune_kind::<Job>(client, ns, "Job", sp, uid, names(jobs), metrics).await?;
-    prune_kind::<Deployment>(client, ns, "Deployment", sp, uid, names(deployments), metrics).await?;
-    prune_kind::<StatefulSet>(client, ns, "StatefulSet", sp, uid, names(stateful_sets), metrics).await?;
-    prune_kind::<NetworkPolicy>(client, ns, "NetworkPolicy", sp, uid, names(network_policies), metrics).await?;
+    prune_kind::<Deployment>(
+        client,
+        ns,
+        "Deployment",
+        sp,
+        uid,
+        names(deployments),
+        metrics,
+    )
+    .await?;
+    prune_kind::<StatefulSet>(
+        client,
+        ns,
+        "StatefulSet",
+        sp,
+        uid,
+        names(stateful_sets),
+        metrics,
+    )
+    .await?;
+    prune_kind::<NetworkPolicy>(
+        client,
+        ns,
+        "NetworkPolicy",
+        sp,
+        uid,
+        names(network_policies),
+        metrics,
+    )
+    .await?;
     prune_kind::<Service>(client, ns, "Service", sp, uid, names(services), metrics).await?;
-    prune_kind::<ConfigMap>(client, ns, "ConfigMap", sp, uid, names(config_maps), metrics).await?;
-    prune_kind::<RoleBinding>(client, ns, "RoleBinding", sp, uid, names(role_bindings), metrics).await?;
+    prune_kind::<ConfigMap>(
+        client,
+        ns,
+        "ConfigMap",
+        sp,
+        uid,
+        names(config_maps),
+        metrics,
+    )
+    .await?;
+    prune_kind::<RoleBinding>(
+        client,
+        ns,
+        "RoleBinding",
+        sp,
+        uid,
+        names(role_bindings),
+        metrics,
+    )
+    .await?;
     prune_kind::<Role>(client, ns, "Role", sp, uid, names(roles), metrics).await?;
-    prune_kind::<ServiceAccount>(client, ns, "ServiceAccount", sp, uid, names(service_accounts), metrics).await?;
+    prune_kind::<ServiceAccount>(
+        client,
+        ns,
+        "ServiceAccount",
+        sp,
+        uid,
+        names(service_accounts),
+        metrics,
+    )
+    .await?;
     // TODO(keda): prune ScaledObjects too once KEDA is part of the e2e cluster.
     Ok(())
 }
@@ -330,24 +589,52 @@ pub async fn prune(client: &Client, ns: &str, sp: &str, uid: &str, desired: &Des
 /// On deletion: with `Retain`, detach PersistentVolumeClaims and credential
 /// Secrets from the ScalingPhase (remove its owner reference) so garbage
 /// collection keeps them; with `Delete`, delete them.
-pub async fn release_data(client: &Client, ns: &str, sp: &str, uid: &str, retain: bool) -> Result<(), ApplyError> {
+pub async fn release_data(
+    client: &Client,
+    ns: &str,
+    sp: &str,
+    uid: &str,
+    retain: bool,
+) -> Result<(), ApplyError> {
     let selector = children_selector(sp);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let pvc_list = pvcs.list_metadata(&ListParams::default().labels(&selector)).await.map_err(|source| ApplyError::Prune { kind: "PersistentVolumeClaim", source })?;
-    let secret_list = secrets
-        .list_metadata(&ListParams::default().labels(&format!("{selector},{}=true", render::CREDENTIAL_LABEL)))
+    let pvc_list = pvcs
+        .list_metadata(&ListParams::default().labels(&selector))
         .await
-        .map_err(|source| ApplyError::Prune { kind: "Secret", source })?;
+        .map_err(|source| ApplyError::Prune {
+            kind: "PersistentVolumeClaim",
+            source,
+        })?;
+    let secret_list = secrets
+        .list_metadata(
+            &ListParams::default().labels(&format!("{selector},{}=true", render::CREDENTIAL_LABEL)),
+        )
+        .await
+        .map_err(|source| ApplyError::Prune {
+            kind: "Secret",
+            source,
+        })?;
     let targets = pvc_list
         .items
         .into_iter()
         .map(|m| ("PersistentVolumeClaim", m.metadata))
-        .chain(secret_list.items.into_iter().map(|m| ("Secret", m.metadata)));
+        .chain(
+            secret_list
+                .items
+                .into_iter()
+                .map(|m| ("Secret", m.metadata)),
+        );
     for (kind, item) in targets {
         let name = item.name.clone().unwrap_or_default();
         let result = if retain {
-            let refs: Vec<_> = item.owner_references.iter().flatten().filter(|o| o.uid != uid).cloned().collect();
+            let refs: Vec<_> = item
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|o| o.uid != uid)
+                .cloned()
+                .collect();
             if refs.len() == item.owner_references.as_ref().map_or(0, Vec::len) {
                 continue;
             }
@@ -356,13 +643,27 @@ pub async fn release_data(client: &Client, ns: &str, sp: &str, uid: &str, retain
             let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": item.resource_version}});
             tracing::info!(%kind, %name, "retaining: detaching from the ScalingPhase");
             if kind == "Secret" {
-                secrets.patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+                secrets
+                    .patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
             } else {
-                pvcs.patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+                pvcs.patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
             }
         } else {
             tracing::info!(%kind, %name, "deletionPolicy Delete: deleting");
-            let r = if kind == "Secret" { secrets.delete(&name, &DeleteParams::background()).await.map(|_| ()) } else { pvcs.delete(&name, &DeleteParams::background()).await.map(|_| ()) };
+            let r = if kind == "Secret" {
+                secrets
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+            } else {
+                pvcs.delete(&name, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+            };
             match r {
                 Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                 other => other,
@@ -380,21 +681,52 @@ mod tests {
     #[test]
     fn generated_certificates_chain_to_the_ca() {
         let ca = generate(&SecretContent::Ca, None).expect("ca");
-        let ca_bytes: BTreeMap<String, ByteString> = ca.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect();
+        let ca_bytes: BTreeMap<String, ByteString> = ca
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+            .collect();
         let leaf = generate(
-            &SecretContent::Tls { ca: "ca".into(), common_name: "db".into(), dns_names: vec!["db.ns.svc".into()] },
+            &SecretContent::Tls {
+                ca: "ca".into(),
+                common_name: "db".into(),
+                dns_names: vec!["db.ns.svc".into()],
+            },
             Some(&ca_bytes),
         )
         .expect("leaf");
         assert!(leaf["tls.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(leaf["ca.crt"], ca["ca.crt"]);
-        assert!(generate(&SecretContent::Tls { ca: "ca".into(), common_name: "x".into(), dns_names: vec![] }, None).is_err());
+        assert!(
+            generate(
+                &SecretContent::Tls {
+                    ca: "ca".into(),
+                    common_name: "x".into(),
+                    dns_names: vec![]
+                },
+                None
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn passwords_are_random_and_long() {
-        let a = generate(&SecretContent::Credentials { username: "u".into(), postgres: true }, None).expect("creds");
-        let b = generate(&SecretContent::Credentials { username: "u".into(), postgres: true }, None).expect("creds");
+        let a = generate(
+            &SecretContent::Credentials {
+                username: "u".into(),
+                postgres: true,
+            },
+            None,
+        )
+        .expect("creds");
+        let b = generate(
+            &SecretContent::Credentials {
+                username: "u".into(),
+                postgres: true,
+            },
+            None,
+        )
+        .expect("creds");
         assert_eq!(a["password"].len(), 32);
         assert_ne!(a["password"], b["password"]);
         assert!(a["userlist.txt"].contains(&a["password"]));

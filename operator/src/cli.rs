@@ -88,16 +88,30 @@ pub fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(crate::run::run(args))
         }
         Command::Render { file, regions } => {
-            let text = if file == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(&file)? };
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)?
+            };
             let mut sp: ScalingPhase = serde_yaml::from_str(&text)?;
-            sp.metadata.namespace.get_or_insert_with(|| "default".into());
-            sp.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
-            let world = crate::validate::World { node_regions: regions.split(',').map(str::to_owned).collect(), keda: false };
-            let (v, profile) = crate::validate::validate(&sp, &world).map_err(|e| anyhow::anyhow!("invalid: {e}"))?;
+            sp.metadata
+                .namespace
+                .get_or_insert_with(|| "default".into());
+            sp.metadata
+                .uid
+                .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
+            let world = crate::validate::World {
+                node_regions: regions.split(',').map(str::to_owned).collect(),
+                keda: false,
+            };
+            let (v, profile) = crate::validate::validate(&sp, &world)
+                .map_err(|e| anyhow::anyhow!("invalid: {e}"))?;
             let yaml = crate::render::render(&v, &profile).to_yaml();
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
             Ok(())
@@ -156,6 +170,6 @@ mod tests {
         }
         let json = serde_json::to_string(&crd).expect("serializes");
         assert!(json.contains("at least 3 nodes per region"));
-        assert!(json.contains("immutable once set"));
+        assert!(json.contains("immutable while in phase 3"));
     }
 }

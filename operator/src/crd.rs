@@ -87,8 +87,8 @@ pub const MAX_HISTORY: usize = 10;
         "reason": "FieldValueInvalid"
     },
     {
-        "rule": "!has(oldSelf.overrides) || !has(oldSelf.overrides.postgres) || !has(oldSelf.overrides.postgres.shards) || (has(self.overrides) && has(self.overrides.postgres) && has(self.overrides.postgres.shards) && self.overrides.postgres.shards == oldSelf.overrides.postgres.shards)",
-        "message": "overrides.postgres.shards is immutable once set: resharding is a data migration",
+        "rule": "!has(oldSelf.overrides) || !has(oldSelf.overrides.postgres) || !has(oldSelf.overrides.postgres.shards) || self.phase != 3 || (has(self.overrides) && has(self.overrides.postgres) && has(self.overrides.postgres.shards) && self.overrides.postgres.shards == oldSelf.overrides.postgres.shards)",
+        "message": "overrides.postgres.shards is immutable while in phase 3: resharding is a data migration",
         "fieldPath": ".overrides.postgres.shards",
         "reason": "FieldValueForbidden"
     }
@@ -285,7 +285,7 @@ pub struct PostgresOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 15))]
     pub read_replicas: Option<i32>,
-    /// Number of shards in phase 3 (default 4). Immutable once set.
+    /// Number of shards in phase 3 (default 4). Immutable while in phase 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 64))]
     pub shards: Option<i32>,

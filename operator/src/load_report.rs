@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const FIELD_MANAGER: &str = "ladder-app";
 
 /// The load one ladder-app instance observed over a sliding window.
+// Several printer columns share `type_ = "number"`; clippy mistakes them for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "ladder.dev",

@@ -43,19 +43,54 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("ladder");
         let reconciles = Counter::default();
         let errors = Family::<CategoryLabel, Counter>::default();
-        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         let applied = Family::<KindLabel, Counter>::default();
         let pruned = Family::<KindLabel, Counter>::default();
         let status_writes = Counter::default();
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciliations by category", errors.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", duration.clone());
-        registry.register("objects_applied", "Objects written with server-side apply (or created), by kind", applied.clone());
-        registry.register("objects_pruned", "Children deleted because no longer desired, by kind", pruned.clone());
-        registry.register("status_writes", "Status patches (only when the status changed)", status_writes.clone());
-        registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
-        Self { registry, reconciles, errors, duration, applied, pruned, status_writes, leader }
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by category",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            duration.clone(),
+        );
+        registry.register(
+            "objects_applied",
+            "Objects written with server-side apply (or created), by kind",
+            applied.clone(),
+        );
+        registry.register(
+            "objects_pruned",
+            "Children deleted because no longer desired, by kind",
+            pruned.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status patches (only when the status changed)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            applied,
+            pruned,
+            status_writes,
+            leader,
+        }
     }
 }
 
@@ -67,15 +102,23 @@ impl Metrics {
     }
     /// One reconcile failed.
     pub fn error(&self, category: &str) {
-        self.errors.get_or_create(&CategoryLabel { category: category.into() }).inc();
+        self.errors
+            .get_or_create(&CategoryLabel {
+                category: category.into(),
+            })
+            .inc();
     }
     /// One object written.
     pub fn applied(&self, kind: &str) {
-        self.applied.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        self.applied
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
     /// One object pruned.
     pub fn pruned(&self, kind: &str) {
-        self.pruned.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        self.pruned
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
     /// One status patch.
     pub fn status_written(&self) {

@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{self, Event};
@@ -106,14 +106,29 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("keda", &self.keda).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("keda", &self.keda)
+            .finish_non_exhaustive()
     }
 }
 
 impl Context {
     /// A context.
-    pub fn new(client: Client, metrics: Arc<Metrics>, recorder: Recorder, nodes: Store<PartialObjectMeta<Node>>, keda: bool) -> Self {
-        Self { client, metrics, recorder, nodes, keda, applied: Arc::default() }
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        nodes: Store<PartialObjectMeta<Node>>,
+        keda: bool,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            recorder,
+            nodes,
+            keda,
+            applied: Arc::default(),
+        }
     }
 
     fn world(&self) -> World {
@@ -121,13 +136,25 @@ impl Context {
             .nodes
             .state()
             .iter()
-            .filter_map(|n| n.metadata.labels.as_ref()?.get("topology.kubernetes.io/region").cloned())
+            .filter_map(|n| {
+                n.metadata
+                    .labels
+                    .as_ref()?
+                    .get("topology.kubernetes.io/region")
+                    .cloned()
+            })
             .collect();
-        World { node_regions: regions.into_iter().collect(), keda: self.keda }
+        World {
+            node_regions: regions.into_iter().collect(),
+            keda: self.keda,
+        }
     }
 
     fn needs_apply(&self, uid: &str, hash: &str) -> bool {
-        let map = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match map.get(uid) {
             Some((h, at)) => h != hash || at.elapsed() > DRIFT_CHECK,
             None => true,
@@ -135,7 +162,10 @@ impl Context {
     }
 
     fn record(&self, uid: &str, hash: Option<String>) {
-        let mut map = self.applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match hash {
             Some(h) => map.insert(uid.to_owned(), (h, Instant::now())),
             None => map.remove(uid),
@@ -181,7 +211,14 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
             let message = invalid.to_string();
             let next = status::compute(old, generation, Observed::Invalid(message.clone()), now());
             if patch_status(sp, ctx, next).await? {
-                publish(ctx, sp, EventType::Warning, status::reasons::INVALID_SPEC, &message).await;
+                publish(
+                    ctx,
+                    sp,
+                    EventType::Warning,
+                    status::reasons::INVALID_SPEC,
+                    &message,
+                )
+                .await;
             }
             ctx.record(&uid, None);
             return Ok(Action::await_change());
@@ -193,7 +230,8 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
         let hash = render::short_hash(desired.to_yaml().as_bytes());
         if ctx.needs_apply(&uid, &hash) {
             if let Err(e) = apply::apply(&ctx.client, &ns, &desired, ctx.keda, &ctx.metrics).await {
-                let next = status::compute(old, generation, Observed::ApplyFailed(e.to_string()), now());
+                let next =
+                    status::compute(old, generation, Observed::ApplyFailed(e.to_string()), now());
                 patch_status(sp, ctx, next).await?;
                 return Err(e.into());
             }
@@ -217,18 +255,42 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
         budget: v.monthly_budget_usd,
         paused: sp.spec.paused,
     };
-    let before_ready = old.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::types::READY)).map(|c| c.status == "True");
+    let before_ready = old
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == status::types::READY)
+        })
+        .map(|c| c.status == "True");
     let next = status::compute(old, generation, observed, now());
     if patch_status(sp, ctx, next).await? && all_ready && before_ready != Some(true) {
-        publish(ctx, sp, EventType::Normal, status::reasons::ALL_READY, &format!("phase {} is ready", v.phase)).await;
+        publish(
+            ctx,
+            sp,
+            EventType::Normal,
+            status::reasons::ALL_READY,
+            &format!("phase {} is ready", v.phase),
+        )
+        .await;
     }
-    Ok(Action::requeue(if all_ready { DRIFT_CHECK } else { NOT_READY_REQUEUE }))
+    Ok(Action::requeue(if all_ready {
+        DRIFT_CHECK
+    } else {
+        NOT_READY_REQUEUE
+    }))
 }
 
 async fn cleanup(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> {
     let retain = sp.spec.deletion_policy == DeletionPolicy::Retain;
     let uid = sp.uid().unwrap_or_default();
-    apply::release_data(&ctx.client, &sp.namespace().unwrap_or_default(), &sp.name_any(), &uid, retain).await?;
+    apply::release_data(
+        &ctx.client,
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+        &uid,
+        retain,
+    )
+    .await?;
     ctx.record(&uid, None);
     info!(retain, "released data before deletion");
     Ok(Action::await_change())
@@ -239,21 +301,39 @@ fn now() -> Time {
 }
 
 /// Patches status when it differs from the stored one. Returns whether it wrote.
-async fn patch_status(sp: &ScalingPhase, ctx: &Context, next: crate::crd::ScalingPhaseStatus) -> Result<bool, Error> {
+async fn patch_status(
+    sp: &ScalingPhase,
+    ctx: &Context,
+    next: crate::crd::ScalingPhaseStatus,
+) -> Result<bool, Error> {
     if sp.status.as_ref() == Some(&next) {
         return Ok(false);
     }
-    let api: Api<ScalingPhase> = Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
+    let api: Api<ScalingPhase> =
+        Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
     let body = serde_json::json!({"status": next});
-    api.patch_status(&sp.name_any(), &PatchParams::default(), &Patch::Merge(&body))
-        .await
-        .map_err(|source| Error::Status { name: sp.name_any(), source })?;
+    api.patch_status(
+        &sp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&body),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        name: sp.name_any(),
+        source,
+    })?;
     ctx.metrics.status_written();
     Ok(true)
 }
 
 async fn publish(ctx: &Context, sp: &ScalingPhase, type_: EventType, reason: &str, note: &str) {
-    let event = KubeEvent { type_, reason: reason.into(), note: Some(note.chars().take(1000).collect()), action: "Reconcile".into(), secondary: None };
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     if let Err(e) = ctx.recorder.publish(&event, &sp.object_ref(&())).await {
         warn!(%e, "failed to publish event");
     }
@@ -261,41 +341,83 @@ async fn publish(ctx: &Context, sp: &ScalingPhase, type_: EventType, reason: &st
 
 /// Reads the readiness of every expected workload. The flag says whether
 /// any is missing.
-async fn observe(client: &Client, ns: &str, expected: &[ExpectedComponent]) -> Result<(Vec<ComponentStatus>, bool), Error> {
+async fn observe(
+    client: &Client,
+    ns: &str,
+    expected: &[ExpectedComponent],
+) -> Result<(Vec<ComponentStatus>, bool), Error> {
     let mut out = Vec::with_capacity(expected.len());
     let mut missing = false;
     for e in expected {
-        let err = |source| Error::Observe { kind: e.kind, name: e.name.clone(), source };
+        let err = |source| Error::Observe {
+            kind: e.kind,
+            name: e.name.clone(),
+            source,
+        };
         let (ready, message) = match e.kind {
-            "Deployment" => match Api::<Deployment>::namespaced(client.clone(), ns).get_opt(&e.name).await.map_err(err)? {
+            "Deployment" => match Api::<Deployment>::namespaced(client.clone(), ns)
+                .get_opt(&e.name)
+                .await
+                .map_err(err)?
+            {
                 None => (None, "not created yet".to_owned()),
                 Some(d) => {
                     let s = d.status.unwrap_or_default();
                     let current = d.metadata.generation <= s.observed_generation;
                     let ready = s.ready_replicas.unwrap_or(0);
                     let updated = s.updated_replicas.unwrap_or(0);
-                    (Some(current && ready >= e.replicas && updated >= e.replicas), format!("{ready}/{} replicas ready", e.replicas))
+                    (
+                        Some(current && ready >= e.replicas && updated >= e.replicas),
+                        format!("{ready}/{} replicas ready", e.replicas),
+                    )
                 }
             },
-            "StatefulSet" => match Api::<StatefulSet>::namespaced(client.clone(), ns).get_opt(&e.name).await.map_err(err)? {
+            "StatefulSet" => match Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(&e.name)
+                .await
+                .map_err(err)?
+            {
                 None => (None, "not created yet".to_owned()),
                 Some(d) => {
                     let s = d.status.unwrap_or_default();
                     let current = d.metadata.generation <= s.observed_generation;
-                    (Some(current && s.ready_replicas.unwrap_or(0) >= e.replicas), format!("{}/{} replicas ready", s.ready_replicas.unwrap_or(0), e.replicas))
+                    (
+                        Some(current && s.ready_replicas.unwrap_or(0) >= e.replicas),
+                        format!(
+                            "{}/{} replicas ready",
+                            s.ready_replicas.unwrap_or(0),
+                            e.replicas
+                        ),
+                    )
                 }
             },
-            _ => match Api::<Job>::namespaced(client.clone(), ns).get_opt(&e.name).await.map_err(err)? {
+            _ => match Api::<Job>::namespaced(client.clone(), ns)
+                .get_opt(&e.name)
+                .await
+                .map_err(err)?
+            {
                 None => (None, "not created yet".to_owned()),
                 Some(j) => {
                     let s = j.status.unwrap_or_default();
                     let done = s.succeeded.unwrap_or(0) >= e.replicas;
-                    (Some(done), if done { "completed".to_owned() } else { format!("{} failed attempts", s.failed.unwrap_or(0)) })
+                    (
+                        Some(done),
+                        if done {
+                            "completed".to_owned()
+                        } else {
+                            format!("{} failed attempts", s.failed.unwrap_or(0))
+                        },
+                    )
                 }
             },
         };
         missing |= ready.is_none();
-        out.push(ComponentStatus { kind: e.kind.into(), name: e.name.clone(), ready: ready.unwrap_or(false), message });
+        out.push(ComponentStatus {
+            kind: e.kind.into(),
+            name: e.name.clone(),
+            ready: ready.unwrap_or(false),
+            message,
+        });
     }
     Ok((out, missing))
 }

@@ -18,9 +18,9 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
+use kube::api::PartialObjectMeta;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::api::PartialObjectMeta;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Discovery};
 use tokio::sync::watch;
@@ -64,7 +64,9 @@ pub struct RunArgs {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "text" {
         builder.init();
     } else {
@@ -81,12 +83,19 @@ struct Http {
 /// The HTTP endpoints.
 fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
     Router::new()
-        .route("/metrics", get(|State(s): State<Http>| async move { s.metrics.encode() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<Http>| async move { s.metrics.encode() }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(|State(s): State<Http>| async move {
-                if s.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting") }
+                if s.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
             }),
         )
         .with_state(Http { metrics, ready })
@@ -113,7 +122,9 @@ async fn shutdown_signal() {
 /// Runs the operator until a shutdown signal.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    let client = Client::try_default().await.context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -129,11 +140,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let listener = tokio::net::TcpListener::bind(args.http_addr).await.with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     let app = router(metrics.clone(), ready.clone());
     let http_stop = stopped(stop_rx.clone());
-    let http = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(http_stop).await });
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop)
+            .await
+    });
 
     // Refuse to start without the CRD: say so clearly instead of crash-looping on watch errors.
     let sps: Api<ScalingPhase> = match &args.namespace {
@@ -150,7 +167,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let elector = args.leader_election.then(|| {
-        Elector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, Duration::from_secs(args.lease_seconds))
+        Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds),
+        )
     });
     if let Some(e) = &elector {
         info!(%identity, lease = %args.lease_name, "waiting to become leader");
@@ -190,27 +213,58 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let discovery = Discovery::new(client.clone()).filter(&["keda.sh"]).run().await;
+    let discovery = Discovery::new(client.clone())
+        .filter(&["keda.sh"])
+        .run()
+        .await;
     let keda = discovery.map(|d| d.has_group("keda.sh")).unwrap_or(false);
     info!(keda, "optional integrations detected at start");
 
     let (nodes, writer) = reflector::store();
-    let node_stream = reflector(writer, watcher(Api::<PartialObjectMeta<Node>>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let node_stream = reflector(
+        writer,
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     tokio::spawn(node_stream);
 
-    let reporter = Reporter { controller: "ladder-operator".into(), instance: Some(identity.clone()) };
+    let reporter = Reporter {
+        controller: "ladder-operator".into(),
+        instance: Some(identity.clone()),
+    };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), recorder, nodes, keda));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        recorder,
+        nodes,
+        keda,
+    ));
 
     // Only what affects readiness is watched: workload status changes wake
     // the reconciler. Other children are repaired on the drift interval.
-    let children = watcher::Config::default().labels(&format!("{}={}", crate::render::MANAGED_BY_LABEL, crate::render::MANAGED_BY));
-    let (deploys, stss, jobs): (Api<Deployment>, Api<StatefulSet>, Api<Job>) = match &args.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    let children = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::render::MANAGED_BY_LABEL,
+        crate::render::MANAGED_BY
+    ));
+    let (deploys, stss, jobs): (Api<Deployment>, Api<StatefulSet>, Api<Job>) = match &args.namespace
+    {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     ready.store(true, Ordering::Relaxed);
     info!("controller starting");

@@ -61,7 +61,15 @@ pub enum Observed<'a> {
     ApplyFailed(String),
 }
 
-fn condition(old: &[Condition], type_: &str, status: bool, reason: &str, message: String, generation: Option<i64>, now: &Time) -> Condition {
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_owned();
     // Keep the transition time unless the status flipped.
     let last = old
@@ -69,41 +77,89 @@ fn condition(old: &[Condition], type_: &str, status: bool, reason: &str, message
         .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.clone());
-    Condition { type_: type_.into(), status, reason: reason.into(), message, observed_generation: generation, last_transition_time: last }
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
 }
 
 /// The next status. `now` is used only for fields that change (a flipped
 /// condition, a new history entry), so computing twice from the same
 /// observation gives the same status and causes no write.
-pub fn compute(old: Option<&ScalingPhaseStatus>, generation: Option<i64>, observed: Observed<'_>, now: Time) -> ScalingPhaseStatus {
+pub fn compute(
+    old: Option<&ScalingPhaseStatus>,
+    generation: Option<i64>,
+    observed: Observed<'_>,
+    now: Time,
+) -> ScalingPhaseStatus {
     let mut s = old.cloned().unwrap_or_default();
     let prev = s.conditions.clone();
     s.observed_generation = generation;
-    let cond = |t: &str, st: bool, r: &str, m: String| condition(&prev, t, st, r, m, generation, &now);
+    let cond =
+        |t: &str, st: bool, r: &str, m: String| condition(&prev, t, st, r, m, generation, &now);
     match observed {
         Observed::Invalid(message) => {
             s.conditions = vec![
                 cond(types::READY, false, reasons::INVALID_SPEC, message.clone()),
-                cond(types::PROGRESSING, false, reasons::INVALID_SPEC, "waiting for a valid spec".into()),
+                cond(
+                    types::PROGRESSING,
+                    false,
+                    reasons::INVALID_SPEC,
+                    "waiting for a valid spec".into(),
+                ),
                 cond(types::DEGRADED, true, reasons::INVALID_SPEC, message),
             ];
         }
         Observed::ApplyFailed(message) => {
-            let ready = prev.iter().any(|c| c.type_ == types::READY && c.status == "True");
+            let ready = prev
+                .iter()
+                .any(|c| c.type_ == types::READY && c.status == "True");
             s.conditions = vec![
-                cond(types::READY, ready, if ready { reasons::ALL_READY } else { reasons::APPLY_FAILED }, message.clone()),
-                cond(types::PROGRESSING, true, reasons::APPLY_FAILED, "retrying".into()),
+                cond(
+                    types::READY,
+                    ready,
+                    if ready {
+                        reasons::ALL_READY
+                    } else {
+                        reasons::APPLY_FAILED
+                    },
+                    message.clone(),
+                ),
+                cond(
+                    types::PROGRESSING,
+                    true,
+                    reasons::APPLY_FAILED,
+                    "retrying".into(),
+                ),
                 cond(types::DEGRADED, true, reasons::APPLY_FAILED, message),
             ];
         }
-        Observed::Rendered { profile, components, cost, budget, paused } => {
+        Observed::Rendered {
+            profile,
+            components,
+            cost,
+            budget,
+            paused,
+        } => {
             let phase: Phase = profile.phase;
             let total = components.len();
             let ready_n = components.iter().filter(|c| c.ready).count();
             let all_ready = ready_n == total;
-            let not_ready: Vec<String> = components.iter().filter(|c| !c.ready).map(|c| format!("{} {}: {}", c.kind, c.name, c.message)).collect();
+            let not_ready: Vec<String> = components
+                .iter()
+                .filter(|c| !c.ready)
+                .map(|c| format!("{} {}: {}", c.kind, c.name, c.message))
+                .collect();
             if s.active_phase != Some(phase.number()) && !paused {
-                s.history.push(HistoryEntry { phase: phase.number(), name: phase.name().into(), time: now.clone() });
+                s.history.push(HistoryEntry {
+                    phase: phase.number(),
+                    name: phase.name().into(),
+                    time: now.clone(),
+                });
                 let excess = s.history.len().saturating_sub(MAX_HISTORY);
                 s.history.drain(..excess);
                 s.active_phase = Some(phase.number());
@@ -115,25 +171,56 @@ pub fn compute(old: Option<&ScalingPhaseStatus>, generation: Option<i64>, observ
             let ready_msg = if all_ready {
                 format!("phase {phase}: {total} components ready")
             } else {
-                let mut m = format!("{} of {total} not ready: {}", total - ready_n, not_ready.join("; "));
+                let mut m = format!(
+                    "{} of {total} not ready: {}",
+                    total - ready_n,
+                    not_ready.join("; ")
+                );
                 m.truncate(1000);
                 m
             };
             let (prog, prog_reason, prog_msg) = if paused {
-                (false, reasons::PAUSED, "spec.paused is true: no child is changed".to_owned())
+                (
+                    false,
+                    reasons::PAUSED,
+                    "spec.paused is true: no child is changed".to_owned(),
+                )
             } else if all_ready {
-                (false, reasons::RECONCILED, format!("phase {phase} is applied and ready"))
+                (
+                    false,
+                    reasons::RECONCILED,
+                    format!("phase {phase} is applied and ready"),
+                )
             } else {
-                (true, reasons::ROLLING_OUT, format!("waiting for {} components", total - ready_n))
+                (
+                    true,
+                    reasons::ROLLING_OUT,
+                    format!("waiting for {} components", total - ready_n),
+                )
             };
             let over = budget.is_some_and(|b| cost > b);
             let (deg_reason, deg_msg) = if over {
-                (reasons::OVER_BUDGET, format!("estimated ${cost}/month is above the budget of ${}/month", budget.unwrap_or(0)))
+                (
+                    reasons::OVER_BUDGET,
+                    format!(
+                        "estimated ${cost}/month is above the budget of ${}/month",
+                        budget.unwrap_or(0)
+                    ),
+                )
             } else {
                 (reasons::AS_EXPECTED, "no problem found".to_owned())
             };
             s.conditions = vec![
-                cond(types::READY, all_ready, if all_ready { reasons::ALL_READY } else { reasons::NOT_READY }, ready_msg),
+                cond(
+                    types::READY,
+                    all_ready,
+                    if all_ready {
+                        reasons::ALL_READY
+                    } else {
+                        reasons::NOT_READY
+                    },
+                    ready_msg,
+                ),
                 cond(types::PROGRESSING, prog, prog_reason, prog_msg),
                 cond(types::DEGRADED, over, deg_reason, deg_msg),
             ];
@@ -153,11 +240,22 @@ mod tests {
     }
 
     fn comp(ready: bool) -> ComponentStatus {
-        ComponentStatus { kind: "Deployment".into(), name: "x".into(), ready, message: String::new() }
+        ComponentStatus {
+            kind: "Deployment".into(),
+            name: "x".into(),
+            ready,
+            message: String::new(),
+        }
     }
 
     fn rendered(p: &PhaseProfile, ready: bool) -> Observed<'_> {
-        Observed::Rendered { profile: p, components: vec![comp(true), comp(ready)], cost: 25, budget: None, paused: false }
+        Observed::Rendered {
+            profile: p,
+            components: vec![comp(true), comp(ready)],
+            cost: 25,
+            budget: None,
+            paused: false,
+        }
     }
 
     #[test]
@@ -175,7 +273,13 @@ mod tests {
         let p = profile(Phase::Growth);
         let a = compute(None, Some(1), rendered(&p, false), t(100));
         let b = compute(Some(&a), Some(1), rendered(&p, true), t(200));
-        let ready = |s: &ScalingPhaseStatus| s.conditions.iter().find(|c| c.type_ == types::READY).cloned().expect("ready");
+        let ready = |s: &ScalingPhaseStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == types::READY)
+                .cloned()
+                .expect("ready")
+        };
         assert_eq!(ready(&a).status, "False");
         assert_eq!(ready(&b).status, "True");
         assert_eq!(ready(&b).last_transition_time, t(200));
@@ -186,9 +290,21 @@ mod tests {
 
     #[test]
     fn invalid_spec_is_degraded_with_reason() {
-        let s = compute(None, Some(3), Observed::Invalid("spec.phase: must be 0-4".into()), t(1));
-        let degraded = s.conditions.iter().find(|c| c.type_ == types::DEGRADED).expect("degraded");
-        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", reasons::INVALID_SPEC));
+        let s = compute(
+            None,
+            Some(3),
+            Observed::Invalid("spec.phase: must be 0-4".into()),
+            t(1),
+        );
+        let degraded = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::DEGRADED)
+            .expect("degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", reasons::INVALID_SPEC)
+        );
         assert!(degraded.message.contains("spec.phase"));
     }
 
@@ -196,7 +312,11 @@ mod tests {
     fn history_is_bounded() {
         let mut s = None;
         for i in 0..30 {
-            let p = profile(if i % 2 == 0 { Phase::Mvp } else { Phase::Growth });
+            let p = profile(if i % 2 == 0 {
+                Phase::Mvp
+            } else {
+                Phase::Growth
+            });
             s = Some(compute(s.as_ref(), Some(i), rendered(&p, true), t(i)));
         }
         assert_eq!(s.expect("status").history.len(), MAX_HISTORY);
@@ -205,8 +325,18 @@ mod tests {
     #[test]
     fn over_budget_degrades() {
         let p = profile(Phase::Regional);
-        let o = Observed::Rendered { profile: &p, components: vec![comp(true)], cost: 800, budget: Some(100), paused: false };
+        let o = Observed::Rendered {
+            profile: &p,
+            components: vec![comp(true)],
+            cost: 800,
+            budget: Some(100),
+            paused: false,
+        };
         let s = compute(None, Some(1), o, t(1));
-        assert!(s.conditions.iter().any(|c| c.reason == reasons::OVER_BUDGET && c.status == "True"));
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.reason == reasons::OVER_BUDGET && c.status == "True")
+        );
     }
 }
