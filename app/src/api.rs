@@ -130,13 +130,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let client = client_key(&parts, &state);
-    if state
-        .limiter
-        .rules()
-        .blocked_clients
-        .iter()
-        .any(|c| *c == client.addr)
-    {
+    if state.limiter.rules().blocked_clients.contains(&client.addr) {
         return (
             StatusCode::FORBIDDEN,
             Json(serde_json::json!({"error": {"code": "forbidden", "message": "client blocked"}})),

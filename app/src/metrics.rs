@@ -60,12 +60,9 @@ impl Metrics {
             "HTTP requests served",
             http_requests.clone(),
         );
-        let http_duration = Histogram::new(
-            [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]
-            .into_iter(),
-        );
+        let http_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency",

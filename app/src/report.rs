@@ -14,17 +14,29 @@ use crate::AppState;
 use crate::config::ServeArgs;
 use crate::metrics::LoadSnapshot;
 
+/// Who reports: the identity half of a LoadReport.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    pub name: String,
+    pub namespace: String,
+    pub scaling_phase: String,
+    pub phase: u8,
+}
+
 /// Builds the object for one snapshot (pure: the tests check it without a cluster).
 pub fn build(
-    name: &str,
-    namespace: &str,
-    scaling_phase: &str,
-    phase: u8,
+    who: &Reporter,
     tier: &str,
     load: &LoadSnapshot,
     owner: Option<OwnerReference>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> LoadReport {
+    let (name, namespace, scaling_phase, phase) = (
+        who.name.as_str(),
+        who.namespace.as_str(),
+        who.scaling_phase.as_str(),
+        who.phase,
+    );
     let mut report = LoadReport::new(
         name,
         LoadReportSpec {
@@ -79,30 +91,27 @@ pub fn spawn(state: AppState, args: &ServeArgs) {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            if owner.is_none() {
-                if let Ok(Some(pod)) = pods.get_opt(&name).await {
-                    owner = pod.metadata.uid.map(|uid| OwnerReference {
-                        api_version: "v1".into(),
-                        kind: "Pod".into(),
-                        name: name.clone(),
-                        uid,
-                        controller: Some(false),
-                        block_owner_deletion: Some(false),
-                    });
-                }
+            if owner.is_none()
+                && let Ok(Some(pod)) = pods.get_opt(&name).await
+            {
+                owner = pod.metadata.uid.map(|uid| OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    name: name.clone(),
+                    uid,
+                    controller: Some(false),
+                    block_owner_deletion: Some(false),
+                });
             }
             let load = state.metrics.window.snapshot();
             let tier = state.store.get().tier();
-            let report = build(
-                &name,
-                &ns,
-                &sp,
+            let who = Reporter {
+                name: name.clone(),
+                namespace: ns.clone(),
+                scaling_phase: sp.clone(),
                 phase,
-                tier,
-                &load,
-                owner.clone(),
-                chrono::Utc::now(),
-            );
+            };
+            let report = build(&who, tier, &load, owner.clone(), chrono::Utc::now());
             match reports.patch(&name, &params, &Patch::Apply(&report)).await {
                 Ok(_) => tracing::debug!(rps = load.requests_per_second, "LoadReport written"),
                 Err(err) => tracing::warn!(error = %err, "writing the LoadReport failed"),
@@ -125,16 +134,13 @@ mod tests {
             error_rate: 0.01,
             requests: 750,
         };
-        let r = build(
-            "app-0",
-            "ns",
-            "shop",
-            2,
-            "replicas",
-            &load,
-            None,
-            chrono::DateTime::UNIX_EPOCH,
-        );
+        let who = Reporter {
+            name: "app-0".into(),
+            namespace: "ns".into(),
+            scaling_phase: "shop".into(),
+            phase: 2,
+        };
+        let r = build(&who, "replicas", &load, None, chrono::DateTime::UNIX_EPOCH);
         let v = serde_json::to_value(&r).expect("serialises");
         assert_eq!(v["apiVersion"], "ladder.dev/v1alpha1");
         assert_eq!(v["kind"], "LoadReport");
