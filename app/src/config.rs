@@ -131,6 +131,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LADDER_REPORT_LOAD")]
     pub report_load: bool,
 
+    /// Kubeconfig for LoadReports (default: KUBECONFIG's usual lookup, then in-cluster).
+    #[arg(long, env = "LADDER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// How often the LoadReport is written.
     #[arg(long, env = "LADDER_REPORT_INTERVAL_SECS", default_value_t = 15)]
     pub report_interval_secs: u64,

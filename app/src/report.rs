@@ -67,6 +67,28 @@ pub fn build(
     report
 }
 
+/// Selects rustls' crypto provider for the process. Both `ring` (kube) and `aws-lc-rs`
+/// (reqwest) are compiled in, so rustls cannot pick one by itself; the first call wins.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    install_crypto_provider();
+    match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kc,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?;
+            Ok(kube::Client::try_from(config)?)
+        }
+        None => Ok(kube::Client::try_default().await?),
+    }
+}
+
 /// Starts the reporting loop (errors are logged and retried next interval).
 pub fn spawn(state: AppState, args: &ServeArgs) {
     let every = Duration::from_secs(args.report_interval_secs.max(1));
@@ -76,11 +98,12 @@ pub fn spawn(state: AppState, args: &ServeArgs) {
         args.phase,
     );
     let name = state.config.instance.clone();
+    let kubeconfig = args.kubeconfig.clone();
     tokio::spawn(async move {
-        let client = match kube::Client::try_default().await {
+        let client = match client(kubeconfig.as_deref()).await {
             Ok(c) => c,
             Err(err) => {
-                tracing::error!(error = %err, "no Kubernetes credentials; LoadReports disabled");
+                tracing::error!(error = %format!("{err:#}"), "no Kubernetes credentials; LoadReports disabled");
                 return;
             }
         };

@@ -170,6 +170,9 @@ impl Drop for Running {
 /// Binds `args.listen` (port 0 picks a free one) and serves in the background.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let state = build_state(args).await?;
+    if args.report_load {
+        crate::report::spawn(state.clone(), args);
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -229,6 +232,7 @@ async fn shutdown_signal() {
 pub async fn main_entry() -> anyhow::Result<std::process::ExitCode> {
     use clap::Parser;
     let cli = crate::config::Cli::parse();
+    crate::report::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -89,6 +89,7 @@ pub fn args(store: StoreSpec) -> ServeArgs {
     a.db_acquire_timeout_ms = 1500;
     a.db_max_connections = 8;
     a.report_load = false;
+    a.kubeconfig = None;
     a.public_url = None;
     a
 }

@@ -1,0 +1,85 @@
+//! LoadReport objects against the local control plane (`make cluster-up`): one per instance,
+//! owned by its Pod, carrying the window's rates.
+//!
+//! Needs `LADDER_KUBECONFIG` (the local cluster's kubeconfig, e.g. `.ladder/cluster/kubeconfig`);
+//! without it the test says so and passes, because `make test-integration` does not start the
+//! control plane. Run it with the cluster up:
+//! `LADDER_KUBECONFIG=$PWD/.ladder/cluster/kubeconfig cargo test -p ladder-app --test load_report`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use ladder_app::store::StoreSpec;
+use ladder_operator::load_report::LoadReport;
+
+#[tokio::test]
+async fn app_writes_a_load_report_owned_by_its_pod() {
+    let Ok(path) = std::env::var("LADDER_KUBECONFIG") else {
+        eprintln!("LADDER_KUBECONFIG not set: LoadReport test not run (needs `make cluster-up`)");
+        return;
+    };
+    ladder_app::report::install_crypto_provider();
+    let kc = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("config");
+    let client = kube::Client::try_from(config).expect("client");
+    let ns_name = unique("lr").replace('_', "-");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns_name}})).expect("ns");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    // A Pod object stands for the instance (kwok runs nothing; the app runs here on loopback).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns_name);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "app-0" },
+        "spec": { "containers": [ { "name": "app", "image": "ladder-app:test" } ] }
+    }))
+    .expect("pod");
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+
+    let mut a = args(StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    });
+    a.report_load = true;
+    a.report_interval_secs = 1;
+    a.kubeconfig = Some(path.into());
+    a.namespace = ns_name.clone();
+    a.instance = Some("app-0".into());
+    a.scaling_phase = "shop".into();
+    a.phase = 0;
+    let app = start(&a).await;
+    let c = http();
+    for _ in 0..10 {
+        create(&c, &app.url(), "https://example.com/", None).await;
+    }
+    let reports: Api<LoadReport> = Api::namespaced(client.clone(), &ns_name);
+    let report = eventually(
+        "a LoadReport with traffic",
+        Duration::from_secs(20),
+        || async {
+            let r = reports.get_opt("app-0").await.ok()??;
+            (r.spec.requests_per_second > 0.0 && r.spec.transactions_per_second > 0.0).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(report.spec.scaling_phase, "shop");
+    assert_eq!(report.spec.tier, "sqlite");
+    assert_eq!(report.spec.window_seconds, 60);
+    let owner = &report.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Pod", "app-0"));
+    assert_eq!(Some(&owner.uid), pod.metadata.uid.as_ref());
+    drop(app);
+    let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+}
