@@ -1,0 +1,364 @@
+//! Deletion policy, idleness, crash recovery and invalid specs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use ladder_e2e::{Operator, TestNamespace, client, install_crds, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+const GROWTH: &str = "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {name: shop}\nspec: {phase: 1}\n";
+
+async fn deleted_with(policy: &str) -> anyhow::Result<(usize, usize, usize, usize)> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, &format!("e2e-{}", policy.to_lowercase())).await?;
+    let _op = Operator::start(&ns.name).await?;
+    ns.apply_sp(
+        &format!("{GROWTH}  deletionPolicy: {policy}\n")
+            .replace("spec: {phase: 1}\n  ", "spec:\n  phase: 1\n  "),
+    )
+    .await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+    let creds = ListParams::default().labels("ladder.dev/credential=true");
+    let pvcs_before = pvcs.list(&ListParams::default()).await?.items.len();
+    let secrets_before = secrets.list(&creds).await?.items.len();
+    assert!(
+        pvcs_before >= 2 && secrets_before >= 3,
+        "{pvcs_before} PVCs, {secrets_before} Secrets"
+    );
+
+    ns.sps().delete("shop", &DeleteParams::background()).await?;
+    let sps = ns.sps();
+    wait_for("ScalingPhase gone", TIMEOUT, || {
+        let sps = sps.clone();
+        async move { Ok(sps.get_opt("shop").await?.is_none().then_some(())) }
+    })
+    .await?;
+    // Garbage collection removes the owned workloads; wait for that, then count what is left.
+    let deploys: Api<Deployment> = ns.api();
+    wait_for("workloads collected", TIMEOUT, || {
+        let deploys = deploys.clone();
+        async move {
+            Ok(deploys
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty()
+                .then_some(()))
+        }
+    })
+    .await?;
+    let (pvcs_after, secrets_after) = if policy == "Delete" {
+        wait_for("PVCs and Secrets deleted", TIMEOUT, || {
+            let (pvcs, secrets, creds) = (pvcs.clone(), secrets.clone(), creds.clone());
+            async move {
+                let p = pvcs
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .count();
+                let s = secrets.list(&creds).await?.items.len();
+                Ok((p == 0 && s == 0).then_some((p, s)))
+            }
+        })
+        .await?
+    } else {
+        let left = pvcs.list(&ListParams::default()).await?;
+        for p in &left.items {
+            assert!(
+                p.metadata.deletion_timestamp.is_none(),
+                "{} is being deleted",
+                p.name_any()
+            );
+            assert!(
+                p.owner_references().is_empty(),
+                "{} still owned",
+                p.name_any()
+            );
+        }
+        let s = secrets.list(&creds).await?;
+        for x in &s.items {
+            assert!(
+                x.owner_references().is_empty(),
+                "{} still owned",
+                x.name_any()
+            );
+        }
+        (left.items.len(), s.items.len())
+    };
+    ns.delete().await;
+    Ok((pvcs_before, pvcs_after, secrets_before, secrets_after))
+}
+
+#[tokio::test]
+async fn deleting_with_retain_keeps_volumes_and_credentials() -> anyhow::Result<()> {
+    let (pvcs_before, pvcs_after, secrets_before, secrets_after) = deleted_with("Retain").await?;
+    assert_eq!(pvcs_after, pvcs_before, "every PVC is kept");
+    assert_eq!(
+        secrets_after, secrets_before,
+        "every credential Secret is kept"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_with_delete_removes_volumes_and_credentials() -> anyhow::Result<()> {
+    let (_, pvcs_after, _, secrets_after) = deleted_with("Delete").await?;
+    assert_eq!((pvcs_after, secrets_after), (0, 0));
+    Ok(())
+}
+
+/// resourceVersion of every object in the namespace, by kind/name.
+async fn versions(ns: &TestNamespace) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($($t:ty),*) => {$(
+            for o in ns.api::<$t>().list(&ListParams::default()).await?.items {
+                out.insert(format!("{}/{}", stringify!($t), o.name_any()), o.resource_version().unwrap_or_default());
+            }
+        )*};
+    }
+    collect!(
+        Deployment,
+        StatefulSet,
+        Service,
+        ConfigMap,
+        Secret,
+        NetworkPolicy,
+        PersistentVolumeClaim
+    );
+    for o in ns.sps().list(&ListParams::default()).await?.items {
+        out.insert(
+            format!("ScalingPhase/{}", o.name_any()),
+            o.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn an_idle_operator_makes_no_writes() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-idle").await?;
+    let op = Operator::start(&ns.name).await?;
+    ns.apply_sp(GROWTH).await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    ns.wait_pods_running(TIMEOUT).await?;
+    // Let the last status patch and pod updates land: wait until one full
+    // observation round changes nothing, then measure a minute.
+    let before = wait_for("a quiet namespace", TIMEOUT, || {
+        let ns = &ns;
+        async move {
+            let a = versions(ns).await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let b = versions(ns).await?;
+            Ok((a == b).then_some(b))
+        }
+    })
+    .await?;
+    let applied = op.metric_sum("ladder_objects_applied_total").await?;
+    let status_writes = op.metric_sum("ladder_status_writes_total").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    tokio::time::sleep_until(deadline).await;
+    let after = versions(&ns).await?;
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "objects written while idle: {changed:?}"
+    );
+    assert_eq!(
+        op.metric_sum("ladder_objects_applied_total").await?,
+        applied,
+        "server-side applies while idle"
+    );
+    assert_eq!(
+        op.metric_sum("ladder_status_writes_total").await?,
+        status_writes,
+        "status writes while idle"
+    );
+    ns.delete().await;
+    Ok(())
+}
+
+/// Objects the operator manages, with the fields that matter (spec of
+/// workloads, data of config), to compare two runs.
+async fn fingerprint(ns: &TestNamespace) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let sel = ListParams::default().labels("app.kubernetes.io/managed-by=ladder");
+    for d in ns.api::<Deployment>().list(&sel).await?.items {
+        let mut spec = serde_json::to_value(&d.spec)?;
+        spec["replicas"] = serde_json::Value::Null; // owned by the HPA from phase 2
+        spec["template"]["metadata"]["annotations"]["ladder.dev/config-hash"] =
+            serde_json::Value::Null;
+        out.insert(format!("Deployment/{}", d.name_any()), spec.to_string());
+    }
+    for s in ns.api::<StatefulSet>().list(&sel).await?.items {
+        let mut t = serde_json::to_value(&s.spec.template)?;
+        // The config hash covers text that names the namespace; the config
+        // itself is compared through the ConfigMaps below.
+        t["metadata"]["annotations"]["ladder.dev/config-hash"] = serde_json::Value::Null;
+        out.insert(format!("StatefulSet/{}", s.name_any()), t.to_string());
+    }
+    for c in ns.api::<ConfigMap>().list(&sel).await?.items {
+        out.insert(
+            format!("ConfigMap/{}", c.name_any()),
+            serde_json::to_string(&c.data)?,
+        );
+    }
+    for s in ns.api::<Service>().list(&sel).await?.items {
+        out.insert(
+            format!("Service/{}", s.name_any()),
+            serde_json::to_string(&s.spec.and_then(|s| s.ports))?,
+        );
+    }
+    for s in ns.api::<Secret>().list(&sel).await?.items {
+        out.insert(
+            format!("Secret/{}", s.name_any()),
+            s.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_reconcile_converges_after_restart() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    // Reference run: phase 3 applied by an operator that is never interrupted.
+    let reference = TestNamespace::new(&client, "e2e-ref").await?;
+    let op = Operator::start(&reference.name).await?;
+    let yaml = "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {name: shop}\nspec: {phase: 3}\n";
+    reference.apply_sp(yaml).await?;
+    reference.wait_ready("shop", 3, TIMEOUT).await?;
+    let expected = fingerprint(&reference).await?;
+    drop(op);
+
+    let ns = TestNamespace::new(&client, "e2e-crash").await?;
+    let mut op = Operator::start(&ns.name).await?;
+    ns.apply_sp(yaml).await?;
+    // Kill it as soon as it has written some children, before it is done.
+    let deploys: Api<StatefulSet> = ns.api();
+    wait_for("the first children", TIMEOUT, || {
+        let deploys = deploys.clone();
+        async move { Ok((!deploys.list(&ListParams::default()).await?.items.is_empty()).then_some(())) }
+    })
+    .await?;
+    op.kill();
+    let partial = ns.sps().get("shop").await?;
+    let _op = Operator::start(&ns.name).await?;
+    ns.wait_ready("shop", 3, TIMEOUT).await?;
+    let got = fingerprint(&ns).await?;
+    let norm = |m: &BTreeMap<String, String>, ns: &str| -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.replace(ns, "NS")))
+            .filter(|(k, _)| !k.starts_with("Secret/"))
+            .collect()
+    };
+    let (got_n, expected_n) = (norm(&got, &ns.name), norm(&expected, &reference.name));
+    let differing: Vec<_> = expected_n
+        .keys()
+        .chain(got_n.keys())
+        .filter(|k| got_n.get(*k) != expected_n.get(*k))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "objects differ after a crash: {differing:?} (status when killed: {:?})",
+        partial.status.map(|s| s.ready_components)
+    );
+    let secrets_keys: Vec<_> = got.keys().filter(|k| k.starts_with("Secret/")).collect();
+    let expected_keys: Vec<_> = expected
+        .keys()
+        .filter(|k| k.starts_with("Secret/"))
+        .collect();
+    assert_eq!(secrets_keys, expected_keys);
+    reference.delete().await;
+    ns.delete().await;
+    Ok(())
+}
+
+/// A spec the apiserver accepts but the operator refuses (the OTEL_ env
+/// prefix is reserved by the operator only) gets a condition with a reason
+/// and an Event, and the operator does not retry in a loop.
+#[tokio::test]
+async fn an_invalid_spec_gets_a_condition_and_an_event_not_a_crash_loop() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-badspec").await?;
+    let op = Operator::start(&ns.name).await?;
+    let yaml = "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {name: shop}\nspec:\n  phase: 0\n  app:\n    env: [{name: OTEL_EXPORTER_OTLP_ENDPOINT, value: 'http://x'}]\n";
+    ns.apply_sp(yaml).await?;
+    let sps = ns.sps();
+    let sp = wait_for("InvalidSpec condition", TIMEOUT, || {
+        let sps = sps.clone();
+        async move {
+            let sp = sps.get("shop").await?;
+            let degraded = sp.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSpec"
+                })
+            });
+            Ok(degraded.then_some(sp))
+        }
+    })
+    .await?;
+    let ready = sp
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("OTEL_"), "{}", ready.message);
+    let events: Api<Event> = ns.api();
+    let event = wait_for("InvalidSpec event", TIMEOUT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("InvalidSpec")))
+        }
+    })
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        ns.api::<Deployment>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty(),
+        "nothing half-applied"
+    );
+    let reconciles = op.metric_sum("ladder_reconciles_total").await?;
+    tokio::time::sleep(Duration::from_secs(10)).await; // observe the absence of retries
+    assert_eq!(
+        op.metric_sum("ladder_reconciles_total").await?,
+        reconciles,
+        "no retry loop on a permanent error"
+    );
+    assert_eq!(op.metric_sum("ladder_reconcile_errors_total").await?, 0.0);
+
+    // Fixing the spec recovers.
+    let fix = serde_json::json!({"spec": {"app": {"env": [{"name": "GREETING", "value": "hi"}]}}});
+    ns.sps()
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&fix))
+        .await?;
+    ns.wait_ready("shop", 0, TIMEOUT).await?;
+    ns.delete().await;
+    Ok(())
+}
