@@ -242,26 +242,59 @@ async fn rate_limit_is_shared_across_instances_and_reloadable() {
     assert_eq!(r.status(), 422);
 }
 
-/// The only test that binds the Varnish origin port.
+/// A private varnishd (the project's VCL, `hack/services/default.vcl`) in front of `origin`:
+/// the shared Varnish's origin port (18080) may be taken by another process, and a private edge
+/// keeps this test independent of everyone else's cache entries.
+async fn own_varnish(origin: u16) -> (Child, String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(unique("varnish"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let vcl = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../hack/services/default.vcl"
+    ))
+    .expect("hack/services/default.vcl")
+    .replace("@ORIGIN_PORT@", &origin.to_string());
+    std::fs::write(dir.join("default.vcl"), vcl).expect("vcl");
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new("/usr/sbin/varnishd")
+        .arg("-F")
+        .args([
+            "-a",
+            &format!("127.0.0.1:{port}"),
+            "-T",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .arg("-f")
+        .arg(dir.join("default.vcl"))
+        .arg("-n")
+        .arg(dir.join("work"))
+        .args(["-s", "malloc,16m"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("varnishd (Debian package varnish) must be installed");
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("own varnish up", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    (child, url, dir)
+}
+
 #[tokio::test]
 async fn varnish_is_purged_on_update_and_delete() {
-    let origin_port: u16 = env("LADDER_VARNISH_ORIGIN_PORT").parse().expect("port");
-    let varnish = env("LADDER_VARNISH_URL");
+    let origin = free_port();
+    let (_varnishd, varnish, dir) = own_varnish(origin).await;
     let mut a = args(StoreSpec::Sqlite {
         path: temp_sqlite(),
     });
-    a.listen = format!("127.0.0.1:{origin_port}").parse().expect("addr");
+    a.listen = format!("127.0.0.1:{origin}").parse().expect("addr");
     a.varnish_url = Some(varnish.clone());
-    // The origin port is fixed by the Varnish config; wait (bounded) if someone else holds it.
-    let app = eventually(
-        "the Varnish origin port to be free",
-        Duration::from_secs(90),
-        || {
-            let a = a.clone();
-            async move { ladder_app::server::start(&a).await.ok() }
-        },
-    )
-    .await;
+    let app = start(&a).await;
     let (c, base) = (http(), app.url());
     let code = create(&c, &base, "https://example.com/v1", None).await;
 
@@ -315,4 +348,5 @@ async fn varnish_is_purged_on_update_and_delete() {
     );
     assert_eq!(edge(code.clone()).await.0, 404);
     assert!(metric(&c, &base, "ladder_edge_purges_total", "ok").await >= 2.0);
+    let _ = std::fs::remove_dir_all(dir);
 }
