@@ -23,6 +23,13 @@ pub struct CategoryLabel {
     pub category: String,
 }
 
+/// Labels of an API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    /// HTTP method of the request (GET, PATCH, POST, DELETE, PUT).
+    pub method: String,
+}
+
 /// The operator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -34,6 +41,7 @@ pub struct Metrics {
     applied: Family<KindLabel, Counter>,
     pruned: Family<KindLabel, Counter>,
     status_writes: Counter,
+    api_requests: Family<VerbLabel, Counter>,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge<i64, AtomicI64>,
 }
@@ -50,6 +58,12 @@ impl Default for Metrics {
         let pruned = Family::<KindLabel, Counter>::default();
         let status_writes = Counter::default();
         let leader = Gauge::<i64, AtomicI64>::default();
+        let api_requests = Family::<VerbLabel, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API, by HTTP method (watches included)",
+            api_requests.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -89,6 +103,7 @@ impl Default for Metrics {
             applied,
             pruned,
             status_writes,
+            api_requests,
             leader,
         }
     }
@@ -123,6 +138,14 @@ impl Metrics {
     /// One status patch.
     pub fn status_written(&self) {
         self.status_writes.inc();
+    }
+    /// One request to the API server.
+    pub fn api_request(&self, method: &str) {
+        self.api_requests
+            .get_or_create(&VerbLabel {
+                method: method.into(),
+            })
+            .inc();
     }
     /// The text exposition.
     pub fn encode(&self) -> String {

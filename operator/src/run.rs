@@ -18,11 +18,11 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
+use kube::Discovery;
 use kube::api::PartialObjectMeta;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::{Client, Discovery};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -122,10 +122,20 @@ async fn shutdown_signal() {
 /// Runs the operator until a shutdown signal.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
-    let metrics = Arc::new(Metrics::default());
+    // Count every request to the API server (ladder_api_requests_total).
+    let counted = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |req: http::Request<kube::client::Body>| {
+                counted.api_request(req.method().as_str());
+                req
+            },
+        ))
+        .build();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn({
