@@ -280,7 +280,23 @@ impl Operator {
     /// Starts `ladder-operator run` for `namespace`, logging to a temp file,
     /// and waits until it leads and serves `/readyz`.
     pub async fn start(namespace: &str) -> anyhow::Result<Self> {
-        let bin = operator_bin()?;
+        Self::start_bin(namespace, &operator_bin()?).await
+    }
+
+    /// Like [`Operator::start`], with a given binary.
+    pub async fn start_bin(namespace: &str, bin: &Path) -> anyhow::Result<Self> {
+        let op = Self::spawn_bin(namespace, bin)?;
+        op.wait_log("controller starting", Duration::from_secs(60))
+            .await?;
+        Ok(op)
+    }
+
+    /// Starts an operator without waiting for it to lead (for leader-election tests).
+    pub fn spawn_candidate(namespace: &str) -> anyhow::Result<Self> {
+        Self::spawn_bin(namespace, &operator_bin()?)
+    }
+
+    fn spawn_bin(namespace: &str, bin: &Path) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "ladder-operator-{namespace}-{}.log",
             rand::random::<u32>()
@@ -303,19 +319,28 @@ impl Operator {
             .stderr(file)
             .spawn()
             .context("start the operator")?;
-        let op = Self { child, log };
-        let log = op.log.clone();
-        wait_for("operator to lead", Duration::from_secs(60), || {
+        Ok(Self { child, log })
+    }
+
+    /// Waits until its log contains `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let log = self.log.clone();
+        wait_for(&format!("operator log line {needle:?}"), timeout, || {
             let log = log.clone();
+            let needle = needle.to_owned();
             async move {
                 Ok(std::fs::read_to_string(&log)?
-                    .contains("controller starting")
+                    .contains(&needle)
                     .then_some(()))
             }
         })
         .await
-        .with_context(|| format!("operator log:\n{}", op.log_text()))?;
-        Ok(op)
+        .with_context(|| format!("operator log:\n{}", self.log_text()))
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The operator's log so far.

@@ -362,3 +362,41 @@ async fn an_invalid_spec_gets_a_condition_and_an_event_not_a_crash_loop() -> any
     ns.delete().await;
     Ok(())
 }
+
+/// Two operators on one Lease: only one acts; when it stops gracefully the
+/// other takes over and reconciles.
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-leader").await?;
+    let mut first = Operator::start(&ns.name).await?;
+    let second = Operator::spawn_candidate(&ns.name)?;
+    second.wait_log("waiting to become leader", TIMEOUT).await?;
+    ns.apply_sp(GROWTH).await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    assert!(
+        !second.log_text().contains("became leader"),
+        "two leaders at once"
+    );
+    assert!(
+        !second.log_text().contains("\"applied\""),
+        "the standby reconciled"
+    );
+    let status = first.stop()?;
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0: {status:?}\n{}",
+        first.log_text()
+    );
+    assert!(first.log_text().contains("controller stopped"));
+    second.wait_log("became leader", TIMEOUT).await?;
+    let patch = serde_json::json!({"spec": {"phase": 0}});
+    ns.sps()
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    ns.wait_ready("shop", 0, TIMEOUT).await?;
+    assert!(second.log_text().contains("\"applied\""));
+    ns.delete().await;
+    Ok(())
+}

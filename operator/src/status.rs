@@ -115,19 +115,12 @@ pub fn compute(
             ];
         }
         Observed::ApplyFailed(message) => {
-            let ready = prev
-                .iter()
-                .any(|c| c.type_ == types::READY && c.status == "True");
             s.conditions = vec![
                 cond(
                     types::READY,
-                    ready,
-                    if ready {
-                        reasons::ALL_READY
-                    } else {
-                        reasons::APPLY_FAILED
-                    },
-                    message.clone(),
+                    false,
+                    reasons::APPLY_FAILED,
+                    format!("the spec is not applied: {message}"),
                 ),
                 cond(
                     types::PROGRESSING,

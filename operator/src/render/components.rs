@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet,
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::autoscaling::v2::{
@@ -538,9 +538,22 @@ fn deployment(
                 match_labels: Some(selector(v, component)),
                 ..LabelSelector::default()
             },
-            strategy: recreate.then(|| DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                rolling_update: None,
+            // Always explicit: server-side apply then owns `rollingUpdate` and
+            // drops it when the app switches to Recreate (phase 0), which the
+            // apiserver would refuse with a defaulted `rollingUpdate` left over.
+            strategy: Some(if recreate {
+                DeploymentStrategy {
+                    type_: Some("Recreate".into()),
+                    rolling_update: None,
+                }
+            } else {
+                DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::String("25%".into())),
+                        max_unavailable: Some(IntOrString::String("25%".into())),
+                    }),
+                }
             }),
             template,
             revision_history_limit: Some(5),
