@@ -64,7 +64,7 @@ impl FromRequestParts<AppState> for ClientKey {
     }
 }
 
-fn client_key(parts: &Parts, state: &AppState) -> ClientKey {
+pub(crate) fn client_key(parts: &Parts, state: &AppState) -> ClientKey {
     let forwarded = state
         .config
         .trust_forwarded_for
@@ -128,9 +128,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 }
 
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let rules = state.limiter.rules();
+    if rules.rate_per_second <= 0.0 && rules.blocked_clients.is_empty() {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     let client = client_key(&parts, &state);
-    if state.limiter.rules().blocked_clients.contains(&client.addr) {
+    if rules.blocked_clients.contains(&client.addr) {
         return (
             StatusCode::FORBIDDEN,
             Json(serde_json::json!({"error": {"code": "forbidden", "message": "client blocked"}})),

@@ -140,6 +140,13 @@ impl ClickHouse {
     }
 }
 
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01, UTC).
+fn day_string(day: i32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
 /// Where clicks go.
 #[derive(Debug)]
 pub enum ClickSink {
@@ -150,7 +157,7 @@ pub enum ClickSink {
 
 #[derive(Debug)]
 pub struct DbClicks {
-    pending: Arc<Mutex<HashMap<(String, String), i64>>>,
+    pending: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
 #[derive(Debug)]
@@ -162,7 +169,7 @@ pub struct ChClicks {
 impl ClickSink {
     /// Starts the database sink and its flusher.
     pub fn db(store: StoreHandle, metrics: Arc<Metrics>, every: Duration, cap: usize) -> Self {
-        let pending: Arc<Mutex<HashMap<(String, String), i64>>> = Arc::default();
+        let pending: Arc<Mutex<HashMap<(String, i32), i64>>> = Arc::default();
         tokio::spawn({
             let pending = pending.clone();
             async move {
@@ -178,7 +185,7 @@ impl ClickSink {
                         .iter()
                         .map(|((code, day), n)| ClickRow {
                             code: code.clone(),
-                            day: day.clone(),
+                            day: day_string(*day),
                             clicks: *n,
                         })
                         .collect();
@@ -268,7 +275,8 @@ impl ClickSink {
             ClickSink::Off => {}
             ClickSink::Db(d) => {
                 let mut p = d.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let key = (code.to_owned(), now.format("%Y-%m-%d").to_string());
+                // Days since the epoch: formatting a date per click is measurable on the hot path.
+                let key = (code.to_owned(), now.timestamp().div_euclid(86_400) as i32);
                 if let Some(n) = p.get_mut(&key) {
                     *n += 1;
                 } else if p.len() < 1_000_000 {
@@ -291,5 +299,14 @@ impl ClickSink {
             ClickSink::Db(_) => "db",
             ClickSink::ClickHouse(_) => "clickhouse",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn day_numbers_format_as_utc_dates() {
+        assert_eq!(super::day_string(0), "1970-01-01");
+        assert_eq!(super::day_string(20_418), "2025-11-26");
     }
 }

@@ -48,6 +48,8 @@ const RYW_TTL: Duration = Duration::from_secs(30);
 pub struct AppConfig {
     pub phase: u8,
     pub redirect_max_age_secs: u64,
+    /// `Cache-Control` of redirects, built once.
+    pub cache_control: HeaderValue,
     pub public_url: String,
     pub trust_forwarded_for: bool,
     pub instance: String,

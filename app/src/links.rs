@@ -190,8 +190,11 @@ async fn create(
             Err(err) => return Err(err.into()),
         }
     };
-    // A tombstone may have been reused: drop whatever the caches hold for it.
-    state.cache.invalidate(&link.code).await;
+    // A custom code may reuse a tombstone: drop whatever the cache could still hold for it.
+    // (A generated code is fresh; its cache entry, if it ever had one, died with its delete.)
+    if req.code.is_some() {
+        state.cache.invalidate(&link.code).await;
+    }
     let mut resp = (StatusCode::CREATED, axum::Json(view(&state, &link))).into_response();
     state.note_write(&client, ack, resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/links/{}", link.code)) {
@@ -281,17 +284,22 @@ async fn stats(
 }
 
 /// `GET /{code}`: 302 to the target, cacheable by the edge (Cache-Control + ETag).
+///
+/// This is the hot path: it borrows the request's headers instead of extracting a copy, and
+/// works out the client (for read-your-writes) only on a cache miss.
 async fn redirect(
     State(state): State<AppState>,
-    client: ClientKey,
-    headers: HeaderMap,
     Path(code): Path<String>,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     path_code(&code)?;
+    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let (target, hit) = match state.cache.get(&code, &state.metrics).await {
         Some(t) => (t, true),
         None => {
-            let ctx = state.read_ctx(&client, &headers);
+            let (parts, _) = req.into_parts();
+            let client = crate::api::client_key(&parts, &state);
+            let ctx = state.read_ctx(&client, &parts.headers);
             let (link, _) = state.store.get().get_link(&code, ctx).await?;
             let link = link.ok_or(ApiError::NotFound)?;
             state.cache.put(&code, &link.target).await;
@@ -303,8 +311,8 @@ async fn redirect(
         "\"{:016x}\"",
         crate::store::fnv1a64(format!("{code}\u{1f}{target}").as_bytes())
     );
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
+    let not_modified = if_none_match
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut resp = if not_modified {
@@ -316,12 +324,7 @@ async fn redirect(
         r
     };
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "public, max-age={}",
-        state.config.redirect_max_age_secs
-    )) {
-        h.insert(header::CACHE_CONTROL, v);
-    }
+    h.insert(header::CACHE_CONTROL, state.config.cache_control.clone());
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }

@@ -90,6 +90,10 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         AppConfig {
             phase: args.phase,
             redirect_max_age_secs: args.redirect_max_age_secs,
+            cache_control: axum::http::HeaderValue::from_str(&format!(
+                "public, max-age={}",
+                args.redirect_max_age_secs
+            ))?,
             public_url,
             trust_forwarded_for: args.trust_forwarded_for,
             instance,

@@ -244,6 +244,54 @@ impl PgStore {
         }
     }
 
+    /// Runs one self-contained write statement that checks the fence itself (a `FOR SHARE`
+    /// CTE on the control row) and returns the rows it changed. Direct mode sends it alone: one
+    /// round trip with a cached prepared statement, atomic by itself. Through PgBouncer it is
+    /// wrapped in BEGIN/COMMIT (see the module doc); in distributed mode it runs at SERIALIZABLE
+    /// and is retried on 40001 like every write.
+    async fn write_stmt<F>(&self, make: F) -> StoreResult<u64>
+    where
+        F: Fn() -> Q<'static> + Send + Sync,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = if self.mode == PgMode::Direct {
+                make().execute(&self.pool).await.map(|r| r.rows_affected())
+            } else {
+                async {
+                    let mut tx = self.begin().await?;
+                    let n = make().execute(&mut *tx).await?.rows_affected();
+                    tx.commit().await?;
+                    Ok::<u64, sqlx::Error>(n)
+                }
+                .await
+            };
+            match result {
+                Ok(n) => {
+                    self.metrics.record_tx();
+                    return Ok(n);
+                }
+                Err(err) if StoreError::is_retryable_conflict(&err) && attempt < MAX_ATTEMPTS => {
+                    self.metrics.tx_retries.inc();
+                    let cap = 5u64 << attempt.min(6);
+                    let wait = rand::rng().random_range(1..=cap);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                Err(err) => return Err(e(err)),
+            }
+        }
+    }
+
+    /// After a write changed nothing: was it the fence, or `otherwise`?
+    async fn fenced_or(&self, otherwise: StoreError) -> StoreError {
+        match self.control().await {
+            Ok(c) if c.fenced => StoreError::Fenced,
+            Ok(_) => otherwise,
+            Err(err) => err,
+        }
+    }
+
     /// The primary's current WAL position (replica tier: read-your-writes token).
     pub async fn current_lsn(&self) -> StoreResult<u64> {
         let rows = self
@@ -284,22 +332,28 @@ impl Store for PgStore {
     }
 
     async fn create_link(&self, link: &Link) -> StoreResult<WriteAck> {
-        self.write(true, |conn, seq| {
-            // A tombstone (deleted link) may be reused; a live code may not.
-            let q = self
-                .q("INSERT INTO links (code, target, created_ms, seq, deleted) VALUES ($1, $2, $3, $4, FALSE)
-                    ON CONFLICT (code) DO UPDATE SET target = excluded.target, created_ms = excluded.created_ms,
-                      seq = excluded.seq, deleted = FALSE WHERE links.deleted")
+        // One statement: fence check (FOR SHARE), seq, insert. A tombstone (deleted link) may be
+        // reused; a live code may not.
+        let n = self
+            .write_stmt(|| {
+                self.q(
+                    "WITH fence AS (SELECT fenced FROM ladder_control WHERE tier_id = $4 FOR SHARE)
+                     INSERT INTO links (code, target, created_ms, seq, deleted)
+                     SELECT $1, $2, $3, nextval('ladder_links_seq'), FALSE
+                     WHERE NOT COALESCE((SELECT fenced FROM fence), FALSE)
+                     ON CONFLICT (code) DO UPDATE SET target = excluded.target,
+                       created_ms = excluded.created_ms, seq = excluded.seq, deleted = FALSE
+                     WHERE links.deleted",
+                )
                 .bind(link.code.clone())
                 .bind(link.target.clone())
                 .bind(link.created_ms)
-                .bind(seq);
-            Box::pin(async move {
-                let res = q.execute(conn).await?;
-                Ok(if res.rows_affected() == 0 { Err(StoreError::Duplicate) } else { Ok(()) })
+                .bind(self.tier_id.clone())
             })
-        })
-        .await?;
+            .await?;
+        if n == 0 {
+            return Err(self.fenced_or(StoreError::Duplicate).await);
+        }
         Ok(WriteAck::default())
     }
 
@@ -323,41 +377,39 @@ impl Store for PgStore {
     }
 
     async fn update_link(&self, code: &str, target: &str) -> StoreResult<WriteAck> {
-        self.write(true, |conn, seq| {
-            let q = self
-                .q("UPDATE links SET target = $1, seq = $2 WHERE code = $3 AND NOT deleted")
+        let n = self
+            .write_stmt(|| {
+                self.q(
+                    "WITH fence AS (SELECT fenced FROM ladder_control WHERE tier_id = $3 FOR SHARE)
+                     UPDATE links SET target = $1, seq = nextval('ladder_links_seq')
+                     WHERE code = $2 AND NOT deleted AND NOT COALESCE((SELECT fenced FROM fence), FALSE)",
+                )
                 .bind(target.to_owned())
-                .bind(seq)
-                .bind(code.to_owned());
-            Box::pin(async move {
-                let res = q.execute(conn).await?;
-                Ok(if res.rows_affected() == 0 {
-                    Err(StoreError::NotFound)
-                } else {
-                    Ok(())
-                })
+                .bind(code.to_owned())
+                .bind(self.tier_id.clone())
             })
-        })
-        .await?;
+            .await?;
+        if n == 0 {
+            return Err(self.fenced_or(StoreError::NotFound).await);
+        }
         Ok(WriteAck::default())
     }
 
     async fn delete_link(&self, code: &str) -> StoreResult<WriteAck> {
-        self.write(true, |conn, seq| {
-            let q = self
-                .q("UPDATE links SET deleted = TRUE, seq = $1 WHERE code = $2 AND NOT deleted")
-                .bind(seq)
-                .bind(code.to_owned());
-            Box::pin(async move {
-                let res = q.execute(conn).await?;
-                Ok(if res.rows_affected() == 0 {
-                    Err(StoreError::NotFound)
-                } else {
-                    Ok(())
-                })
+        let n = self
+            .write_stmt(|| {
+                self.q(
+                    "WITH fence AS (SELECT fenced FROM ladder_control WHERE tier_id = $2 FOR SHARE)
+                     UPDATE links SET deleted = TRUE, seq = nextval('ladder_links_seq')
+                     WHERE code = $1 AND NOT deleted AND NOT COALESCE((SELECT fenced FROM fence), FALSE)",
+                )
+                .bind(code.to_owned())
+                .bind(self.tier_id.clone())
             })
-        })
-        .await?;
+            .await?;
+        if n == 0 {
+            return Err(self.fenced_or(StoreError::NotFound).await);
+        }
         Ok(WriteAck::default())
     }
 

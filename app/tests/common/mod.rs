@@ -48,6 +48,7 @@ pub async fn fresh_db(prefix: &str) -> String {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
         .await
         .expect("connect to the primary");
+    drop_stale_dbs(&mut conn).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut conn)
         .await
@@ -250,4 +251,26 @@ pub async fn crud_round(base: &str) {
             .status(),
         404
     );
+}
+
+/// Test databases are named `t_<prefix>_<random>_<pid>`: drop those whose test process is gone,
+/// so repeated runs do not pile databases up (best effort).
+async fn drop_stale_dbs(conn: &mut sqlx::PgConnection) {
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
+    for name in names {
+        let Some(pid) = name.rsplit('_').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut *conn)
+            .await;
+    }
 }
