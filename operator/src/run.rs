@@ -61,6 +61,9 @@ pub struct RunArgs {
 }
 
 /// Sets up `tracing`: JSON lines by default, filter from `RUST_LOG`.
+///
+/// TODO(otlp): export spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+/// set; the opentelemetry crates are not in the workspace yet.
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));

@@ -613,6 +613,12 @@ fn credentials(
 // ------------------------------------------------------------- components --
 
 /// Builds every child of the phase into `d`.
+///
+/// TODO(integrations): cert-manager Certificates (when its CRDs are
+/// installed) instead of operator-generated certificates, and a ServiceMonitor
+/// (when the Prometheus operator's CRD exists) instead of scrape annotations.
+/// Both need the same run-time detection as KEDA in [`crate::validate::World`];
+/// not done yet because neither CRD is in the local control plane to test with.
 pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired) {
     let hardened = profile.hardened;
     let sa = child_name(v, "app");
