@@ -25,6 +25,8 @@ mkdir -p "$TMP"
 bash hack/services.sh up >/dev/null
 set -a; source "$LADDER_STATE/services.env"; set +a
 PG_BIN=/usr/lib/postgresql/15/bin
+PGBOUNCER_PORT="${LADDER_PGBOUNCER_URL##*:}"; PGBOUNCER_PORT="${PGBOUNCER_PORT%%/*}"
+PRIMARY_PORT="${LADDER_PG_PRIMARY_URL##*:}"; PRIMARY_PORT="${PRIMARY_PORT%%/*}"
 
 if [[ ! -x $OHA ]]; then
   run_with_heartbeat "cargo install oha $OHA_VERSION" "$TMP/oha-install.log" \
@@ -44,8 +46,9 @@ wait_http() { for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null &&
 # oha_run NAME ARGS... : runs oha for SECS seconds, keeps its JSON summary.
 oha_run() {
   local name="$1"; shift
-  "$OHA" --no-tui --output-format json -z "${SECS}s" -c "$CONC" --redirect 0 "$@" > "$TMP/$name.json"
-  python3 - "$TMP/$name.json" "$name" >> "$TMP/results.tsv" <<'PY'
+  local file="$TMP/$(printf '%s' "$name" | tr -c 'A-Za-z0-9+-' '_').json"
+  "$OHA" --no-tui --output-format json -z "${SECS}s" -c "$CONC" --redirect 0 "$@" > "$file"
+  python3 - "$file" "$name" >> "$TMP/results.tsv" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 s, p = d["summary"], d["latencyPercentiles"]
@@ -109,25 +112,29 @@ oha_run "pgbouncer+redis hit at ${half}/s (half peak)" -q "$half" "http://127.0.
 stop_app
 
 log "ceilings: pgbench -S / -N through PgBouncer, redis-benchmark GET"
-PGPASSWORD=ladder "$PG_BIN/psql" -q -h 127.0.0.1 -p 15432 -U ladder -d ladder -c 'DROP DATABASE IF EXISTS ladder_bench' -c 'CREATE DATABASE ladder_bench' >/dev/null
-PGPASSWORD=ladder "$PG_BIN/pgbench" -q -i -s 10 -h 127.0.0.1 -p 15432 -U ladder ladder_bench >/dev/null 2>&1
-pgb() { # pgb NAME ARGS...
-  local name="$1"; shift
-  PGPASSWORD=ladder "$PG_BIN/pgbench" -h 127.0.0.1 -p 16432 -U ladder -M simple -c "$CONC" -j 2 -T "$SECS" \
-    -r "$@" ladder_bench > "$TMP/$name.txt" 2>&1
+PGPASSWORD=ladder "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U ladder -d ladder -c 'DROP DATABASE IF EXISTS ladder_bench WITH (FORCE)' -c 'CREATE DATABASE ladder_bench' >/dev/null
+PGPASSWORD=ladder "$PG_BIN/pgbench" -q -i -s 10 -h 127.0.0.1 -p "$PRIMARY_PORT" -U ladder ladder_bench >/dev/null 2>&1
+pgb() { # pgb NAME PORT ARGS...
+  local name="$1" port="$2"; shift 2
+  local file; file="$TMP/$(printf '%s' "$name" | tr -c 'A-Za-z0-9+-' '_').txt"
+  PGPASSWORD=ladder "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U ladder -M simple -c "$CONC" -j 2 -T "$SECS" \
+    "$@" ladder_bench > "$file" 2>&1
   local tps lat
-  tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$TMP/$name.txt" | head -1)"
-  lat="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$TMP/$name.txt")"
+  tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$file" | head -1)"
+  lat="$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$file")"
   printf '%s\t%.0f\t%s\t-\t1\n' "$name" "$tps" "$lat" >> "$TMP/results.tsv"
   log "$name: $tps tps, mean latency $lat ms"
 }
-pgb "pgbench -S (ceiling, reads)" -S
-pgb "pgbench -N (ceiling, writes)" -N
+pgb "pgbench -S (ceiling, reads)" "$PGBOUNCER_PORT" -S
+pgb "pgbench -N (ceiling, writes)" "$PGBOUNCER_PORT" -N
+# The replicas tier talks to the primary directly (no pooler): its ceiling too.
+pgb "pgbench -S direct (ceiling, reads)" "$PRIMARY_PORT" -S
+pgb "pgbench -N direct (ceiling, writes)" "$PRIMARY_PORT" -N
 redis_rps="$(redis-benchmark -h 127.0.0.1 -p "${LADDER_REDIS_URL##*:}" -c "$CONC" -n 200000 -t get --csv -q 2>/dev/null \
   | awk -F'","' '/GET/{print $2}' | tr -d '"' | cut -d. -f1)"
 printf 'redis-benchmark GET (ceiling)\t%s\t-\t-\t1\n' "$redis_rps" >> "$TMP/results.tsv"
 log "redis-benchmark GET: $redis_rps req/s"
-PGPASSWORD=ladder "$PG_BIN/psql" -q -h 127.0.0.1 -p 15432 -U ladder -d ladder -c 'DROP DATABASE IF EXISTS ladder_bench' >/dev/null
+PGPASSWORD=ladder "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U ladder -d ladder -c 'DROP DATABASE IF EXISTS ladder_bench WITH (FORCE)' >/dev/null
 
 python3 - "$TMP/results.tsv" "$OUT" "$SECS" "$CONC" "$half" <<'PY'
 import sys, datetime, platform, os
@@ -138,12 +145,19 @@ for line in open(sys.argv[1]):
 hello = rows["hyper hello (ceiling)"]["rps"]
 pg_s = rows["pgbench -S (ceiling, reads)"]["rps"]
 pg_n = rows["pgbench -N (ceiling, writes)"]["rps"]
+pg_s_direct = rows["pgbench -S direct (ceiling, reads)"]["rps"]
+pg_n_direct = rows["pgbench -N direct (ceiling, writes)"]["rps"]
 redis = rows["redis-benchmark GET (ceiling)"]["rps"]
 def ratio(name):
     r = rows[name]["rps"]
     if "redirect (cache hit)" in name: return f"{r/hello:.0%} of hyper", f"{r/redis:.0%} of redis GET" if "redis" in name else ""
-    if "redirect (cache miss)" in name: return f"{r/hello:.0%} of hyper", f"{r/pg_s:.0%} of pgbench -S" if "sqlite" not in name else ""
-    if "create" in name: return f"{r/hello:.0%} of hyper", f"{r/pg_n:.0%} of pgbench -N" if "sqlite" not in name else ""
+    direct = name.startswith("replicas")
+    if "redirect (cache miss)" in name:
+        if "sqlite" in name: return f"{r/hello:.0%} of hyper", ""
+        return f"{r/hello:.0%} of hyper", (f"{r/pg_s_direct:.0%} of pgbench -S direct" if direct else f"{r/pg_s:.0%} of pgbench -S")
+    if "create" in name:
+        if "sqlite" in name: return f"{r/hello:.0%} of hyper", ""
+        return f"{r/hello:.0%} of hyper", (f"{r/pg_n_direct:.0%} of pgbench -N direct" if direct else f"{r/pg_n:.0%} of pgbench -N")
     return "", ""
 out = []
 out.append("# ladder-app benchmarks\n")
