@@ -50,7 +50,13 @@ fn chart_crds_are_the_generated_ones() {
 
 #[test]
 fn chart_lints_and_renders_the_operator() {
-    run(helm().args(["lint", "--strict", "--kube-version", "v1.37.2", "charts/ladder-operator"]));
+    run(helm().args([
+        "lint",
+        "--strict",
+        "--kube-version",
+        "v1.37.2",
+        "charts/ladder-operator",
+    ]));
     let rendered = run(helm().args([
         "template",
         "ladder",
