@@ -30,6 +30,9 @@ pub enum ApiError {
     /// 503: the database is down or writes are fenced for a migration cut-over; retry shortly.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
+    /// 503: the analytics store (ClickHouse) cannot answer a stats query; retry shortly.
+    #[error("analytics temporarily unavailable")]
+    AnalyticsUnavailable(#[source] anyhow::Error),
     /// 500: anything else.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -44,7 +47,9 @@ impl ApiError {
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,7 +63,7 @@ impl ApiError {
             ApiError::Conflict => "conflict",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -90,7 +95,7 @@ impl IntoResponse for ApiError {
             .into_response();
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            ApiError::Unavailable(_) => Some(1),
+            ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

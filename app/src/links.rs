@@ -269,7 +269,11 @@ async fn stats(
         return Err(ApiError::NotFound);
     }
     let rows = match &state.clicks {
-        ClickSink::ClickHouse(c) => c.client.stats(&code).await.map_err(ApiError::Internal)?,
+        ClickSink::ClickHouse(c) => c
+            .client
+            .stats(&code)
+            .await
+            .map_err(ApiError::AnalyticsUnavailable)?,
         _ => store.click_stats(&code).await?,
     };
     let total = rows.iter().map(|r| r.clicks).sum();

@@ -114,6 +114,14 @@ async fn clickhouse_outage_never_fails_a_redirect() {
         started.elapsed() < Duration::from_secs(5),
         "redirects must not wait for ClickHouse"
     );
+    // Stats cannot be answered without ClickHouse: 503 + Retry-After, not a 500.
+    let r = c
+        .get(format!("{base}/api/v1/links/{code}/stats"))
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
     // 30 clicks, 5 buffered: the rest are dropped and counted.
     eventually(
         "dropped clicks counted",
