@@ -37,8 +37,12 @@ if [[ -f $PIDFILE ]]; then
   fi
 fi
 
+"$KUBECTL" get namespace "$NS" >/dev/null 2>&1 || "$KUBECTL" create namespace "$NS" >/dev/null
+
 log "starting the operator: metrics and health on 127.0.0.1:$PORT, log ${LOGFILE#"$LADDER_ROOT/"}"
-daemon "$PIDFILE" "$LOGFILE" "$BIN" run --http-addr "127.0.0.1:$PORT" --lease-namespace default
+# Scoped to the demo namespace, so it never reconciles the e2e tests' namespaces
+# (each test runs its own operator) when both run on this machine.
+daemon "$PIDFILE" "$LOGFILE" "$BIN" run --http-addr "127.0.0.1:$PORT" --namespace "$NS" --lease-namespace "$NS"
 for _ in $(seq 1 150); do
   curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
   kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { tail -20 "$LOGFILE" >&2; die "the operator exited"; }

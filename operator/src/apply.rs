@@ -442,7 +442,14 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let list = api
-        .list_metadata(&ListParams::default().labels(&children_selector(sp)))
+        // Served from the apiserver's watch cache: a slightly stale list can
+        // only delay a prune (the next drift check catches up), never delete
+        // something desired.
+        .list_metadata(
+            &ListParams::default()
+                .labels(&children_selector(sp))
+                .match_any(),
+        )
         .await
         .map_err(|source| ApplyError::Prune { kind, source })?;
     for item in list {

@@ -150,14 +150,22 @@ impl Context {
         }
     }
 
-    fn needs_apply(&self, uid: &str, hash: &str) -> bool {
+    /// Whether to apply, and whether to prune after applying.
+    ///
+    /// Pruning lists every child kind, the most expensive step, so it runs
+    /// only when something can be stale: the rendered set changed, the phase
+    /// changed since the last status, or the drift-check interval passed. The
+    /// first apply of an unchanged phase after a restart does not prune; the
+    /// drift check does it `DRIFT_CHECK` later.
+    fn plan(&self, uid: &str, hash: &str, phase_changed: bool) -> Option<bool> {
         let map = self
             .applied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match map.get(uid) {
-            Some((h, at)) => h != hash || at.elapsed() > DRIFT_CHECK,
-            None => true,
+            Some((h, at)) if h == hash && at.elapsed() <= DRIFT_CHECK => None,
+            Some(_) => Some(true),
+            None => Some(phase_changed),
         }
     }
 
@@ -228,14 +236,19 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
     let mut applied_now = false;
     if !sp.spec.paused {
         let hash = render::short_hash(desired.to_yaml().as_bytes());
-        if ctx.needs_apply(&uid, &hash) {
+        let phase_changed = old
+            .and_then(|s| s.active_phase)
+            .is_some_and(|p| p != v.phase.number());
+        if let Some(prune) = ctx.plan(&uid, &hash, phase_changed) {
             if let Err(e) = apply::apply(&ctx.client, &ns, &desired, ctx.keda, &ctx.metrics).await {
                 let next =
                     status::compute(old, generation, Observed::ApplyFailed(e.to_string()), now());
                 patch_status(sp, ctx, next).await?;
                 return Err(e.into());
             }
-            apply::prune(&ctx.client, &ns, &name, &uid, &desired, &ctx.metrics).await?;
+            if prune {
+                apply::prune(&ctx.client, &ns, &name, &uid, &desired, &ctx.metrics).await?;
+            }
             ctx.record(&uid, Some(hash));
             applied_now = true;
             info!(phase = %v.phase, objects = desired.len(), "applied");

@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Seconds a Lease stays valid without renewal.
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
+    /// ScalingPhases reconciled at once (bounds the load on the apiserver).
+    #[arg(long, env = "LADDER_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
     /// Log format: json or text.
     #[arg(long, env = "LADDER_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -285,6 +288,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(deploys, children.clone())
         .owns(stss, children.clone())
         .owns(jobs, children)
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {

@@ -348,7 +348,12 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let most_result = async {
         create_many(&sps, many, most).await?;
-        wait_all_ready(&sps, most, Duration::from_secs(1500)).await
+        wait_all_ready(
+            &sps,
+            most,
+            Duration::from_secs(arg("--most-timeout", "900").parse()?),
+        )
+        .await
     }
     .await;
     let most_elapsed = start.elapsed();
@@ -456,6 +461,27 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&out_path, &md)?;
     eprintln!("wrote {}", out_path.display());
     drop(op);
+    // Harness cleanup, not operator behaviour: drop the finalizers so the
+    // namespace can go without running a thousand Retain clean-ups.
+    let strip = serde_json::json!({"metadata": {"finalizers": null}});
+    let names: Vec<String> = sps
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    futures::stream::iter(names)
+        .for_each_concurrent(16, |n| {
+            let sps = sps.clone();
+            let strip = strip.clone();
+            async move {
+                let _ = sps
+                    .patch(&n, &PatchParams::default(), &Patch::Merge(&strip))
+                    .await;
+            }
+        })
+        .await;
     ns.delete().await;
     Ok(())
 }
