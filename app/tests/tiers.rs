@@ -38,6 +38,10 @@ async fn pgbouncer_tier_end_to_end_under_concurrency() {
         url: bouncer_url(&db),
     });
     a.db_max_connections = 32;
+    // This test is about statement handling under transaction pooling, not latency: every new
+    // server connection costs two SCRAM handshakes (client and server side of PgBouncer), which
+    // on a loaded 2-core CI machine can take longer than the default 2 s acquire timeout.
+    a.db_acquire_timeout_ms = 10_000;
     let app = start(&a).await;
     crud_round(&app.url()).await;
     // Many concurrent clients through transaction pooling: with reused named statements this
@@ -365,4 +369,68 @@ async fn database_down_answers_503_and_recovers() {
     })
     .await;
     create(&c, &base, "https://example.com/after", None).await;
+}
+
+/// The real binary, configured through the environment like the operator does it, with a
+/// database that is down: requests fail with 503 and the error is logged, but the password in
+/// the connection string never reaches the log.
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let secret = "s3cret-pw-do-not-log";
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder-app"))
+        .arg("serve")
+        .env_clear()
+        .env("LADDER_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "LADDER_STORE",
+            format!("postgres:postgres://ladder:{secret}@127.0.0.1:{dead}/ladder"),
+        )
+        .env("LADDER_DB_ACQUIRE_TIMEOUT_MS", "300")
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ladder-app");
+    let c = http();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the app to listen", Duration::from_secs(20), || async {
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let r = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&serde_json::json!({"url": "https://example.com/"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 503);
+    assert!(!r.text().await.expect("body").contains(secret));
+    child.start_kill().expect("kill");
+    let out = child.wait_with_output().await.expect("output");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("request failed"), "the 503 is logged: {log}");
+    assert!(
+        log.contains("ladder:***@"),
+        "the store is logged redacted: {log}"
+    );
+    assert!(!log.contains(secret), "the password leaked into the log");
 }
