@@ -87,8 +87,39 @@ impl PgStore {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let store = Self::connect(url, mode, opts, metrics, "postgres")?;
-        store.migrate().await?;
+        store.migrate_or_retry().await?;
         Ok(store)
+    }
+
+    /// Applies the schema now, or, when the database cannot be reached, keeps retrying in the
+    /// background: the app starts (answering 503, not ready) while its database is down.
+    /// Errors other than "unreachable" (bad credentials, bad SQL) still fail the start.
+    pub async fn migrate_or_retry(&self) -> anyhow::Result<()> {
+        match self.migrate().await {
+            Ok(()) => Ok(()),
+            Err(err) if is_unreachable(&err) => {
+                tracing::warn!(error = %format!("{err:#}"), "database unreachable; applying the schema once it is back");
+                let me = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match me.migrate().await {
+                            Ok(()) => {
+                                tracing::info!("database reachable; schema applied");
+                                return;
+                            }
+                            Err(err) if is_unreachable(&err) => continue,
+                            Err(err) => {
+                                tracing::error!(error = %format!("{err:#}"), "applying the schema failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Builds the pool without touching the database.
@@ -311,6 +342,15 @@ impl PgStore {
     }
 }
 
+/// True when an error means the database could not be reached (as opposed to refusing us).
+fn is_unreachable(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)) => true,
+        Some(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("57P03" | "57P01")),
+        _ => false,
+    })
+}
+
 /// Parses a `pg_lsn` text (`16/B374D848`) into a byte position.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.split_once('/')?;
@@ -457,7 +497,10 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.read_rows(self.q("SELECT 1")).await.map(|_| ())
+        // Reads the control table, so "ready" also means "schema applied".
+        self.read_rows(self.q("SELECT 1 FROM ladder_control LIMIT 1"))
+            .await
+            .map(|_| ())
     }
 
     fn describe(&self) -> serde_json::Value {

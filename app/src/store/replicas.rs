@@ -61,7 +61,7 @@ impl ReplicaStore {
             metrics.clone(),
             "postgres",
         )?;
-        primary.migrate().await?;
+        primary.migrate_or_retry().await?;
         let mut replicas = Vec::new();
         for url in replica_urls {
             replicas.push(Replica {

@@ -87,7 +87,8 @@ pub fn args(store: StoreSpec) -> ServeArgs {
     a.rules_file = None;
     a.poll_interval_ms = 100;
     a.click_flush_ms = 100;
-    a.db_acquire_timeout_ms = 1500;
+    // Generous: 2 shared cores, SCRAM handshakes through PgBouncer, tests in parallel.
+    a.db_acquire_timeout_ms = 5000;
     a.db_max_connections = 8;
     a.report_load = false;
     a.kubeconfig = None;
