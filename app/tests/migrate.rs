@@ -387,10 +387,10 @@ fn write_map(dir: &std::path::Path, name: &str, m: &ShardMap) -> StoreSpec {
     }
 }
 
-/// PostgreSQL → 2 shards → 3 shards (resharding) → distributed SQL → back to PostgreSQL,
-/// all under load, one app following every cut-over.
+/// PostgreSQL → 2 shards → 3 shards (resharding) → distributed SQL → back to PostgreSQL →
+/// SQLite, all under load, one app following every cut-over.
 #[tokio::test]
-async fn postgres_shards_reshard_dsql_and_back_under_load() {
+async fn postgres_shards_reshard_dsql_and_back_to_sqlite_under_load() {
     let pg_db = fresh_db("chain_pg").await;
     let postgres = StoreSpec::Postgres {
         url: primary_url(&pg_db),
@@ -423,6 +423,12 @@ async fn postgres_shards_reshard_dsql_and_back_under_load() {
     // Reverse: back into the original (fenced, stale) PostgreSQL database.
     migrate_ok(&dsql, &postgres).await;
     wait_tier(&c, &base, "postgres", None).await;
+    // And all the way down to phase 0.
+    let sqlite = StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    };
+    migrate_ok(&postgres, &sqlite).await;
+    wait_tier(&c, &base, "sqlite", None).await;
     let after = load_gen.acked();
     eventually(
         "writes after the last cut-over",
@@ -438,7 +444,7 @@ async fn postgres_shards_reshard_dsql_and_back_under_load() {
         ledger.refused
     );
     assert!(ledger.refused > 0, "the fences were hit by the load");
-    check_ledger(&postgres, &ledger).await;
+    check_ledger(&sqlite, &ledger).await;
     // The intermediate tiers are read-only now but held every write up to their cut-over:
     // each shard holds only its own slots (exactly once across the 3 shards is checked above
     // for the final tier; here for the resharded one, as of its cut-over).
