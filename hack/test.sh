@@ -14,6 +14,8 @@ source "$(dirname "$0")/lib/common.sh"
 cd "$LADDER_ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LADDER_CACHE/target}"
 CARGO_FLAGS=(--locked)
+# Every failing test binary is reported, not only the first.
+TEST_FLAGS=(--locked --no-fail-fast)
 
 started=()
 teardown() {
@@ -41,16 +43,16 @@ LADDER_HELM="$(bash hack/build-helm.sh)"
 export LADDER_HELM
 
 step "unit tests (pure)"
-cargo test --workspace "${CARGO_FLAGS[@]}" --lib --bins
+cargo test --workspace "${TEST_FLAGS[@]}" --lib --bins
 if compgen -G "operator/tests/*.rs" >/dev/null; then
-  cargo test -p ladder-operator "${CARGO_FLAGS[@]}" --tests
+  cargo test -p ladder-operator "${TEST_FLAGS[@]}" --test '*'
 fi
 
 step "integration tests against the real data services"
 set -a; source .ladder/services.env; set +a
-cargo test -p ladder-app "${CARGO_FLAGS[@]}" --tests
+cargo test -p ladder-app "${TEST_FLAGS[@]}" --test '*'
 
 step "e2e tests against the local control plane"
-KUBECONFIG="$CLUSTER_DIR/kubeconfig" cargo test -p ladder-e2e "${CARGO_FLAGS[@]}" --tests
+KUBECONFIG="$CLUSTER_DIR/kubeconfig" cargo test -p ladder-e2e "${TEST_FLAGS[@]}" --tests
 
 step "all test tiers passed"
