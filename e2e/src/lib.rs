@@ -140,8 +140,44 @@ impl TestNamespace {
         })
     }
 
-    /// Deletes the namespace (not waiting for it to go).
+    /// Deletes the namespace. Its ScalingPhases go first, while the test's
+    /// operator still runs to clear their finalizers; any left after a
+    /// minute (the operator is gone) lose their finalizers so the namespace
+    /// never hangs in Terminating.
     pub async fn delete(self) {
+        let sps = self.sps();
+        let _ = sps
+            .delete_collection(&DeleteParams::background(), &ListParams::default())
+            .await;
+        let gone = wait_for("ScalingPhases deleted", Duration::from_secs(60), || {
+            let sps = sps.clone();
+            async move {
+                Ok(sps
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            }
+        })
+        .await;
+        if gone.is_err() {
+            let strip = serde_json::json!({"metadata": {"finalizers": null}});
+            for sp in sps
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let _ = sps
+                    .patch(
+                        &sp.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&strip),
+                    )
+                    .await;
+            }
+        }
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::background())
             .await;
