@@ -10,7 +10,9 @@
 //! [`PgMode::Bouncer`]:
 //! - the statement cache is off (`statement_cache_capacity(0)`) and every query is
 //!   `persistent(false)`, i.e. uses the *unnamed* statement, which Postgres drops at the next Parse;
-//! - every query, reads included, runs inside an explicit `BEGIN … COMMIT`, because sqlx sends
+//! - the redirect lookup (`get_link`) uses the simple query protocol (no statement; one round
+//!   trip) with the code inlined, which is safe because codes are `[A-Za-z0-9_-]` only;
+//! - every other query, reads included, runs inside an explicit `BEGIN … COMMIT`, because sqlx sends
 //!   Parse/Describe and Bind/Execute in two round trips (two Syncs): outside a transaction PgBouncer
 //!   may switch server connections between them;
 //! - schema migrations take `pg_advisory_xact_lock` (transaction-scoped) instead of a session lock,
@@ -398,16 +400,29 @@ impl Store for PgStore {
     }
 
     async fn get_link(&self, code: &str, _ctx: ReadCtx) -> StoreResult<(Option<Link>, ReadFrom)> {
-        let rows = self
-            .read_rows(
-                self.q(
-                    "SELECT code, target, created_ms FROM links WHERE code = $1 AND NOT deleted",
-                )
-                .bind(code.to_owned()),
-            )
-            .await?;
+        let row = if self.mode == PgMode::Bouncer {
+            // The redirect hot path through PgBouncer: one simple-protocol query (one round trip,
+            // no statement at all) instead of BEGIN + Parse + Bind + COMMIT. Safe to inline:
+            // only codes of [A-Za-z0-9_-] are looked up, anything else cannot exist.
+            if !crate::links::valid_code_chars(code) {
+                return Ok((None, ReadFrom::Primary));
+            }
+            let sql = format!(
+                "SELECT code, target, created_ms FROM links WHERE code = '{code}' AND NOT deleted"
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(e)?
+        } else {
+            self.q("SELECT code, target, created_ms FROM links WHERE code = $1 AND NOT deleted")
+                .bind(code.to_owned())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(e)?
+        };
         Ok((
-            rows.first().map(|r| Link {
+            row.map(|r| Link {
                 code: r.get(0),
                 target: r.get(1),
                 created_ms: r.get(2),
