@@ -406,6 +406,18 @@ async fn main() -> anyhow::Result<()> {
             op_t.as_secs_f64() / fl.as_secs_f64().max(0.001)
         )?;
     }
+    writeln!(
+        md,
+        "\nOne run each on a shared 2-core machine: differences under about a second are noise. The floor includes"
+    )?;
+    writeln!(
+        md,
+        "`kubectl`'s own start-up and API discovery, which is why the operator (already running, watching) can come"
+    )?;
+    writeln!(
+        md,
+        "out below 1; it also creates the generated Secrets with placeholder data in the same apply."
+    )?;
     writeln!(md, "\n## {many} ScalingPhases (phase 0) created at once\n")?;
     writeln!(
         md,
