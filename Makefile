@@ -14,7 +14,7 @@ CARGO ?= cargo
         cluster-up cluster-down services-up services-down toolchain bench bench-app clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 demo: ## run Ladder's main job on this machine (installs what it needs)
 	@hack/demo.sh
@@ -32,15 +32,16 @@ lint: ## rustfmt check, clippy with -D warnings, CRD drift check
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-test-unit: ## unit tests: pure code, no services
+test-unit: ## unit tests: pure code, no services (golden snapshots, property tests, CRD drift)
 	$(CARGO) test --workspace --locked --lib --bins
+	$(CARGO) test -p ladder-operator --locked --test '*'
 
 test-integration: services-up ## integration tests against the real data services
 	set -a; source .ladder/services.env; set +a; \
-	$(CARGO) test -p ladder-app --locked --test '*' -- --test-threads=4
+	$(CARGO) test -p ladder-app --locked --test '*'
 
 test-e2e: cluster-up ## end-to-end tests against the local control plane
-	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked -- --test-threads=4
+	LADDER_HELM=$$(hack/build-helm.sh) KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked
 
 crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run -q -p ladder-operator --locked -- crd > crds/ladder.dev_crds.yaml
@@ -58,8 +59,16 @@ services-up: ## install and start PostgreSQL (+replica), PgBouncer, Redis, Click
 services-down: ## stop the data services and remove their state
 	@hack/services.sh down
 
+bench: cluster-up ## benchmark the operator (time to Ready vs kubectl apply, 200/1000 ScalingPhases, RSS); writes bench/operator.md
+	$(CARGO) build --release -p ladder-operator --locked
+	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q -p ladder-e2e --locked --bin bench-operator -- --many 200 --most 1000
+
 bench-app: ## benchmark ladder-app per tier beside its ceilings; writes bench/app.md
 	@hack/bench-app.sh
 
-clean: cluster-down services-down ## stop everything and remove runtime state
+clean: ## stop the demo operator, the control plane and the services; remove runtime state
+	@if [[ -f .ladder/operator.pid ]] && grep -q ladder-operator /proc/$$(cat .ladder/operator.pid)/cmdline 2>/dev/null; then \
+	  kill $$(cat .ladder/operator.pid); fi
+	@hack/cluster.sh down
+	@hack/services.sh down
 	rm -rf .ladder
