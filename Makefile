@@ -36,9 +36,9 @@ test-unit: ## unit tests: pure code, no services (golden snapshots, property tes
 	$(CARGO) test --workspace --locked --lib --bins
 	$(CARGO) test -p ladder-operator --locked --test '*'
 
-test-integration: services-up ## integration tests against the real data services
+test-integration: services-up cluster-up ## integration tests against the real data services (LoadReports go to the control plane)
 	set -a; source .ladder/services.env; set +a; \
-	$(CARGO) test -p ladder-app --locked --test '*'
+	LADDER_KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-app --locked --test '*'
 
 test-e2e: cluster-up ## end-to-end tests against the local control plane
 	LADDER_HELM=$$(hack/build-helm.sh) KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked
