@@ -19,6 +19,11 @@ use ladder_operator::load_report::LoadReport;
 #[tokio::test]
 async fn app_writes_a_load_report_owned_by_its_pod() {
     let Ok(path) = std::env::var("LADDER_KUBECONFIG") else {
+        // `make test` always sets it; in CI a missing cluster is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "LADDER_KUBECONFIG must be set in CI (make test sets it)"
+        );
         eprintln!("LADDER_KUBECONFIG not set: LoadReport test not run (needs `make cluster-up`)");
         return;
     };
@@ -29,6 +34,29 @@ async fn app_writes_a_load_report_owned_by_its_pod() {
             .await
             .expect("config");
     let client = kube::Client::try_from(config).expect("client");
+    // The integration tier runs before the operator's e2e tests: install the CRD here.
+    {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use kube::CustomResourceExt;
+        use kube::api::{Patch, PatchParams};
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.patch(
+            "loadreports.ladder.dev",
+            &PatchParams::apply("ladder-app-tests").force(),
+            &Patch::Apply(LoadReport::crd()),
+        )
+        .await
+        .expect("install the LoadReport CRD");
+        let established = kube::runtime::wait::await_condition(
+            crds,
+            "loadreports.ladder.dev",
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(60), established)
+            .await
+            .expect("LoadReport CRD established within 60 s")
+            .expect("watch the CRD");
+    }
     let ns_name = unique("lr").replace('_', "-");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
