@@ -28,6 +28,8 @@ DB_USER=ladder
 DB_PASSWORD=ladder
 DB_NAME=ladder
 ENV_FILE="$LADDER_STATE/services.env"
+# Where PostgreSQL's data goes when the postgres user cannot reach the clone.
+PG_FALLBACK_DIR="/var/tmp/ladder-services-$(printf '%s' "$LADDER_ROOT" | cksum | cut -d' ' -f1)"
 
 # PostgreSQL and PgBouncer refuse to run as root; run them as the Debian
 # `postgres` user then, as ourselves otherwise.
@@ -274,11 +276,10 @@ cmd_up() {
   # the data folder. If a parent of the clone is private, keep the data in a
   # private folder of its own under /var/tmp and link it from .ladder/services.
   if ! as_db test -w "$SERVICES_DIR" 2>/dev/null; then
-    local alt="/var/tmp/ladder-services-$(printf '%s' "$LADDER_ROOT" | cksum | cut -d' ' -f1)"
-    warn "$DB_OWNER cannot reach $SERVICES_DIR; keeping PostgreSQL data in $alt"
-    mkdir -p "$alt" && chown "$DB_OWNER" "$alt" && chmod 700 "$alt"
+    warn "$DB_OWNER cannot reach $SERVICES_DIR; keeping PostgreSQL data in $PG_FALLBACK_DIR"
+    mkdir -p "$PG_FALLBACK_DIR" && chown "$DB_OWNER" "$PG_FALLBACK_DIR" && chmod 700 "$PG_FALLBACK_DIR"
     for d in pg-primary pg-replica pgbouncer; do
-      mkdir -p "$alt/$d"; chown "$DB_OWNER" "$alt/$d"; ln -sfn "$alt/$d" "$SERVICES_DIR/$d"
+      mkdir -p "$PG_FALLBACK_DIR/$d"; chown "$DB_OWNER" "$PG_FALLBACK_DIR/$d"; ln -sfn "$PG_FALLBACK_DIR/$d" "$SERVICES_DIR/$d"
     done
   fi
   start_primary
@@ -294,13 +295,6 @@ cmd_up() {
 cmd_down() {
   stop_pidfile varnish "$SERVICES_DIR/varnish/varnishd.pid"
   stop_pidfile clickhouse "$SERVICES_DIR/clickhouse/clickhouse.pid"
-  # Debian's ClickHouse 18.16 may not write its pid file; its command line
-  # names our config path, which nothing else on the machine uses.
-  if pkill -f "$SERVICES_DIR/clickhouse/config.xml" 2>/dev/null; then
-    for _ in $(seq 50); do pgrep -f "$SERVICES_DIR/clickhouse/config.xml" >/dev/null || break; sleep 0.2; done
-    pkill -9 -f "$SERVICES_DIR/clickhouse/config.xml" 2>/dev/null || true
-    log "stopped clickhouse"
-  fi
   stop_pidfile redis "$SERVICES_DIR/redis/redis.pid"
   stop_pidfile pgbouncer "$SERVICES_DIR/pgbouncer/pgbouncer.pid"
   for d in pg-replica pg-primary; do
@@ -309,7 +303,7 @@ cmd_down() {
       log "stopped $d"
     fi
   done
-  rm -rf "/var/tmp/ladder-services-$(printf '%s' "$LADDER_ROOT" | cksum | cut -d' ' -f1)"
+  rm -rf "$PG_FALLBACK_DIR"
   rm -rf "$SERVICES_DIR" "$ENV_FILE"
 }
 

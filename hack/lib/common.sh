@@ -50,30 +50,28 @@ run_with_heartbeat() {
   printf '    %s: done in %dm%02ds\n' "$label" $(( (SECONDS-start)/60 )) $(( (SECONDS-start)%60 )) >&2
 }
 
-# clean CMD...: runs CMD with every inherited descriptor above 2 closed, so a
-# daemon never keeps our lock file or a caller's pipe open.
-clean() {
-  (
-    for fd in /proc/$BASHPID/fd/*; do
-      fd="${fd##*/}"
-      if (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
-    exec "$@"
-  )
+# close_inherited_fds: closes every descriptor above 2 of the current
+# (sub)shell, so a daemon started from it never keeps our lock file or a
+# caller's pipe open. Call it inside a subshell that then execs.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd="${fd##*/}"
+    if (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
 }
 
+# clean CMD...: runs CMD (which daemonizes itself) without our descriptors.
+clean() {
+  ( close_inherited_fds; exec "$@" )
+}
 
 # daemon PIDFILE LOGFILE CMD...: starts CMD detached (own session, stdin from
 # /dev/null, output to LOGFILE, no inherited descriptors) and records its pid.
-# The recorded pid is CMD's own, so stopping it stops exactly that process.
+# The backgrounded subshell execs CMD, so the recorded pid is CMD's own and
+# stopping it stops exactly that process.
 daemon() {
   local pidfile="$1" logfile="$2"; shift 2
-  (
-    for fd in /proc/$BASHPID/fd/*; do
-      fd="${fd##*/}"
-      if (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
-    exec setsid "$@"
-  ) </dev/null >"$logfile" 2>&1 &
+  ( close_inherited_fds; exec setsid "$@" ) </dev/null >"$logfile" 2>&1 &
   echo $! > "$pidfile"
 }
