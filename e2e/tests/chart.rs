@@ -5,16 +5,12 @@
 //! Needs `LADDER_HELM` (hack/test.sh builds helm and sets it) and a KUBECONFIG
 //! for the local control plane.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::{Api, Client};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use kube::Api;
+use ladder_e2e::repo_root;
 
 fn helm() -> Command {
     let helm = std::env::var("LADDER_HELM")
@@ -82,7 +78,7 @@ fn chart_lints_and_renders_the_operator() {
 
 #[tokio::test]
 async fn chart_installs_and_the_operator_deployment_becomes_available() {
-    let client = Client::try_default()
+    let client = ladder_e2e::client()
         .await
         .expect("KUBECONFIG for the local control plane");
     let release = format!("ladder-{:06x}", rand::random::<u32>() & 0xff_ffff);

@@ -15,7 +15,7 @@ use serde_json::json;
 const REGION: &str = "topology.kubernetes.io/region";
 
 async fn client() -> Client {
-    Client::try_default()
+    ladder_e2e::client()
         .await
         .expect("KUBECONFIG must point at the local control plane (make cluster-up)")
 }
@@ -54,22 +54,6 @@ where
         .await
         .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
         .unwrap_or_else(|e| panic!("watch failed while waiting for {what}: {e:?}"))
-}
-
-/// Polls `check` every 500 ms until it returns true, bounded by `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs}s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test]
@@ -209,15 +193,19 @@ async fn statefulset_with_volumes_spreads_over_regions_and_is_garbage_collected(
         .delete("db", &DeleteParams::background())
         .await
         .expect("delete statefulset");
-    eventually(120, "the garbage collector to remove the pods", || {
-        let pods = pods.clone();
-        async move {
-            pods.list(&ListParams::default().labels("app=db"))
-                .await
-                .is_ok_and(|l| l.items.is_empty())
-        }
-    })
-    .await;
+    ladder_e2e::wait_for(
+        "the garbage collector to remove the pods",
+        Duration::from_secs(120),
+        || {
+            let pods = pods.clone();
+            async move {
+                let left = pods.list(&ListParams::default().labels("app=db")).await?;
+                Ok(left.items.is_empty().then_some(()))
+            }
+        },
+    )
+    .await
+    .expect("garbage collection of the pods");
     delete_namespace(&client, &ns).await;
 }
 
