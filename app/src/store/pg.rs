@@ -170,6 +170,34 @@ impl PgStore {
         sqlx::query(sql).persistent(self.mode != PgMode::Bouncer)
     }
 
+    /// Writes daily click rows with `upsert` (one statement per row, binding code, day, clicks)
+    /// in one write transaction; the statement decides whether a count adds up or replaces.
+    async fn upsert_clicks(
+        &self,
+        rows: &[ClickRow],
+        fence: bool,
+        upsert: &'static str,
+    ) -> StoreResult<()> {
+        self.write(fence, |conn, _| {
+            let qs: Vec<Q<'static>> = rows
+                .iter()
+                .map(|c| {
+                    self.q(upsert)
+                        .bind(c.code.clone())
+                        .bind(c.day.clone())
+                        .bind(c.clicks)
+                })
+                .collect();
+            Box::pin(async move {
+                for q in qs {
+                    q.execute(&mut *conn).await?;
+                }
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
     /// Applies `migrations/postgres` (idempotent), serialised by a transaction-scoped advisory
     /// lock so that it is safe through PgBouncer and with many replicas starting at once.
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -471,26 +499,12 @@ impl Store for PgStore {
     async fn add_clicks(&self, clicks: &[ClickRow]) -> StoreResult<()> {
         // Concurrent flushes of the same (code, day) from
         // several instances conflict at SERIALIZABLE and are retried.
-        self.write(true, |conn, _| {
-            let qs: Vec<Q<'static>> = clicks
-                .iter()
-                .map(|c| {
-                    self.q(
-                        "INSERT INTO clicks_daily (code, day, clicks) VALUES ($1, $2, $3)
-                         ON CONFLICT (code, day) DO UPDATE SET clicks = clicks_daily.clicks + excluded.clicks",
-                    )
-                    .bind(c.code.clone())
-                    .bind(c.day.clone())
-                    .bind(c.clicks)
-                })
-                .collect();
-            Box::pin(async move {
-                for q in qs {
-                    q.execute(&mut *conn).await?;
-                }
-                Ok(Ok(()))
-            })
-        })
+        self.upsert_clicks(
+            clicks,
+            true,
+            "INSERT INTO clicks_daily (code, day, clicks) VALUES ($1, $2, $3)
+             ON CONFLICT (code, day) DO UPDATE SET clicks = clicks_daily.clicks + excluded.clicks",
+        )
         .await
     }
 
@@ -617,26 +631,12 @@ impl Store for PgStore {
     }
 
     async fn put_clicks(&self, rows: &[ClickRow]) -> StoreResult<()> {
-        self.write(false, |conn, _| {
-            let qs: Vec<Q<'static>> = rows
-                .iter()
-                .map(|c| {
-                    self.q(
-                        "INSERT INTO clicks_daily (code, day, clicks) VALUES ($1, $2, $3)
-                         ON CONFLICT (code, day) DO UPDATE SET clicks = excluded.clicks",
-                    )
-                    .bind(c.code.clone())
-                    .bind(c.day.clone())
-                    .bind(c.clicks)
-                })
-                .collect();
-            Box::pin(async move {
-                for q in qs {
-                    q.execute(&mut *conn).await?;
-                }
-                Ok(Ok(()))
-            })
-        })
+        self.upsert_clicks(
+            rows,
+            false,
+            "INSERT INTO clicks_daily (code, day, clicks) VALUES ($1, $2, $3)
+             ON CONFLICT (code, day) DO UPDATE SET clicks = excluded.clicks",
+        )
         .await
     }
 
