@@ -412,6 +412,13 @@ CONF
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <!-- The user the operator renders for the app (tests start the app with that wiring). -->
+        <ladder>
+            <password>ladder</password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </ladder>
     </users>
     <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
       <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>

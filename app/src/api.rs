@@ -129,8 +129,22 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let rules = state.limiter.rules();
-    if rules.rate_per_second <= 0.0 && rules.blocked_clients.is_empty() {
+    if !rules.any_request_checks() {
         return next.run(req).await;
+    }
+    if rules.method_blocked(req.method().as_str()) {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Json(serde_json::json!({"error": {"code": "method_blocked", "message": "method refused by the WAF rules"}})),
+        )
+            .into_response();
+    }
+    if rules.path_blocked(req.uri().path()) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": {"code": "path_blocked", "message": "path refused by the WAF rules"}})),
+        )
+            .into_response();
     }
     let (parts, body) = req.into_parts();
     let client = client_key(&parts, &state);

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -68,7 +69,35 @@ impl RedirectCache {
 
     /// Connects lazily: the app starts even while Redis is down.
     pub fn redis(url: &str, prefix: &str, ttl: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        Self::redis_with(url, None, None, prefix, ttl)
+    }
+
+    /// As [`RedirectCache::redis`], with the password for a URL that has none and the CA
+    /// (PEM) a `rediss://` server's certificate must chain to.
+    pub fn redis_with(
+        url: &str,
+        password: Option<&str>,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        if let Some(p) = password
+            && info.redis_settings().password().is_none()
+        {
+            let settings = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match ca_pem {
+            Some(root) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
@@ -210,33 +239,85 @@ impl RedisCache {
     }
 }
 
-/// PURGEs a redirect from the edge cache (Varnish) after an update or delete.
+/// PURGEs a redirect from the edge caches (Varnish) after an update or delete. Every edge
+/// instance keeps its own cache, so the purge goes to each base URL, and to every address its
+/// host name resolves to (the operator names a headless Service: one address per edge pod).
 #[derive(Debug, Clone)]
 pub struct EdgePurger {
-    base: String,
+    bases: Vec<String>,
     http: reqwest::Client,
 }
 
 impl EdgePurger {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// `bases`: comma-separated base URLs, one per edge instance.
+    pub fn new(bases: &str) -> anyhow::Result<Self> {
+        let bases: Vec<String> = bases
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "no edge URL given");
+        for b in &bases {
+            url::Url::parse(b).with_context(|| format!("edge URL {b:?}"))?;
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;
-        Ok(EdgePurger {
-            base: base.trim_end_matches('/').to_owned(),
-            http,
-        })
+        Ok(EdgePurger { bases, http })
     }
 
     pub async fn purge(&self, code: &str, metrics: &Metrics) {
+        let mut targets = Vec::new();
+        for base in &self.bases {
+            targets.extend(Self::instances(base).await);
+        }
+        futures::future::join_all(
+            targets
+                .iter()
+                .map(|(url, host)| self.purge_one(url, host.as_deref(), code, metrics)),
+        )
+        .await;
+    }
+
+    /// `(base URL, Host header)` of each instance behind `base`.
+    async fn instances(base: &str) -> Vec<(String, Option<String>)> {
+        let Ok(url) = url::Url::parse(base) else {
+            return vec![];
+        };
+        let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
+            return vec![(base.to_owned(), None)];
+        };
+        let url::Host::Domain(name) = host else {
+            return vec![(base.to_owned(), None)];
+        };
+        match tokio::net::lookup_host((name, port)).await {
+            Ok(addrs) => {
+                let mut addrs: Vec<_> = addrs.collect();
+                addrs.sort();
+                addrs.dedup();
+                addrs
+                    .into_iter()
+                    .map(|a| {
+                        let mut u = url.clone();
+                        let _ = u.set_ip_host(a.ip());
+                        let base = u.as_str().trim_end_matches('/').to_owned();
+                        (base, Some(format!("{name}:{port}")))
+                    })
+                    .collect()
+            }
+            // Let the request report the failure (and count it).
+            Err(_) => vec![(base.to_owned(), None)],
+        }
+    }
+
+    async fn purge_one(&self, base: &str, host: Option<&str>, code: &str, metrics: &Metrics) {
         let method = reqwest::Method::from_bytes(b"PURGE").unwrap_or(reqwest::Method::DELETE);
         for _ in 0..2 {
-            match self
-                .http
-                .request(method.clone(), format!("{}/{code}", self.base))
-                .send()
-                .await
-            {
+            let mut req = self.http.request(method.clone(), format!("{base}/{code}"));
+            if let Some(h) = host {
+                req = req.header(reqwest::header::HOST, h);
+            }
+            match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     Metrics::inc(&metrics.purges, "ok", 1);
                     return;

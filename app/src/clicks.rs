@@ -22,29 +22,70 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::store::{ClickRow, StoreHandle};
 
-/// The ClickHouse HTTP client.
-#[derive(Debug, Clone)]
+/// The ClickHouse HTTP(S) client. Credentials travel as HTTP basic auth, never in the URL
+/// the requests go to (ClickHouse would log it).
+#[derive(Clone)]
 pub struct ClickHouse {
     http: reqwest::Client,
     url: String,
     database: String,
+    auth: Option<(String, Option<String>)>,
+}
+
+impl std::fmt::Debug for ClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouse")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.auth.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 impl ClickHouse {
     pub fn new(url: &str, database: &str) -> anyhow::Result<Self> {
+        Self::new_with(url, database, None, None)
+    }
+
+    /// `url` may name a user (`https://user@host:8443/`); `password` is used when it has none.
+    /// `ca_pem` is the CA an `https` server's certificate must chain to.
+    pub fn new_with(
+        url: &str,
+        database: &str,
+        password: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Self> {
         if !database
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
             bail!("ClickHouse database name must be [A-Za-z0-9_]");
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let mut parsed = url::Url::parse(url).context("ClickHouse URL")?;
+        let auth = if parsed.username().is_empty() {
+            password.map(|p| ("default".to_owned(), Some(p.to_owned())))
+        } else {
+            let user = parsed.username().to_owned();
+            let pass = parsed
+                .password()
+                .map(str::to_owned)
+                .or_else(|| password.map(str::to_owned));
+            Some((user, pass))
+        };
+        let _ = parsed.set_username("");
+        let _ = parsed.set_password(None);
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            // A private CA (the operator's): trust it alone.
+            builder = builder.tls_certs_only(
+                reqwest::Certificate::from_pem_bundle(pem).context("ClickHouse CA")?,
+            );
+        }
         Ok(ClickHouse {
-            http,
-            url: url.trim_end_matches('/').to_owned(),
+            http: builder.build()?,
+            url: parsed.as_str().trim_end_matches('/').to_owned(),
             database: database.to_owned(),
+            auth,
         })
     }
 
@@ -58,6 +99,10 @@ impl ClickHouse {
                 self.http.post(url).body(data)
             }
             None => self.http.post(&self.url).body(query.to_owned()),
+        };
+        let req = match &self.auth {
+            Some((user, pass)) => req.basic_auth(user, pass.as_ref()),
+            None => req,
         };
         let resp = req.send().await.context("ClickHouse unreachable")?;
         let status = resp.status();

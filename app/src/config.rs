@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use ladder_operator::contract::env;
+
 use crate::store::{StoreOptions, StoreSpec};
 
 #[derive(Debug, Parser)]
@@ -42,16 +44,21 @@ pub enum ClickSinkKind {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "LADDER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// The data tier: sqlite:PATH | postgres:URL | pgbouncer:URL | replicas:PRIMARY,REPLICA,.. |
     /// shards:MAP.json | dsql:URL.
-    #[arg(long, env = "LADDER_STORE", default_value = "sqlite:ladder.db")]
+    #[arg(long, env = env::STORE, default_value = "sqlite:ladder.db")]
     pub store: StoreSpec,
 
+    /// Password for every PostgreSQL URL that carries none (the operator passes it from a
+    /// Secret, so URLs in specs and ConfigMaps never hold it).
+    #[arg(long, env = env::DB_PASSWORD, hide_env_values = true)]
+    pub db_password: Option<String>,
+
     /// The ScalingPhase's phase this instance serves (0-4): picks defaults and is reported.
-    #[arg(long, env = "LADDER_PHASE", default_value_t = 0)]
+    #[arg(long, env = env::PHASE, default_value_t = 0)]
     pub phase: u8,
 
     /// Database connections per pool.
@@ -71,8 +78,12 @@ pub struct ServeArgs {
     pub poll_interval_ms: u64,
 
     /// Redis for the shared redirect cache and rate limits (phase >= 1). Without it: in-process.
-    #[arg(long, env = "LADDER_REDIS_URL")]
+    #[arg(long, env = env::REDIS_URL)]
     pub redis_url: Option<String>,
+
+    /// Password for a Redis URL that carries none.
+    #[arg(long, env = env::REDIS_PASSWORD, hide_env_values = true)]
+    pub redis_password: Option<String>,
 
     /// Prefix of every Redis key (isolates tenants and tests).
     #[arg(long, env = "LADDER_REDIS_PREFIX", default_value = "ladder:")]
@@ -87,8 +98,12 @@ pub struct ServeArgs {
     pub clicks: ClickSinkKind,
 
     /// ClickHouse HTTP interface (phase >= 3).
-    #[arg(long, env = "LADDER_CLICKHOUSE_URL")]
+    #[arg(long, env = env::CLICKHOUSE_URL)]
     pub clickhouse_url: Option<String>,
+
+    /// Password for a ClickHouse URL that carries none.
+    #[arg(long, env = env::CLICKHOUSE_PASSWORD, hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
 
     /// ClickHouse database holding the `clicks` table.
     #[arg(long, env = "LADDER_CLICKHOUSE_DATABASE", default_value = "ladder")]
@@ -103,8 +118,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LADDER_CLICK_FLUSH_MS", default_value_t = 1000)]
     pub click_flush_ms: u64,
 
-    /// Edge cache (Varnish) base URL to PURGE on update/delete.
-    #[arg(long, env = "LADDER_VARNISH_URL")]
+    /// Edge cache (Varnish) base URLs to PURGE on update/delete, comma-separated (one per
+    /// edge instance: a purge must reach every cache).
+    #[arg(long, env = env::VARNISH_URL)]
     pub varnish_url: Option<String>,
 
     /// Cache-Control max-age of redirects (what the CDN may cache).
@@ -116,11 +132,11 @@ pub struct ServeArgs {
     pub public_url: Option<String>,
 
     /// JSON file with rate-limit and WAF rules, re-read when it changes (see docs/operations.md).
-    #[arg(long, env = "LADDER_RULES_FILE")]
+    #[arg(long, env = env::RULES_FILE)]
     pub rules_file: Option<PathBuf>,
 
     /// Trust the first `X-Forwarded-For` address as the client (behind a trusted proxy only).
-    #[arg(long, env = "LADDER_TRUST_FORWARDED_FOR")]
+    #[arg(long, env = env::TRUST_FORWARDED_FOR)]
     pub trust_forwarded_for: bool,
 
     /// Length of the sliding load window.
@@ -128,7 +144,7 @@ pub struct ServeArgs {
     pub load_window_secs: u64,
 
     /// Write a LoadReport object to Kubernetes (needs a kubeconfig or in-cluster credentials).
-    #[arg(long, env = "LADDER_REPORT_LOAD")]
+    #[arg(long, env = env::REPORT_LOAD)]
     pub report_load: bool,
 
     /// Kubeconfig for LoadReports (default: KUBECONFIG's usual lookup, then in-cluster).
@@ -140,16 +156,29 @@ pub struct ServeArgs {
     pub report_interval_secs: u64,
 
     /// The ScalingPhase this instance serves (named in its LoadReport).
-    #[arg(long, env = "LADDER_SCALING_PHASE", default_value = "ladder")]
+    #[arg(long, env = env::SCALING_PHASE, default_value = "ladder")]
     pub scaling_phase: String,
 
     /// Namespace of the LoadReport (the Pod's namespace in a cluster).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    #[arg(long, env = env::NAMESPACE, default_value = "default")]
     pub namespace: String,
 
     /// This instance's name (the Pod name in a cluster): names the LoadReport and finds its owner.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub instance: Option<String>,
+
+    /// CA certificate (PEM) trusted for Redis and ClickHouse TLS (PostgreSQL URLs name theirs
+    /// with `sslrootcert`).
+    #[arg(long, env = env::TLS_CA)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serving certificate chain (PEM): with `--tls-key`, the app serves HTTPS.
+    #[arg(long, env = env::TLS_CERT, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Serving private key (PEM).
+    #[arg(long, env = env::TLS_KEY, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -169,6 +198,7 @@ impl ServeArgs {
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             max_replica_lag_bytes: self.max_replica_lag_bytes,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
+            password: self.db_password.clone(),
         }
     }
 

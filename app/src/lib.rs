@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod report;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -64,6 +64,9 @@ pub struct MigrateArgs {
     /// Copy and verify, but do not fence or cut over (a dry run of the copy).
     #[arg(long, env = "LADDER_MIGRATE_NO_CUTOVER")]
     pub no_cutover: bool,
+    /// Password for PostgreSQL URLs that carry none (as `serve --db-password`).
+    #[arg(long, env = ladder_operator::contract::env::DB_PASSWORD, hide_env_values = true)]
+    pub db_password: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +161,7 @@ pub async fn migrate(args: &MigrateArgs) -> Result<Verification, MigrateError> {
     let opts = StoreOptions {
         max_connections: 4,
         acquire_timeout: Duration::from_secs(10),
+        password: args.db_password.clone(),
         ..StoreOptions::default()
     };
     let src = store::open(&args.from, &opts, metrics.clone())

@@ -12,48 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
-/// The rules file. Every field is optional; missing fields keep their defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Rules {
-    /// Token refill rate per client; 0 disables rate limiting.
-    pub rate_per_second: f64,
-    /// Bucket size (the largest burst a client may send at once).
-    pub burst: f64,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// Longest accepted target URL.
-    pub max_url_length: usize,
-    /// Target hosts refused (exact match or any subdomain).
-    pub blocked_hosts: Vec<String>,
-    /// Clients (IP addresses) refused outright with 403.
-    pub blocked_clients: Vec<String>,
-}
-
-impl Default for Rules {
-    fn default() -> Self {
-        Rules {
-            rate_per_second: 0.0,
-            burst: 0.0,
-            max_body_bytes: 8 * 1024,
-            max_url_length: 2048,
-            blocked_hosts: Vec::new(),
-            blocked_clients: Vec::new(),
-        }
-    }
-}
-
-impl Rules {
-    pub fn host_blocked(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.blocked_hosts.iter().any(|b| {
-            let b = b.to_ascii_lowercase();
-            host == b || host.ends_with(&format!(".{b}"))
-        })
-    }
-}
+pub use ladder_operator::contract::Rules;
 
 /// Outcome of a rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -69,9 +69,7 @@ pub fn build(
 
 /// Selects rustls' crypto provider for the process. Both `ring` (kube) and `aws-lc-rs`
 /// (reqwest) are compiled in, so rustls cannot pick one by itself; the first call wins.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::tls::install_crypto_provider;
 
 async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
     install_crypto_provider();

@@ -25,8 +25,21 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         .with_context(|| format!("opening store {}", args.store.redacted()))?;
     let store = StoreHandle::new(opened);
     let ttl = Duration::from_secs(args.cache_ttl_secs);
+    let ca = args
+        .tls_ca
+        .as_deref()
+        .map(crate::tls::read_pem)
+        .transpose()
+        .context("--tls-ca")?;
     let cache = match &args.redis_url {
-        Some(url) => RedirectCache::redis(url, &args.redis_prefix, ttl).context("redis url")?,
+        Some(url) => RedirectCache::redis_with(
+            url,
+            args.redis_password.as_deref(),
+            ca.clone(),
+            &args.redis_prefix,
+            ttl,
+        )
+        .context("redis url")?,
         None => RedirectCache::local(ttl),
     };
     let rules = match &args.rules_file {
@@ -58,7 +71,12 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
                 .clickhouse_url
                 .as_deref()
                 .context("--clicks clickhouse needs --clickhouse-url")?;
-            let ch = ClickHouse::new(url, &args.clickhouse_database)?;
+            let ch = ClickHouse::new_with(
+                url,
+                &args.clickhouse_database,
+                args.clickhouse_password.as_deref(),
+                ca.as_deref(),
+            )?;
             if let Err(err) = ch.ensure_schema().await {
                 // Not fatal: clicks buffer until ClickHouse is back.
                 tracing::warn!(error = %format!("{err:#}"), "ClickHouse not ready at startup");
@@ -76,10 +94,15 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         .instance
         .clone()
         .unwrap_or_else(|| format!("ladder-app-{}", std::process::id()));
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+        .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
     let state = AppState::new(
         store,
         cache,
@@ -151,12 +174,14 @@ fn watch_cutover(state: &AppState, args: &ServeArgs) {
 pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
+    tls: bool,
     task: JoinHandle<()>,
 }
 
 impl Running {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting and aborts the server task.
@@ -177,18 +202,20 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if args.report_load {
         crate::report::spawn(state.clone(), args);
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
+    let listener = Listener::bind(args).await?;
+    let (addr, tls) = (listener.local_addr()?, listener.is_tls());
     let router = crate::app(state.clone());
     let task = tokio::spawn(async move {
-        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(err) = axum::serve(listener, svc).await {
+        if let Err(err) = listener.serve(router, std::future::pending()).await {
             tracing::error!(error = %err, "server stopped");
         }
     });
-    Ok(Running { addr, state, task })
+    Ok(Running {
+        addr,
+        state,
+        tls,
+        task,
+    })
 }
 
 /// `ladder-app serve`: runs until SIGINT/SIGTERM.
@@ -197,15 +224,62 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.report_load {
         crate::report::spawn(state.clone(), &args);
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, store = %args.store.redacted(), phase = args.phase, "serving");
-    let svc = crate::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, svc)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let listener = Listener::bind(&args).await?;
+    tracing::info!(addr = %listener.local_addr()?, tls = listener.is_tls(), store = %args.store.redacted(), phase = args.phase, "serving");
+    listener.serve(crate::app(state), shutdown_signal()).await?;
     Ok(())
+}
+
+/// Plain TCP, or TLS when `--tls-cert` and `--tls-key` are given.
+enum Listener {
+    Plain(TcpListener),
+    Tls(crate::tls::TlsListener),
+}
+
+impl Listener {
+    async fn bind(args: &ServeArgs) -> anyhow::Result<Listener> {
+        // Read the certificate before binding: a bad one fails the start, not the first client.
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            _ => None,
+        };
+        let tcp = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        Ok(match tls {
+            Some(config) => Listener::Tls(crate::tls::TlsListener::new(tcp, config)?),
+            None => Listener::Plain(tcp),
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listener::Plain(l) => l.local_addr(),
+            Listener::Tls(l) => axum::serve::Listener::local_addr(l),
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Listener::Tls(_))
+    }
+
+    async fn serve(
+        self,
+        router: axum::Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+        match self {
+            Listener::Plain(l) => axum::serve(l, svc).with_graceful_shutdown(shutdown).await,
+            // `tap_io` makes the peer address available as `ConnectInfo<SocketAddr>`.
+            Listener::Tls(l) => {
+                axum::serve(l.tap_io(|_| ()), svc)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -236,7 +310,7 @@ async fn shutdown_signal() {
 pub async fn main_entry() -> anyhow::Result<std::process::ExitCode> {
     use clap::Parser;
     let cli = crate::config::Cli::parse();
-    crate::report::install_crypto_provider();
+    crate::tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod catalogue;
 pub mod cli;
+pub mod contract;
 pub mod crd;
 pub mod leader;
 pub mod load_report;

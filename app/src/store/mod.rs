@@ -304,7 +304,7 @@ pub fn redact_url(s: &str) -> String {
 }
 
 /// Tunables shared by the database tiers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     pub max_connections: u32,
     pub acquire_timeout: std::time::Duration,
@@ -312,6 +312,20 @@ pub struct StoreOptions {
     pub max_replica_lag_bytes: u64,
     /// How often replica health and shard-map files are checked.
     pub poll_interval: std::time::Duration,
+    /// Password for PostgreSQL URLs that carry none (see `ladder_operator::contract`).
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("max_replica_lag_bytes", &self.max_replica_lag_bytes)
+            .field("poll_interval", &self.poll_interval)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 impl Default for StoreOptions {
@@ -321,6 +335,7 @@ impl Default for StoreOptions {
             acquire_timeout: std::time::Duration::from_secs(3),
             max_replica_lag_bytes: 1024 * 1024,
             poll_interval: std::time::Duration::from_millis(250),
+            password: None,
         }
     }
 }
@@ -377,14 +392,7 @@ pub fn click_checksum(rows: &[ClickRow]) -> u64 {
 
 /// FNV-1a, 64 bit: the shard-slot hash (documented in docs/storage.md so the operator and any
 /// other client compute the same slot) and the row checksum.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub use ladder_operator::contract::fnv1a64;
 
 #[cfg(test)]
 mod tests {
@@ -402,13 +410,6 @@ mod tests {
         assert!(!format!("{s:?}").contains("secret"));
         assert!("nope".parse::<StoreSpec>().is_err());
         assert!("mysql:x".parse::<StoreSpec>().is_err());
-    }
-
-    #[test]
-    fn fnv_is_stable() {
-        // Reference values of FNV-1a 64: other implementations must agree.
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
 

@@ -132,9 +132,24 @@ impl PgStore {
         metrics: Arc<Metrics>,
         tier_id: &str,
     ) -> anyhow::Result<Self> {
+        // The tier's identity follows the mode asked for; a `postgres+pgbouncer://` URL (how the
+        // operator names a database behind PgBouncer in replica lists and shard maps) only
+        // changes how statements are sent.
+        let requested = mode;
+        let (url, mode) = match url
+            .strip_prefix(ladder_operator::contract::PGBOUNCER_SCHEME)
+            .and_then(|rest| rest.strip_prefix("://"))
+        {
+            Some(rest) => (format!("postgres://{rest}"), PgMode::Bouncer),
+            None => (url.to_owned(), mode),
+        };
         let mut options: PgConnectOptions = url.parse().map_err(|err| {
-            anyhow::anyhow!("invalid PostgreSQL URL {}: {err}", super::redact_url(url))
+            anyhow::anyhow!("invalid PostgreSQL URL {}: {err}", super::redact_url(&url))
         })?;
+        let has_password = url::Url::parse(&url).is_ok_and(|u| u.password().is_some());
+        if let (false, Some(password)) = (has_password, &opts.password) {
+            options = options.password(password);
+        }
         options = options.application_name("ladder-app");
         if mode == PgMode::Bouncer {
             options = options.statement_cache_capacity(0);
@@ -143,7 +158,7 @@ impl PgStore {
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
             .connect_lazy_with(options);
-        let tier_id = match mode {
+        let tier_id = match requested {
             PgMode::Direct => tier_id.to_owned(),
             PgMode::Bouncer => "pgbouncer".to_owned(),
             PgMode::Distributed => "dsql".to_owned(),

@@ -18,99 +18,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use super::pg::{PgMode, PgStore};
 use super::{
     ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreError, StoreOptions,
-    StoreResult, WriteAck, fnv1a64,
+    StoreResult, WriteAck,
 };
 use crate::metrics::Metrics;
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardDef {
-    pub name: String,
-    pub url: String,
-}
-
-impl std::fmt::Debug for ShardDef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={}", self.name, super::redact_url(&self.url))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotRange {
-    pub from: u32,
-    pub to: u32,
-    pub shard: String,
-}
-
-/// The shard allocation map (see the module doc).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardMap {
-    pub version: u64,
-    pub slots: u32,
-    pub shards: Vec<ShardDef>,
-    pub ranges: Vec<SlotRange>,
-}
-
-impl ShardMap {
-    /// Validates and returns the slot → shard index table.
-    pub fn slot_table(&self) -> anyhow::Result<Vec<usize>> {
-        if self.slots == 0 || self.slots > 65_536 {
-            bail!("slots must be 1..=65536");
-        }
-        if self.shards.is_empty() {
-            bail!("a shard map needs at least one shard");
-        }
-        let index: HashMap<&str, usize> = self
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
-            .collect();
-        if index.len() != self.shards.len() {
-            bail!("shard names must be unique");
-        }
-        let mut table = vec![usize::MAX; self.slots as usize];
-        for r in &self.ranges {
-            let shard = *index
-                .get(r.shard.as_str())
-                .with_context(|| format!("range names unknown shard {}", r.shard))?;
-            if r.from > r.to || r.to >= self.slots {
-                bail!("bad range {}..={}", r.from, r.to);
-            }
-            for slot in r.from..=r.to {
-                let cell = &mut table[slot as usize];
-                if *cell != usize::MAX {
-                    bail!("slot {slot} is assigned twice");
-                }
-                *cell = shard;
-            }
-        }
-        if let Some(slot) = table.iter().position(|s| *s == usize::MAX) {
-            bail!("slot {slot} is not assigned");
-        }
-        Ok(table)
-    }
-
-    pub fn slot_of(&self, code: &str) -> u32 {
-        (fnv1a64(code.as_bytes()) % u64::from(self.slots)) as u32
-    }
-
-    /// Reads and validates a map file.
-    pub fn load(path: &str) -> anyhow::Result<ShardMap> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading shard map {path}"))?;
-        let map: ShardMap =
-            serde_json::from_str(&text).with_context(|| format!("parsing shard map {path}"))?;
-        map.slot_table()?;
-        Ok(map)
-    }
-}
+pub use ladder_operator::contract::{ShardDef, ShardMap, SlotRange};
 
 #[derive(Debug)]
 struct Routing {

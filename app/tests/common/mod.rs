@@ -21,7 +21,9 @@ pub fn env(name: &str) -> String {
             .ok()
             .and_then(|t| {
                 t.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
+                    .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                    // Values with shell metacharacters (`&`) are single-quoted in the file.
+                    .map(|v| v.trim_matches('\'').to_owned())
             })
             .unwrap_or_else(|| {
                 panic!("{name} is not set: run `make services-up` / `make test-integration`")
@@ -93,6 +95,12 @@ pub fn args(store: StoreSpec) -> ServeArgs {
     a.report_load = false;
     a.kubeconfig = None;
     a.public_url = None;
+    a.db_password = None;
+    a.redis_password = None;
+    a.clickhouse_password = None;
+    a.tls_ca = None;
+    a.tls_cert = None;
+    a.tls_key = None;
     a
 }
 
@@ -158,9 +166,25 @@ pub async fn metric(c: &reqwest::Client, base: &str, name: &str, filter: &str) -
         .sum()
 }
 
+/// A client that trusts only the local services' CA (`hack/services.sh` makes it).
+pub fn https(ca_file: &str) -> reqwest::Client {
+    let pem = std::fs::read(ca_file).expect("read the local CA");
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("CA is PEM"))
+        .build()
+        .expect("client")
+}
+
 /// Asserts one full CRUD + redirect + stats round through the HTTP API.
 pub async fn crud_round(base: &str) {
-    let c = http();
+    crud_round_with(&http(), base).await;
+}
+
+/// [`crud_round`] with a given client (HTTPS).
+pub async fn crud_round_with(c: &reqwest::Client, base: &str) {
+    let c = c.clone();
     let code = create(&c, base, "https://example.com/a?b=c", None).await;
     // show
     let v: serde_json::Value = c

@@ -41,6 +41,7 @@ use super::{
     SecretContent, child_name, labels, meta, selector, short_hash,
 };
 use crate::catalogue::{Phase, PhaseProfile};
+use crate::contract;
 use crate::validate::{DataComponent, Size, Validated};
 
 const REGION_LABEL: &str = "topology.kubernetes.io/region";
@@ -571,6 +572,12 @@ fn secret_meta(v: &Validated, name: &str, tier: &str) -> ObjectMeta {
     m
 }
 
+/// A PostgreSQL URL without password (see [`crate::contract`]), verifying the server against
+/// the CA mounted at `TLS_DIR`.
+fn pg_url(scheme: &str, host: &str, port: i32, db: &str) -> String {
+    format!("{scheme}://ladder@{host}:{port}/{db}?sslmode=verify-full&sslrootcert={TLS_DIR}/ca.crt")
+}
+
 fn tls_secret(v: &Validated, d: &mut Desired, tier: &str, hosts: &[String]) -> String {
     let name = child_name(v, &format!("{tier}-tls"));
     let mut dns_names = Vec::new();
@@ -578,6 +585,8 @@ fn tls_secret(v: &Validated, d: &mut Desired, tier: &str, hosts: &[String]) -> S
         dns_names.push(h.clone());
         dns_names.push(format!("{h}.{}.svc", v.namespace));
         dns_names.push(format!("{h}.{}.svc.cluster.local", v.namespace));
+        // Pods of a StatefulSet by their stable names (`<pod>.<service>.<ns>.svc`).
+        dns_names.push(format!("*.{h}.{}.svc", v.namespace));
     }
     d.generated_secrets.push(GeneratedSecret {
         name: name.clone(),
@@ -648,6 +657,8 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
     let mut app_mounts: Vec<(Volume, VolumeMount)> = Vec::new();
     let mut hash_parts: Vec<String> = Vec::new();
     let mut flows: Vec<(&'static str, &'static str, Vec<i32>)> = Vec::new();
+    // The app's data tier (`LADDER_STORE`, see `crate::contract`).
+    let mut store: Option<String> = None;
 
     if v.phase == Phase::Mvp {
         let pvc_name = child_name(v, "app-data");
@@ -661,10 +672,7 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
         let mut pvc = claim_template(v, "app", "app", &c);
         pvc.metadata = meta(v, &pvc_name, "app", "app");
         d.persistent_volume_claims.push(pvc);
-        app_env.push(env(
-            "LADDER_DATABASE_URL",
-            "sqlite:///data/ladder.db?mode=rwc",
-        ));
+        store = Some("sqlite:/data/ladder.db".to_owned());
         app_mounts.push((
             Volume {
                 name: "data".into(),
@@ -680,7 +688,7 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
 
     if let Some(pg) = &v.postgres {
         let creds = credentials(v, d, "postgres", "ladder", true);
-        app_env.push(env_secret("LADDER_DB_PASSWORD", &creds, "password"));
+        app_env.push(env_secret(contract::env::DB_PASSWORD, &creds, "password"));
         let conf = config::postgresql_conf(&pg.parameters, pg.component.replicas);
         let hba = config::pg_hba_conf();
         let cm = child_name(v, "postgres-config");
@@ -698,6 +706,8 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
         let conf_hash = hash_of(&[&conf, &hba]);
         let mut databases = Vec::new();
         let mut all_hosts = Vec::new();
+        // (primary host, replica StatefulSet) of each shard, for the app's URLs.
+        let mut instances = Vec::new();
         for shard in 0..pg.shards {
             let (base, db) = if pg.shards == 1 {
                 ("postgres".to_owned(), "ladder".to_owned())
@@ -713,9 +723,11 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
                 pg_ctx(&primary, &base, &cm, &creds, &conf_hash, &data_sa, pg),
                 None,
             );
+            let mut replica_set = None;
             if pg.component.replicas > 0 {
                 let replica = child_name(v, &format!("{base}-replica"));
                 all_hosts.push(replica.clone());
+                replica_set = Some(replica.clone());
                 postgres_instance(
                     v,
                     d,
@@ -741,19 +753,28 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
                         &[("postgres", 5432)],
                         false,
                     ));
-                    app_env.push(env(
-                        "LADDER_DATABASE_READ_URL",
-                        format!("postgres://ladder:$(LADDER_DB_PASSWORD)@{read}:5432/ladder?sslmode=verify-full&sslrootcert={TLS_DIR}/ca.crt"),
-                    ));
                     flows.push(("app", "postgres", vec![5432]));
                 }
             }
+            instances.push((primary, replica_set));
         }
         tls_secret(v, d, "postgres", &all_hosts);
         flows.push(("postgres", "postgres", vec![5432]));
         flows.push(("pgbouncer", "postgres", vec![5432]));
+        // The app reaches each primary through PgBouncer when there is one, and each read
+        // replica directly by its pod's stable name (the app checks every replica's lag).
+        let bouncer = v.pgbouncer.as_ref().map(|_| child_name(v, "pgbouncer"));
+        let primary_url = |db: &str, primary: &str| match &bouncer {
+            Some(b) => pg_url(contract::PGBOUNCER_SCHEME, b, 6432, db),
+            None => pg_url("postgres", primary, 5432, db),
+        };
         if pg.shards > 1 {
-            let map = config::shard_map_json(pg.shards, &databases);
+            let shards: Vec<(String, String)> = databases
+                .iter()
+                .zip(&instances)
+                .map(|((db, _), (primary, _))| (db.replace('_', "-"), primary_url(db, primary)))
+                .collect();
+            let map = config::shard_map_json(&shards);
             let name = child_name(v, &format!("shard-map-v{}", config::SHARD_MAP_VERSION));
             d.config_maps.push(config_map(
                 v,
@@ -763,23 +784,34 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
                 true,
             ));
             hash_parts.push(map);
-            app_env.push(env(
-                "LADDER_SHARD_MAP",
-                "/etc/ladder/shard-map/shard-map.json",
-            ));
+            store = Some("shards:/etc/ladder/shard-map/shard-map.json".to_owned());
             app_mounts.push((
                 config_volume("shard-map", &name),
                 mount("shard-map", "/etc/ladder/shard-map", true),
             ));
+        } else if let Some((primary, replica_set)) = instances.first() {
+            let write = primary_url("ladder", primary);
+            store = Some(match replica_set {
+                Some(set) => {
+                    let mut spec = format!("replicas:{write}");
+                    for i in 0..pg.component.replicas {
+                        let host = format!("{set}-{i}.{set}.{}.svc", v.namespace);
+                        spec.push(',');
+                        spec.push_str(&pg_url("postgres", &host, 5432, "ladder"));
+                    }
+                    spec
+                }
+                None if bouncer.is_some() => {
+                    format!(
+                        "pgbouncer:{}",
+                        pg_url("postgres", &child_name(v, "pgbouncer"), 6432, "ladder")
+                    )
+                }
+                None => format!("postgres:{write}"),
+            });
         }
         if let Some((image, replicas, pool)) = &v.pgbouncer {
             pgbouncer(v, d, image, *replicas, *pool, &databases, &creds, &data_sa);
-            let bouncer = child_name(v, "pgbouncer");
-            let db = if pg.shards == 1 { "ladder" } else { "shard_0" };
-            app_env.push(env(
-                "LADDER_DATABASE_URL",
-                format!("postgres://ladder:$(LADDER_DB_PASSWORD)@{bouncer}:6432/{db}?sslmode=verify-full&sslrootcert={TLS_DIR}/ca.crt"),
-            ));
             flows.push(("app", "pgbouncer", vec![6432]));
         }
     }
@@ -860,10 +892,14 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
             &[("redis", 6379)],
             false,
         ));
-        app_env.push(env_secret("LADDER_REDIS_PASSWORD", &creds, "password"));
+        app_env.push(env_secret(
+            contract::env::REDIS_PASSWORD,
+            &creds,
+            "password",
+        ));
         app_env.push(env(
-            "LADDER_REDIS_URL",
-            format!("rediss://default:$(LADDER_REDIS_PASSWORD)@{host}:6379/0"),
+            contract::env::REDIS_URL,
+            format!("rediss://default@{host}:6379/0"),
         ));
         flows.push(("app", "redis", vec![6379]));
     }
@@ -875,7 +911,7 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
     }
 
     if let Some(crdb) = &v.cockroach {
-        cockroach(v, d, crdb, &data_sa, &mut app_env, &mut app_mounts);
+        store = Some(cockroach(v, d, crdb, &data_sa, &mut app_mounts));
         flows.push(("app", "cockroach", vec![26257]));
         flows.push(("cockroach", "cockroach", vec![26257, 8080]));
     }
@@ -891,7 +927,10 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
             false,
         ));
         hash_parts.push(policy);
-        app_env.push(env("LADDER_EDGE_POLICY", "/etc/ladder/edge/policy.json"));
+        app_env.push(env(
+            contract::env::RULES_FILE,
+            "/etc/ladder/edge/policy.json",
+        ));
         app_mounts.push((
             config_volume("edge-policy", &name),
             mount("edge-policy", "/etc/ladder/edge", true),
@@ -899,6 +938,13 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
         if let Some(varnish) = &v.varnish {
             edge_tier(v, d, varnish, edge, &data_sa);
             flows.push(("varnish", "app", vec![v.app_port]));
+            flows.push(("app", "varnish", vec![8080]));
+            let pods = child_name(v, "varnish-pods");
+            app_env.push(env(
+                contract::env::VARNISH_URL,
+                format!("http://{pods}.{}.svc:8080", v.namespace),
+            ));
+            app_env.push(env(contract::env::TRUST_FORWARDED_FOR, "true"));
         }
     }
 
@@ -913,7 +959,10 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
             false,
         ));
         hash_parts.push(doc);
-        app_env.push(env("LADDER_OIDC_CONFIG", "/etc/ladder/oidc/oidc.json"));
+        app_env.push(env(
+            contract::env::OIDC_CONFIG,
+            "/etc/ladder/oidc/oidc.json",
+        ));
         app_mounts.push((
             config_volume("oidc", &name),
             mount("oidc", "/etc/ladder/oidc", true),
@@ -924,15 +973,18 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
     if hardened {
         let host = child_name(v, "app");
         let tls = tls_secret(v, d, "app", &[host]);
-        app_env.push(env("LADDER_TLS_CERT", format!("{TLS_DIR}/tls.crt")));
-        app_env.push(env("LADDER_TLS_KEY", format!("{TLS_DIR}/tls.key")));
-        app_env.push(env("LADDER_TLS_CA", format!("{TLS_DIR}/ca.crt")));
+        app_env.push(env(contract::env::TLS_CERT, format!("{TLS_DIR}/tls.crt")));
+        app_env.push(env(contract::env::TLS_KEY, format!("{TLS_DIR}/tls.key")));
+        app_env.push(env(contract::env::TLS_CA, format!("{TLS_DIR}/ca.crt")));
         app_mounts.push((
             secret_volume("tls", &tls, None),
             mount("tls", TLS_DIR, true),
         ));
     }
 
+    if let Some(store) = store {
+        app_env.insert(0, env(contract::env::STORE, store));
+    }
     app(v, profile, d, &sa, app_env, app_mounts, hash_parts);
     if hardened {
         network_policies(v, d, &flows);
@@ -991,14 +1043,12 @@ fn app(
 ) {
     let name = child_name(v, "app");
     let mut envs = vec![
-        env("LADDER_PHASE", v.phase.number().to_string()),
-        env("LADDER_PHASE_NAME", v.phase.name()),
-        env("LADDER_SCALINGPHASE", v.name.clone()),
-        env("LADDER_LISTEN", format!("0.0.0.0:{}", v.app_port)),
-        env_field("LADDER_POD_NAME", "metadata.name"),
-        env_field("LADDER_NAMESPACE", "metadata.namespace"),
-        env_field("LADDER_POD_UID", "metadata.uid"),
-        env("LADDER_LOG_FORMAT", "json"),
+        env(contract::env::PHASE, v.phase.number().to_string()),
+        env(contract::env::SCALING_PHASE, v.name.clone()),
+        env(contract::env::LISTEN, format!("0.0.0.0:{}", v.app_port)),
+        env_field(contract::env::POD_NAME, "metadata.name"),
+        env_field(contract::env::NAMESPACE, "metadata.namespace"),
+        env(contract::env::REPORT_LOAD, "true"),
         env("OTEL_SERVICE_NAME", name.clone()),
         env(
             "OTEL_RESOURCE_ATTRIBUTES",
@@ -1553,10 +1603,14 @@ fn clickhouse(
         d.pod_disruption_budgets
             .push(pdb(v, &name, "clickhouse", selector(v, "clickhouse")));
     }
-    app_env.push(env_secret("LADDER_CLICKHOUSE_PASSWORD", &creds, "password"));
+    app_env.push(env_secret(
+        contract::env::CLICKHOUSE_PASSWORD,
+        &creds,
+        "password",
+    ));
     app_env.push(env(
-        "LADDER_CLICKHOUSE_URL",
-        format!("https://ladder:$(LADDER_CLICKHOUSE_PASSWORD)@{name}:8443/?database=ladder"),
+        contract::env::CLICKHOUSE_URL,
+        format!("https://ladder@{name}:8443/"),
     ));
 }
 
@@ -1650,6 +1704,16 @@ fn edge_tier(
         &[("http", 8080)],
         false,
     ));
+    // Every edge instance caches on its own: the app resolves this headless name to all of
+    // them and purges each one.
+    d.services.push(service(
+        v,
+        &child_name(v, "varnish-pods"),
+        "varnish",
+        "edge",
+        &[("http", 8080)],
+        true,
+    ));
     if varnish.replicas > 1 {
         d.pod_disruption_budgets
             .push(pdb(v, &name, "varnish", selector(v, "edge")));
@@ -1661,9 +1725,8 @@ fn cockroach(
     d: &mut Desired,
     crdb: &DataComponent,
     sa: &str,
-    app_env: &mut Vec<EnvVar>,
     app_mounts: &mut Vec<(Volume, VolumeMount)>,
-) {
+) -> String {
     let headless = child_name(v, "cockroach");
     let public = child_name(v, "cockroach-public");
     let node_tls = tls_secret(
@@ -1894,17 +1957,15 @@ fn cockroach(
         replicas: 1,
     });
 
-    app_env.push(env(
-        "LADDER_DATABASE_URL",
-        format!(
-            "postgresql://ladder@{public}:26257/ladder?sslmode=verify-full&sslrootcert=/etc/ladder/crdb/ca.crt\
-             &sslcert=/etc/ladder/crdb/tls.crt&sslkey=/etc/ladder/crdb/tls.key"
-        ),
-    ));
     app_mounts.push((
         secret_volume("crdb-client", &app_client, None),
         mount("crdb-client", "/etc/ladder/crdb", true),
     ));
+    // The app authenticates with its client certificate: no password.
+    format!(
+        "dsql:postgresql://ladder@{public}:26257/ladder?sslmode=verify-full&sslrootcert=/etc/ladder/crdb/ca.crt\
+         &sslcert=/etc/ladder/crdb/tls.crt&sslkey=/etc/ladder/crdb/tls.key"
+    )
 }
 
 fn enterprise_rbac(v: &Validated, d: &mut Desired) {

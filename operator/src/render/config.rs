@@ -10,11 +10,12 @@ use std::fmt::Write;
 
 use serde_json::json;
 
+use crate::contract;
 use crate::validate::{Edge, Oidc, Validated};
 
-/// Hash slots of the shard map (fixed: changing it is a resharding migration).
-pub const SHARD_SLOTS: u32 = 16_384;
-/// Version of the shard-map format and of its first allocation.
+/// Version of the first shard allocation (the ConfigMap holding a map is immutable and named
+/// after its version; the slot count is [`crate::contract::SHARD_SLOTS`], fixed: changing it is
+/// a resharding migration).
 pub const SHARD_MAP_VERSION: u32 = 1;
 
 /// Quotes a `postgresql.conf` value: single quotes, with `'` and `\` doubled.
@@ -175,6 +176,9 @@ pub fn varnish_vcl(v: &Validated, edge: &Edge, app_host: &str) -> String {
         "  if (req.method != \"GET\" && req.method != \"HEAD\") {\n    return (pass);\n  }\n",
     );
     out.push_str("  if (req.http.Authorization || req.http.Cookie) {\n    return (pass);\n  }\n  return (hash);\n}\n\n");
+    // The app serves one site: cache by path alone, so a PURGE from the app (whatever Host it
+    // names) removes what every client sees.
+    out.push_str("sub vcl_hash {\n  hash_data(req.url);\n  return (lookup);\n}\n\n");
     out.push_str("sub vcl_backend_response {\n  if (beresp.http.Set-Cookie || beresp.http.Cache-Control ~ \"private|no-store\") {\n");
     out.push_str("    set beresp.uncacheable = true;\n    return (deliver);\n  }\n");
     let _ = writeln!(
@@ -185,18 +189,18 @@ pub fn varnish_vcl(v: &Validated, edge: &Edge, app_host: &str) -> String {
     out
 }
 
-/// The rate-limit and WAF policy the app (and the edge) read.
+/// The rate-limit and WAF rules the app enforces ([`contract::Rules`]); the edge's VCL blocks
+/// the same paths.
 pub fn edge_policy_json(edge: &Edge) -> String {
-    let doc = json!({
-        "version": 1,
-        "rateLimit": {"requestsPerSecondPerClient": edge.rate_limit_per_second, "burst": edge.rate_limit_per_second * 2},
-        "waf": {
-            "blockedPathPrefixes": edge.blocked_paths,
-            "maxBodyBytes": 1_048_576,
-            "blockedMethods": ["TRACE", "TRACK", "CONNECT"],
-        },
-    });
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+    let rate = f64::from(edge.rate_limit_per_second.max(0));
+    let rules = contract::Rules {
+        rate_per_second: rate,
+        burst: rate * 2.0,
+        blocked_path_prefixes: edge.blocked_paths.clone(),
+        blocked_methods: vec!["TRACE".into(), "TRACK".into(), "CONNECT".into()],
+        ..contract::Rules::default()
+    };
+    serde_json::to_string_pretty(&rules).unwrap_or_default()
 }
 
 /// The CDN tier's config: the origin, what it caches and for how long.
@@ -210,35 +214,18 @@ pub fn cdn_json(edge: &Edge, origin: &str) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
-/// The shard allocation map: contiguous ranges of hash slots per shard, with
-/// the pgbouncer database of each shard. Versioned; the ConfigMap holding it
-/// is immutable and named after the version.
-pub fn shard_map_json(shards: i32, databases: &[(String, String)]) -> String {
-    let n = shards.max(1) as u32;
-    let per = SHARD_SLOTS / n;
-    let ranges: Vec<_> = (0..n)
-        .map(|i| {
-            let from = i * per;
-            let to = if i + 1 == n {
-                SHARD_SLOTS - 1
-            } else {
-                from + per - 1
-            };
-            json!({
-                "shard": i,
-                "slots": [from, to],
-                "database": databases.get(i as usize).map(|d| d.0.clone()),
-            })
+/// The shard allocation map ([`contract::ShardMap`]): contiguous ranges of hash slots per
+/// shard, each shard named by the URL (without password) the app connects to.
+pub fn shard_map_json(shards: &[(String, String)]) -> String {
+    let defs = shards
+        .iter()
+        .map(|(name, url)| contract::ShardDef {
+            name: name.clone(),
+            url: url.clone(),
         })
         .collect();
-    let doc = json!({
-        "version": SHARD_MAP_VERSION,
-        "hash": "crc16-xmodem",
-        "slots": SHARD_SLOTS,
-        "shardKey": "tenant_id",
-        "shards": ranges,
-    });
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+    let map = contract::ShardMap::even(u64::from(SHARD_MAP_VERSION), contract::SHARD_SLOTS, defs);
+    serde_json::to_string_pretty(&map).unwrap_or_default()
 }
 
 /// OIDC settings for the app.
@@ -283,16 +270,33 @@ mod tests {
     }
 
     #[test]
-    fn shard_map_covers_every_slot_once() {
-        let dbs: Vec<_> = (0..3)
-            .map(|i| (format!("shard_{i}"), format!("h{i}")))
+    fn shard_map_is_the_apps_format() {
+        let shards: Vec<_> = (0..3)
+            .map(|i| {
+                (
+                    format!("shard-{i}"),
+                    format!("postgres://ladder@h:6432/shard_{i}"),
+                )
+            })
             .collect();
-        let doc: serde_json::Value = serde_json::from_str(&shard_map_json(3, &dbs)).expect("json");
-        let mut next = 0;
-        for s in doc["shards"].as_array().expect("shards") {
-            assert_eq!(s["slots"][0], next);
-            next = s["slots"][1].as_u64().expect("to") + 1;
-        }
-        assert_eq!(next, u64::from(SHARD_SLOTS));
+        let map = contract::ShardMap::parse(&shard_map_json(&shards)).expect("valid map");
+        assert_eq!(map.shards.len(), 3);
+        assert_eq!(map.slots, contract::SHARD_SLOTS);
+        assert_eq!(map.shards[2].url, "postgres://ladder@h:6432/shard_2");
+    }
+
+    #[test]
+    fn edge_policy_is_the_apps_rules() {
+        let edge = Edge {
+            rate_limit_per_second: 50,
+            cache_ttl_seconds: 60,
+            purge_allowed: vec![],
+            blocked_paths: vec!["/admin".into()],
+        };
+        let rules: contract::Rules =
+            serde_json::from_str(&edge_policy_json(&edge)).expect("the app parses it");
+        assert_eq!(rules.rate_per_second, 50.0);
+        assert!(rules.path_blocked("/admin/users"));
+        assert!(rules.method_blocked("TRACE"));
     }
 }
