@@ -159,6 +159,31 @@ async fn invalid_scalingphases_are_refused_with_a_clear_message() -> anyhow::Res
         "{err}"
     );
 
+    // Transition rule: volumes grow, never shrink.
+    let sized: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ladder.dev/v1alpha1", "kind": "ScalingPhase",
+        "metadata": {"name": "sized"},
+        "spec": {"phase": 1, "overrides": {"postgres": {"storage": {"size": "10Gi"}}}},
+    }))?;
+    api.create(&PostParams::default(), &sized).await?;
+    let patch = json!({"spec": {"overrides": {"postgres": {"storage": {"size": "9Gi"}}}}});
+    let err = api
+        .patch(
+            "sized",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect_err("shrinking refused");
+    assert!(err.to_string().contains("never shrink"), "{err}");
+    let patch = json!({"spec": {"overrides": {"postgres": {"storage": {"size": "20480Mi"}}}}});
+    api.patch(
+        "sized",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+
     // Name length: children append suffixes.
     let long: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "ladder.dev/v1alpha1", "kind": "ScalingPhase",

@@ -400,3 +400,74 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result
     ns.delete().await;
     Ok(())
 }
+
+fn claim_size(c: &PersistentVolumeClaim) -> Option<String> {
+    c.spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .map(|q| q.0.clone())
+}
+
+/// A larger volume size grows the existing claims in place (same claims, same pods) and the
+/// StatefulSet's templates follow; a smaller one never shrinks them.
+#[tokio::test]
+async fn a_larger_volume_size_grows_the_claims_in_place() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-grow").await?;
+    let _op = Operator::start(&ns.name).await?;
+    let sized = |size: &str| {
+        format!(
+            "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {{name: shop}}\n\
+             spec:\n  phase: 1\n  overrides:\n    postgres:\n      storage: {{size: {size}}}\n"
+        )
+    };
+    ns.apply_sp(&sized("10Gi")).await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = ns.api();
+    let claim = claims.get("data-shop-postgres-0").await?;
+    assert_eq!(claim_size(&claim).as_deref(), Some("10Gi"));
+    let pod_uid = pods.get("shop-postgres-0").await?.uid();
+
+    ns.apply_sp(&sized("20Gi")).await?;
+    let sets: Api<StatefulSet> = ns.api();
+    let (claims2, sets2) = (claims.clone(), sets.clone());
+    wait_for("claim and template at 20Gi", TIMEOUT, move || {
+        let (claims, sets) = (claims2.clone(), sets2.clone());
+        async move {
+            let c = claims.get("data-shop-postgres-0").await?;
+            let Some(s) = sets.get_opt("shop-postgres").await? else {
+                return Ok(None);
+            };
+            let template = s
+                .spec
+                .volume_claim_templates
+                .unwrap_or_default()
+                .first()
+                .and_then(claim_size);
+            Ok(
+                (claim_size(&c).as_deref() == Some("20Gi") && template.as_deref() == Some("20Gi"))
+                    .then_some(()),
+            )
+        }
+    })
+    .await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    assert_eq!(
+        claims.get("data-shop-postgres-0").await?.uid(),
+        claim.uid(),
+        "the same claim, grown: no data volume was replaced"
+    );
+    assert_eq!(
+        pods.get("shop-postgres-0").await?.uid(),
+        pod_uid,
+        "the running pod was kept (orphaned, then adopted)"
+    );
+    ns.delete().await;
+    Ok(())
+}

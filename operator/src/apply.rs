@@ -321,10 +321,9 @@ pub async fn apply(
     for sts in stateful_sets {
         let name = sts.name_any();
         let mut sts = sts.clone();
-        // volumeClaimTemplates are immutable: an existing StatefulSet keeps
-        // its own, so a phase change never fails on a new default size.
-        // TODO(storage): expand the PVCs in place (the StorageClass allows it)
-        // and report the resize in status instead of keeping the old size.
+        // volumeClaimTemplates are immutable: a larger size grows the claims and re-creates
+        // the StatefulSet around its running pods (see `crate::storage`); anything else keeps
+        // the existing templates, so volumes never shrink.
         let existing = sts_api
             .get_opt(&name)
             .await
@@ -334,23 +333,23 @@ pub async fn apply(
                 source,
             })?;
         if let Some(existing) = existing {
-            let sizes = |t: &Option<Vec<PersistentVolumeClaim>>| -> Vec<_> {
-                t.iter()
-                    .flatten()
-                    .map(|c| {
-                        c.spec
-                            .as_ref()
-                            .and_then(|s| s.resources.as_ref())
-                            .and_then(|r| r.requests.clone())
-                    })
-                    .collect()
-            };
-            if sizes(&existing.spec.volume_claim_templates)
-                != sizes(&sts.spec.volume_claim_templates)
-            {
-                tracing::warn!(%name, "storage size changed: keeping the existing volumeClaimTemplates (immutable)");
+            match crate::storage::plan(&existing, &sts) {
+                crate::storage::Plan::Same => {}
+                crate::storage::Plan::KeepExisting { reason } => {
+                    tracing::warn!(%name, %reason, "keeping the existing volumes");
+                    sts.spec.volume_claim_templates = existing.spec.volume_claim_templates;
+                }
+                crate::storage::Plan::Grow(grow) => {
+                    crate::storage::grow(client, ns, &name, &grow)
+                        .await
+                        .map_err(|source| ApplyError::Apply {
+                            kind: "PersistentVolumeClaim",
+                            name: name.clone(),
+                            source,
+                        })?;
+                    metrics.applied("PersistentVolumeClaim");
+                }
             }
-            sts.spec.volume_claim_templates = existing.spec.volume_claim_templates;
         }
         apply_all(
             client,

@@ -239,6 +239,10 @@ pub struct Resources {
 /// Storage of one data component.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(oldSelf.size) || !has(self.size) || quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
+    "message": "volumes can grow but never shrink: size must be at least the previous size"
+}]))]
 pub struct Storage {
     /// Size of each volume, a Kubernetes quantity such as `20Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

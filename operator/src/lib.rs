@@ -16,4 +16,5 @@ pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod status;
+pub mod storage;
 pub mod validate;
