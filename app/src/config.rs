@@ -29,6 +29,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Copy links and clicks from one tier to another, verify, and cut over.
     Migrate(crate::migrate::MigrateArgs),
+    /// Remove rows a shard holds but no longer owns (after a resharding), once their owner
+    /// holds them.
+    Sweep(crate::migrate::SweepArgs),
 }
 
 /// Where click events go.

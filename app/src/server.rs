@@ -324,5 +324,6 @@ pub async fn main_entry() -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         crate::config::Command::Migrate(args) => crate::migrate::run(args).await,
+        crate::config::Command::Sweep(args) => crate::migrate::run_sweep(args).await,
     }
 }

@@ -517,3 +517,142 @@ async fn verification_failure_exits_non_zero_and_keeps_the_source() {
         .expect("json");
     assert_eq!(r["store"]["tier"], "sqlite");
 }
+
+/// Resharding onto the same databases leaves each shard holding the rows whose slots moved
+/// away. `sweep` removes exactly those whose new owner holds them, keeps any it does not, and
+/// the cut-over pointer left in the source carries no password.
+#[tokio::test]
+async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
+    let dbs = [
+        fresh_db("sweep_0").await,
+        fresh_db("sweep_1").await,
+        fresh_db("sweep_2").await,
+    ];
+    let dir = std::env::temp_dir().join(unique("maps"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let two = write_map(&dir, "v1.json", &map(1, &dbs[..2]));
+    let three = write_map(&dir, "v2.json", &map(2, &dbs));
+
+    let app = start(&args(two.clone())).await;
+    let (c, base) = (http(), app.url());
+    let seeded = seed(&base, 300).await;
+    for (code, _) in seeded.iter().take(30) {
+        let r = c.get(format!("{base}/{code}")).send().await.expect("click");
+        assert_eq!(r.status(), 302);
+    }
+    // Let the clicks reach the database before the copy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    migrate_ok(&two, &three).await;
+    wait_tier(&c, &base, "shards", Some(2)).await;
+
+    let opts = StoreOptions {
+        password: local_pg_password(),
+        ..StoreOptions::default()
+    };
+    let metrics = Arc::new(Metrics::new(Duration::from_secs(60)));
+    let old = store::open(&two, &opts, metrics.clone())
+        .await
+        .expect("open");
+    let pointer = old
+        .control()
+        .await
+        .expect("control")
+        .moved_to
+        .expect("pointer");
+    assert!(
+        !pointer.contains(":ladder@"),
+        "pointer holds a password: {pointer}"
+    );
+
+    let live = store::open(&three, &opts, metrics).await.expect("open");
+    let count_strays = || async {
+        let mut n = 0;
+        for part in 0..live.partitions() {
+            n += live
+                .scan_links(part, 0, 100_000)
+                .await
+                .expect("scan")
+                .iter()
+                .filter(|r| live.partition_of(&r.code) != part)
+                .count();
+        }
+        n
+    };
+    let strays = count_strays().await;
+    assert!(strays > 0, "the in-place reshard left rows behind");
+
+    // A stray its owner never received: must survive the sweep.
+    let orphan = (0..10_000)
+        .map(|i| format!("orphan{i}"))
+        .find(|code| live.partition_of(code) == 2)
+        .expect("a code owned by the new shard");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&primary_url(&dbs[0]))
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO links (code, target, created_ms, seq, deleted)
+         VALUES ($1, 'https://example.com/orphan', 1, nextval('ladder_links_seq'), false)",
+    )
+    .bind(&orphan)
+    .execute(&mut conn)
+    .await
+    .expect("insert an uncopied stray");
+
+    let dry = ladder_app::migrate::sweep(&*live, true)
+        .await
+        .expect("dry run");
+    assert_eq!(dry.strays as usize, strays + 1);
+    assert_eq!(
+        count_strays().await,
+        strays + 1,
+        "a dry run removes nothing"
+    );
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder-app"))
+        .arg("sweep")
+        .arg("--store")
+        .arg(three.to_string())
+        .env(
+            "LADDER_DB_PASSWORD",
+            local_pg_password().unwrap_or_default(),
+        )
+        .output()
+        .await
+        .expect("sweep runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count_strays().await, 1, "only the uncopied stray is left");
+    let left = ladder_app::migrate::sweep(&*live, true)
+        .await
+        .expect("report");
+    assert_eq!(left.kept, vec![orphan]);
+
+    // Every seeded link still answers, with its clicks.
+    for (code, target) in &seeded {
+        let v: serde_json::Value = c
+            .get(format!("{base}/api/v1/links/{code}"))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["url"], target.as_str(), "{code}");
+    }
+    let (code, _) = &seeded[0];
+    let stats: serde_json::Value = c
+        .get(format!("{base}/api/v1/links/{code}/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert!(stats["total"].as_i64().unwrap_or(0) >= 1, "{stats}");
+
+    // The retired map is refused.
+    assert!(ladder_app::migrate::sweep(&*old, false).await.is_err());
+}

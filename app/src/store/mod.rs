@@ -196,6 +196,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn put_clicks(&self, rows: &[ClickRow]) -> StoreResult<()>;
     async fn checkpoint_get(&self, id: &str) -> StoreResult<Option<String>>;
     async fn checkpoint_put(&self, id: &str, state: &str) -> StoreResult<()>;
+    /// Deletes the rows (links and their click counts) of `codes` from one partition only: rows
+    /// the partition holds but no longer owns (see `migrate::sweep`). Refused while fenced.
+    async fn delete_strays(&self, partition: usize, codes: &[String]) -> StoreResult<()> {
+        let _ = (partition, codes);
+        Err(StoreError::Other(anyhow::anyhow!(
+            "the {} tier has no partitions to sweep",
+            self.tier()
+        )))
+    }
 }
 
 /// Which tier to open: parsed from `--store`.
@@ -283,6 +292,27 @@ impl fmt::Display for StoreSpec {
 }
 
 impl StoreSpec {
+    /// The same spec with every URL's password removed (what may be stored or shown).
+    pub fn without_passwords(&self) -> StoreSpec {
+        let strip = |u: &str| match url::Url::parse(u) {
+            Ok(mut p) if p.password().is_some() => {
+                let _ = p.set_password(None);
+                p.to_string()
+            }
+            _ => u.to_owned(),
+        };
+        match self {
+            StoreSpec::Sqlite { .. } | StoreSpec::Shards { .. } => self.clone(),
+            StoreSpec::Postgres { url } => StoreSpec::Postgres { url: strip(url) },
+            StoreSpec::PgBouncer { url } => StoreSpec::PgBouncer { url: strip(url) },
+            StoreSpec::Dsql { url } => StoreSpec::Dsql { url: strip(url) },
+            StoreSpec::Replicas { primary, replicas } => StoreSpec::Replicas {
+                primary: strip(primary),
+                replicas: replicas.iter().map(|r| strip(r)).collect(),
+            },
+        }
+    }
+
     /// The spec with passwords removed, for logs and errors.
     pub fn redacted(&self) -> String {
         let full = self.to_string();
@@ -408,6 +438,9 @@ mod tests {
         assert!(s.to_string().contains("secret"));
         assert!(!s.redacted().contains("secret"), "{}", s.redacted());
         assert!(!format!("{s:?}").contains("secret"));
+        let bare = s.without_passwords().to_string();
+        assert!(!bare.contains("secret") && !bare.contains("***"), "{bare}");
+        assert!(bare.contains("postgres://u@127.0.0.1:2/db"), "{bare}");
         assert!("nope".parse::<StoreSpec>().is_err());
         assert!("mysql:x".parse::<StoreSpec>().is_err());
     }

@@ -645,6 +645,23 @@ impl Store for PgStore {
         .await
     }
 
+    async fn delete_strays(&self, _partition: usize, codes: &[String]) -> StoreResult<()> {
+        self.write(true, |conn, _| {
+            let clicks = self
+                .q("DELETE FROM clicks_daily WHERE code = ANY($1)")
+                .bind(codes.to_vec());
+            let links = self
+                .q("DELETE FROM links WHERE code = ANY($1)")
+                .bind(codes.to_vec());
+            Box::pin(async move {
+                clicks.execute(&mut *conn).await?;
+                links.execute(&mut *conn).await?;
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
     async fn put_clicks(&self, rows: &[ClickRow]) -> StoreResult<()> {
         self.upsert_clicks(
             rows,

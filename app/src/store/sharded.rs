@@ -321,6 +321,24 @@ impl Store for ShardedStore {
         self.current().stores[0].checkpoint_get(id).await
     }
 
+    async fn delete_strays(&self, partition: usize, codes: &[String]) -> StoreResult<()> {
+        let r = self.current();
+        let s = r
+            .stores
+            .get(partition)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("no shard {partition}")))?;
+        // Never a code this shard owns, whatever the caller passes.
+        let strays: Vec<String> = codes
+            .iter()
+            .filter(|c| r.index(c) != partition)
+            .cloned()
+            .collect();
+        if strays.is_empty() {
+            return Ok(());
+        }
+        s.delete_strays(0, &strays).await
+    }
+
     async fn checkpoint_put(&self, id: &str, state: &str) -> StoreResult<()> {
         self.current().stores[0].checkpoint_put(id, state).await
     }

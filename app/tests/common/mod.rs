@@ -31,6 +31,18 @@ pub fn env(name: &str) -> String {
     })
 }
 
+/// The local PostgreSQL password, when the services are configured.
+pub fn local_pg_password() -> Option<String> {
+    let url = std::env::var("LADDER_PG_PRIMARY_URL").ok().or_else(|| {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ladder/services.env");
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("LADDER_PG_PRIMARY_URL="))
+            .map(str::to_owned)
+    })?;
+    url::Url::parse(&url).ok()?.password().map(str::to_owned)
+}
+
 pub fn unique(prefix: &str) -> String {
     let n: u64 = rand::rng().random();
     format!("{prefix}_{:x}_{}", n & 0xffff_ffff, std::process::id())
@@ -95,7 +107,9 @@ pub fn args(store: StoreSpec) -> ServeArgs {
     a.report_load = false;
     a.kubeconfig = None;
     a.public_url = None;
-    a.db_password = None;
+    // As the operator does: the password in its own variable, used for URLs without one
+    // (cut-over pointers never carry a password).
+    a.db_password = local_pg_password();
     a.redis_password = None;
     a.clickhouse_password = None;
     a.tls_ca = None;
