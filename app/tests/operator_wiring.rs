@@ -592,3 +592,119 @@ async fn phase_4_speaks_distributed_sql_with_client_certificates() {
     wait_ready(&mut app, &c).await;
     crud_round_with(&c, &app.base).await;
 }
+
+/// Kills a child process on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The edge tier's rendered VCL in a real varnishd: it caches redirects by path whatever the
+/// Host, takes the app's PURGE, and blocks the WAF paths. Its backend is the loopback port of
+/// the TLS-origination sidecar; here a plain app instance stands on that port.
+#[tokio::test]
+async fn phase_3_edge_vcl_runs_in_varnish() {
+    let d = render("phase: 3\nedge: {purgeAllowedCidrs: [10.0.0.0/8], blockedPaths: [/admin]}\n");
+    let vcl = d
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(&format!("{SP}-edge-vcl")))
+        .and_then(|c| c.data.as_ref()?.get("default.vcl").cloned())
+        .expect("the edge VCL is rendered");
+    assert!(vcl.contains(".host = \"127.0.0.1\""), "{vcl}");
+    let varnish_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut args = common::args(ladder_app::store::StoreSpec::Sqlite {
+        path: common::temp_sqlite(),
+    });
+    args.varnish_url = Some(format!("http://127.0.0.1:{varnish_port}"));
+    let origin = common::start(&args).await;
+    let vcl = vcl.replace(
+        ".port = \"8081\"",
+        &format!(".port = \"{}\"", origin.addr.port()),
+    );
+    let dir = std::env::temp_dir().join(unique("ladder-vcl"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("default.vcl"), &vcl).expect("write vcl");
+    let _varnish = Killed(
+        Command::new("/usr/sbin/varnishd")
+            .arg("-F")
+            .args(["-a", &format!("127.0.0.1:{varnish_port}")])
+            .args(["-T", "127.0.0.1:0"])
+            .arg("-f")
+            .arg(dir.join("default.vcl"))
+            .arg("-n")
+            .arg(dir.join("work"))
+            .args(["-s", "malloc,16m"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("varnishd.log")).expect("log"))
+            .stderr(std::fs::File::create(dir.join("varnishd.err")).expect("log"))
+            .spawn()
+            .expect("varnishd starts"),
+    );
+    let edge = format!("http://127.0.0.1:{varnish_port}");
+    let c = common::http();
+    eventually("varnishd listening", Duration::from_secs(20), || {
+        let (c, edge) = (c.clone(), edge.clone());
+        async move {
+            c.get(format!("{edge}/healthz"))
+                .send()
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await;
+
+    let code = create(&c, &origin.url(), "https://example.com/v1", None).await;
+    let get = |host: &'static str| {
+        let (c, url) = (c.clone(), format!("{edge}/{code}"));
+        async move {
+            c.get(url)
+                .header("host", host)
+                .send()
+                .await
+                .expect("through the edge")
+        }
+    };
+    let first = get("short.example.com").await;
+    assert_eq!(first.status(), 302);
+    let second = get("other.example.com").await;
+    assert_eq!(second.headers()["location"], "https://example.com/v1");
+    let ids = second.headers()["x-varnish"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(
+        ids.split(' ').count(),
+        2,
+        "a cache hit under another Host: {ids}"
+    );
+
+    // The app's update purges the edge; the next redirect has the new target.
+    let r = c
+        .put(format!("{}/api/v1/links/{code}", origin.url()))
+        .json(&serde_json::json!({"url": "https://example.com/v2"}))
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(r.status(), 200);
+    metric_reaches(&c, &origin.url(), "ladder_edge_purges", "ok").await;
+    let after = get("short.example.com").await;
+    assert_eq!(after.headers()["location"], "https://example.com/v2");
+
+    // The WAF path is blocked at the edge.
+    let r = c
+        .get(format!("{edge}/admin/x"))
+        .send()
+        .await
+        .expect("blocked");
+    assert_eq!(r.status(), 403);
+}

@@ -75,6 +75,9 @@ pub mod images {
     pub const CLICKHOUSE: &str = "docker.io/clickhouse/clickhouse-server:25.8";
     /// Varnish.
     pub const VARNISH: &str = "docker.io/library/varnish:7.7.3";
+    /// ghostunnel: TLS origination beside Varnish, whose open-source edition speaks plain
+    /// HTTP to its backends.
+    pub const GHOSTUNNEL: &str = "docker.io/ghostunnel/ghostunnel:v1.8.4";
     /// CockroachDB.
     pub const COCKROACH: &str = "docker.io/cockroachdb/cockroach:v25.3.1";
 }

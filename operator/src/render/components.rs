@@ -1614,6 +1614,9 @@ fn clickhouse(
     ));
 }
 
+/// Loopback port of the edge pod's TLS origination sidecar (Varnish's backend).
+const EDGE_TLS_ORIGIN_PORT: i32 = 8081;
+
 fn edge_tier(
     v: &Validated,
     d: &mut Desired,
@@ -1622,8 +1625,10 @@ fn edge_tier(
     sa: &str,
 ) {
     let name = child_name(v, "edge");
-    let app_host = format!("{}.{}.svc.cluster.local", child_name(v, "app"), v.namespace);
-    let vcl = config::varnish_vcl(v, edge, &app_host);
+    // Varnish → ghostunnel (same pod, loopback) → the app over TLS, verified against the CA.
+    let app_host = format!("{}.{}.svc", child_name(v, "app"), v.namespace);
+    let vcl = config::varnish_vcl(edge, "127.0.0.1", EDGE_TLS_ORIGIN_PORT);
+    let tls = tls_secret(v, d, "edge", std::slice::from_ref(&name));
     let cm = child_name(v, "edge-vcl");
     d.config_maps.push(config_map(
         v,
@@ -1643,8 +1648,24 @@ fn edge_tier(
         )],
         false,
     ));
-    // TODO(tls): open-source Varnish speaks plain HTTP to its backend; TLS
-    // termination in front of it (hitch) and to the app are not rendered yet.
+    let origin = container(C {
+        name: "tls-origin",
+        image: crate::catalogue::images::GHOSTUNNEL,
+        command: vec![],
+        args: vec![
+            "client".into(),
+            format!("--listen=127.0.0.1:{EDGE_TLS_ORIGIN_PORT}"),
+            format!("--target={app_host}:{}", v.app_port),
+            format!("--cacert={TLS_DIR}/ca.crt"),
+            format!("--cert={TLS_DIR}/tls.crt"),
+            format!("--key={TLS_DIR}/tls.key"),
+        ],
+        env: vec![],
+        ports: vec![],
+        mounts: vec![mount("tls", TLS_DIR, true)],
+        size: &varnish.size,
+        probe: Some(tcp_probe(EDGE_TLS_ORIGIN_PORT)),
+    });
     let c = container(C {
         name: "varnish",
         image: &varnish.image,
@@ -1673,9 +1694,9 @@ fn edge_tier(
             component: "edge".into(),
             service_account: sa.into(),
             uid: 1000,
-            containers: vec![c],
+            containers: vec![c, origin],
             init_containers: vec![],
-            volumes: vec![config_volume("vcl", &cm)],
+            volumes: vec![config_volume("vcl", &cm), secret_volume("tls", &tls, None)],
             config_hash: Some(hash_of(&[&vcl])),
             metrics: None,
             placement: Placement::Spread(v.regions.clone()),

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use serde_json::json;
 
 use crate::contract;
-use crate::validate::{Edge, Oidc, Validated};
+use crate::validate::{Edge, Oidc};
 
 /// Version of the first shard allocation (the ConfigMap holding a map is immutable and named
 /// after its version; the slot count is [`crate::contract::SHARD_SLOTS`], fixed: changing it is
@@ -150,12 +150,11 @@ pub fn vcl_path_regex(path: &str) -> Option<String> {
 
 /// The Varnish VCL: backend the app Service, PURGE limited to an ACL, WAF
 /// path blocks, cache only anonymous GET/HEAD for the configured TTL.
-pub fn varnish_vcl(v: &Validated, edge: &Edge, app_host: &str) -> String {
+pub fn varnish_vcl(edge: &Edge, backend_host: &str, backend_port: i32) -> String {
     let mut out = String::from("# Rendered by ladder-operator.\nvcl 4.1;\n\n");
     let _ = writeln!(
         out,
-        "backend app {{\n  .host = \"{app_host}\";\n  .port = \"{}\";\n}}\n",
-        v.app_port
+        "backend app {{\n  .host = \"{backend_host}\";\n  .port = \"{backend_port}\";\n}}\n"
     );
     out.push_str("acl purge {\n  \"127.0.0.1\";\n");
     for (o, p) in &edge.purge_allowed {
