@@ -4,10 +4,21 @@
 //! invalidate (`DEL`) after the database commit. Redis is an optimisation, never a dependency:
 //! every Redis call has a short timeout, and after a failure Redis is skipped for a cool-down so
 //! a dead Redis costs one timeout per cool-down, not one per request; reads then go to the database.
+//!
+//! In front of Redis each instance keeps a short-lived near cache (`--near-cache-ttl-ms`, 1 s by
+//! default): a hot redirect costs no Redis round trip. It stays coherent across instances:
+//! - every invalidation is `DEL` + `PUBLISH <prefix>invalidate <code>`; every instance
+//!   subscribes and drops the code from its near cache;
+//! - while the subscription is down the near cache is off (and emptied when it comes back), so
+//!   a lost message can never keep a stale entry beyond the outage;
+//! - a Redis read that raced an invalidation is not kept (a generation counter);
+//! - the app invalidates (and purges the edge) a second time once a near-cache lifetime has
+//!   passed, which bounds any remaining race, including the classic cache-aside one (a reader
+//!   putting a value it read before the update).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -43,9 +54,100 @@ pub struct LocalCache {
     map: Mutex<HashMap<String, (String, Instant)>>,
 }
 
+/// The per-instance near cache in front of Redis (see the module doc).
+#[derive(Debug)]
+struct Near {
+    ttl: Duration,
+    map: Mutex<HashMap<String, (String, Instant)>>,
+    /// The invalidation subscription is up: only then may entries be served.
+    live: AtomicBool,
+    /// Bumped by every invalidation: a Redis read started before one is not kept.
+    generation: AtomicU64,
+}
+
+impl Near {
+    fn get(&self, code: &str) -> Option<String> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(code)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(t, _)| t.clone())
+    }
+
+    fn keep(&self, code: &str, target: &str, generation: u64) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock: `drop_code` bumps the generation under it too.
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if map.len() >= LOCAL_CAPACITY {
+            map.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if map.len() >= LOCAL_CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(code.to_owned(), (target.to_owned(), Instant::now()));
+    }
+
+    fn drop_code(&self, code: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.remove(code);
+    }
+
+    fn set_live(&self, live: bool) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
+        self.live.store(live, Ordering::Release);
+    }
+}
+
+/// Follows `<prefix>invalidate` for as long as the near cache exists.
+fn follow_invalidations(client: redis::Client, channel: String, near: std::sync::Weak<Near>) {
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        loop {
+            let Some(n) = near.upgrade() else { return };
+            drop(n);
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                redis::RedisResult::Ok(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+                Ok(Ok(mut pubsub)) => {
+                    if let Some(n) = near.upgrade() {
+                        n.set_live(true);
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Some(n) = near.upgrade() else { return };
+                        if let Ok(code) = msg.get_payload::<String>() {
+                            n.drop_code(&code);
+                        }
+                    }
+                    tracing::warn!("redis invalidation subscription lost; near cache off");
+                }
+                _ => tracing::debug!("redis invalidation subscription unavailable; near cache off"),
+            }
+            if let Some(n) = near.upgrade() {
+                n.set_live(false);
+            }
+            tokio::time::sleep(REDIS_COOL_DOWN).await;
+        }
+    });
+}
+
 /// Redis-backed cache (Debug shows only the prefix).
 pub struct RedisCache {
     conn: ConnectionManager,
+    near: Option<Arc<Near>>,
     prefix: String,
     ttl: Duration,
     /// Milliseconds since `epoch` until which Redis is skipped.
@@ -67,19 +169,16 @@ impl RedirectCache {
         })
     }
 
-    /// Connects lazily: the app starts even while Redis is down.
-    pub fn redis(url: &str, prefix: &str, ttl: Duration) -> anyhow::Result<Self> {
-        Self::redis_with(url, None, None, prefix, ttl)
-    }
-
-    /// As [`RedirectCache::redis`], with the password for a URL that has none and the CA
-    /// (PEM) a `rediss://` server's certificate must chain to.
-    pub fn redis_with(
+    /// Connects lazily: the app starts even while Redis is down. `password` is used when the
+    /// URL has none; `ca_pem` is the CA a `rediss://` server's certificate must chain to;
+    /// `near_ttl` is the near cache's entry lifetime (zero: no near cache).
+    pub fn redis(
         url: &str,
         password: Option<&str>,
         ca_pem: Option<Vec<u8>>,
         prefix: &str,
         ttl: Duration,
+        near_ttl: Duration,
     ) -> anyhow::Result<Self> {
         let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
         if let Some(p) = password
@@ -102,9 +201,20 @@ impl RedirectCache {
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let near = (!near_ttl.is_zero()).then(|| {
+            let near = Arc::new(Near {
+                ttl: near_ttl,
+                map: Mutex::new(HashMap::new()),
+                live: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+            });
+            follow_invalidations(client, format!("{prefix}invalidate"), Arc::downgrade(&near));
+            near
+        });
         Ok(RedirectCache::Redis(RedisCache {
             conn,
+            near,
             prefix: prefix.to_owned(),
             ttl,
             skip_until_ms: AtomicU64::new(0),
@@ -122,12 +232,25 @@ impl RedirectCache {
                     .map(|(t, _)| t.clone())
             }
             RedirectCache::Redis(r) => {
+                if let Some(hit) = r.near.as_ref().and_then(|n| n.get(code)) {
+                    Metrics::inc(&metrics.cache, "hit", 1);
+                    return Some(hit);
+                }
+                let generation = r
+                    .near
+                    .as_ref()
+                    .map(|n| n.generation.load(Ordering::Acquire));
                 let key = format!("{}link:{code}", r.prefix);
                 match r
                     .call(|mut c| async move { c.get::<_, Option<String>>(key).await })
                     .await
                 {
-                    Some(v) => v,
+                    Some(v) => {
+                        if let (Some(n), Some(g), Some(t)) = (&r.near, generation, &v) {
+                            n.keep(code, t, g);
+                        }
+                        v
+                    }
                     None => {
                         Metrics::inc(&metrics.cache, "error", 1);
                         None
@@ -174,13 +297,23 @@ impl RedirectCache {
                 c.map.lock().unwrap_or_else(|e| e.into_inner()).remove(code);
             }
             RedirectCache::Redis(r) => {
+                if let Some(n) = &r.near {
+                    n.drop_code(code);
+                }
                 let key = format!("{}link:{code}", r.prefix);
+                let channel = format!("{}invalidate", r.prefix);
                 for _ in 0..2 {
-                    let k = key.clone();
+                    let (k, ch) = (key.clone(), channel.clone());
                     // Invalidation ignores the cool-down: it matters more than a hit.
                     let res = tokio::time::timeout(REDIS_TIMEOUT, async {
                         let mut c = r.conn.clone();
-                        c.del::<_, ()>(k).await
+                        redis::pipe()
+                            .del(k)
+                            .ignore()
+                            .publish(ch, code)
+                            .ignore()
+                            .query_async::<()>(&mut c)
+                            .await
                     })
                     .await;
                     if matches!(res, Ok(Ok(()))) {
@@ -199,6 +332,16 @@ impl RedirectCache {
     pub fn redis_conn(&self) -> Option<ConnectionManager> {
         match self {
             RedirectCache::Redis(r) => Some(r.conn.clone()),
+            RedirectCache::Local(_) => None,
+        }
+    }
+
+    /// How long after an invalidation a second one is due (see the module doc), if any.
+    pub fn second_invalidation_after(&self) -> Option<Duration> {
+        match self {
+            RedirectCache::Redis(r) => {
+                Some(r.near.as_ref().map_or(Duration::ZERO, |n| n.ttl) + Duration::from_millis(250))
+            }
             RedirectCache::Local(_) => None,
         }
     }

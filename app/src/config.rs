@@ -92,6 +92,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LADDER_REDIS_PREFIX", default_value = "ladder:")]
     pub redis_prefix: String,
 
+    /// Lifetime of the per-instance near cache in front of Redis (0: off). Entries are dropped
+    /// on every invalidation (Redis pub/sub), and the near cache is off while that is down.
+    #[arg(long, env = "LADDER_NEAR_CACHE_TTL_MS", default_value_t = 1000)]
+    pub near_cache_ttl_ms: u64,
+
     /// Redirect cache entry lifetime.
     #[arg(long, env = "LADDER_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u64,

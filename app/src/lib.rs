@@ -143,5 +143,17 @@ impl AppState {
         if let Some(p) = &self.purger {
             p.purge(code, &self.metrics).await;
         }
+        // Once more after a near-cache lifetime: whatever raced the first round (a reader that
+        // put what it read before the update, a message that was lost) is gone after this.
+        if let Some(after) = self.cache.second_invalidation_after() {
+            let (state, code) = (self.clone(), code.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                state.cache.invalidate(&code).await;
+                if let Some(p) = &state.purger {
+                    p.purge(&code, &state.metrics).await;
+                }
+            });
+        }
     }
 }

@@ -32,12 +32,13 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         .transpose()
         .context("--tls-ca")?;
     let cache = match &args.redis_url {
-        Some(url) => RedirectCache::redis_with(
+        Some(url) => RedirectCache::redis(
             url,
             args.redis_password.as_deref(),
             ca.clone(),
             &args.redis_prefix,
             ttl,
+            Duration::from_millis(args.near_cache_ttl_ms),
         )
         .context("redis url")?,
         None => RedirectCache::local(ttl),

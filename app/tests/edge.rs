@@ -145,6 +145,102 @@ async fn redis_cache_aside_survives_redis_dying() {
     .await;
 }
 
+/// The near cache in front of Redis: a hot redirect is served without Redis, an update on one
+/// instance reaches the other's near cache through pub/sub (the near TTL here is a minute, so
+/// nothing else could explain it), and a Redis outage turns the near cache off and empties it,
+/// so an invalidation lost during the outage never leaves a stale redirect behind.
+#[tokio::test]
+async fn near_cache_stays_coherent_across_instances() {
+    let port = free_port();
+    let mut redis = own_redis(port).await;
+    let db = fresh_db("near").await;
+    let mut a = args(StoreSpec::Postgres {
+        url: primary_url(&db),
+    });
+    a.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+    a.near_cache_ttl_ms = 60_000;
+    let mut b = a.clone();
+    b.listen = "127.0.0.1:0".parse().expect("addr");
+    let (app_a, app_b) = (start(&a).await, start(&b).await);
+    let (c, base_a, base_b) = (http(), app_a.url(), app_b.url());
+    let key = |code: &str| format!("{}link:{code}", a.redis_prefix);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+
+    let code = create(&c, &base_a, "https://example.com/one", None).await;
+    // miss (fills Redis), Redis hit (fills B's near cache)...
+    for _ in 0..2 {
+        assert_eq!(cache_header(&c, &base_b, &code).await.0, 302);
+    }
+    // ...then B serves it with the Redis entry gone behind its back: from its near cache.
+    eventually(
+        "B's near cache is live",
+        Duration::from_secs(10),
+        || async {
+            let _: () = redis::AsyncCommands::del(&mut conn.clone(), key(&code))
+                .await
+                .expect("del");
+            (cache_header(&c, &base_b, &code).await.1 == "hit").then_some(())
+        },
+    )
+    .await;
+
+    // An update through A reaches B's near cache.
+    let r = c
+        .put(format!("{base_a}/api/v1/links/{code}"))
+        .json(&serde_json::json!({"url": "https://example.com/two"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    eventually("B follows the update", Duration::from_secs(5), || async {
+        (cache_header(&c, &base_b, &code).await.2 == "https://example.com/two").then_some(())
+    })
+    .await;
+    // Warm B's near cache with the new target again.
+    for _ in 0..3 {
+        cache_header(&c, &base_b, &code).await;
+    }
+
+    // Redis dies; an update made meanwhile cannot be published; B must still never serve the
+    // old target (its near cache went off with the subscription).
+    redis.kill().await.expect("kill redis");
+    let r = c
+        .put(format!("{base_a}/api/v1/links/{code}"))
+        .json(&serde_json::json!({"url": "https://example.com/three"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    eventually(
+        "B serves the update during the outage",
+        Duration::from_secs(5),
+        || async {
+            (cache_header(&c, &base_b, &code).await.2 == "https://example.com/three").then_some(())
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            cache_header(&c, &base_b, &code).await.2,
+            "https://example.com/three"
+        );
+    }
+    let _redis = own_redis(port).await;
+    for _ in 0..20 {
+        assert_eq!(
+            cache_header(&c, &base_b, &code).await.2,
+            "https://example.com/three",
+            "no stale redirect after Redis returns"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conn);
+}
+
 #[tokio::test]
 async fn rate_limit_is_shared_across_instances_and_reloadable() {
     let dir = std::env::temp_dir().join(unique("rules"));
