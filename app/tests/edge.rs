@@ -165,7 +165,7 @@ async fn near_cache_stays_coherent_across_instances() {
     let (c, base_a, base_b) = (http(), app_a.url(), app_b.url());
     let key = |code: &str| format!("{}link:{code}", a.redis_prefix);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("client");
-    let mut conn = client
+    let conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
