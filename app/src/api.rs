@@ -31,7 +31,11 @@ pub fn app(state: AppState) -> Router {
         .route("/load", get(load))
         .route("/api/v1/openapi.json", get(openapi));
     Router::new()
-        .merge(crate::links::router().layer(middleware::from_fn_with_state(state.clone(), limit)))
+        .merge(
+            crate::links::router()
+                .layer(middleware::from_fn_with_state(state.clone(), limit))
+                .layer(middleware::from_fn_with_state(state.clone(), authenticate)),
+        )
         .merge(ops)
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -125,6 +129,81 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         })
         .inc();
     resp
+}
+
+/// With OIDC configured (phase 4): the management API needs a bearer token; reads need the
+/// viewer or admin role, writes the admin role. Redirects stay public.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(auth) = &state.config.auth else {
+        return next.run(req).await;
+    };
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let outcome = match token {
+        None => Err(crate::auth::AuthError::Missing),
+        Some(t) => auth.role(t).await,
+    };
+    let refused = |status: StatusCode, code: &str, message: String, challenge: &'static str| {
+        let mut r = (
+            status,
+            Json(serde_json::json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response();
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static(challenge),
+        );
+        r
+    };
+    match outcome {
+        Ok(crate::auth::Role::Admin) => next.run(req).await,
+        Ok(crate::auth::Role::Viewer) if read => next.run(req).await,
+        Ok(crate::auth::Role::Viewer) | Err(crate::auth::AuthError::Forbidden) => refused(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token's groups do not allow the request".into(),
+            "Bearer error=\"insufficient_scope\"",
+        ),
+        Err(e @ crate::auth::AuthError::Missing) => refused(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            e.to_string(),
+            "Bearer realm=\"ladder\"",
+        ),
+        Err(e @ crate::auth::AuthError::Invalid(_)) => refused(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            e.to_string(),
+            "Bearer error=\"invalid_token\"",
+        ),
+        Err(crate::auth::AuthError::Unavailable) => {
+            let mut r = refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the identity provider's keys are not available yet".into(),
+                "Bearer realm=\"ladder\"",
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
 }
 
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -175,6 +175,11 @@ pub struct ServeArgs {
     #[arg(long, env = env::POD_NAME)]
     pub instance: Option<String>,
 
+    /// OIDC settings (JSON, `ladder_operator::contract::OidcConfig`): bearer tokens of that
+    /// issuer are required on the management API.
+    #[arg(long, env = env::OIDC_CONFIG)]
+    pub oidc_config: Option<PathBuf>,
+
     /// CA certificate (PEM) trusted for Redis and ClickHouse TLS (PostgreSQL URLs name theirs
     /// with `sslrootcert`).
     #[arg(long, env = env::TLS_CA)]

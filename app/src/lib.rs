@@ -11,6 +11,7 @@
 //!   verify and cut-over; [`report`]: LoadReport objects; [`metrics`]: Prometheus + load window.
 
 pub mod api;
+pub mod auth;
 pub mod cache;
 pub mod clicks;
 pub mod config;
@@ -54,6 +55,8 @@ pub struct AppConfig {
     pub public_url: String,
     pub trust_forwarded_for: bool,
     pub instance: String,
+    /// OIDC bearer tokens on the management API (phase 4); None: open.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// Everything a handler can reach. Cheap to clone.

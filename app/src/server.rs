@@ -104,6 +104,20 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
+    let auth = match &args.oidc_config {
+        Some(path) => {
+            let auth = Arc::new(crate::auth::Auth::load(path, ca.as_deref())?);
+            // Not fatal: keys are fetched again on the first token if the issuer is down now.
+            let a = auth.clone();
+            tokio::spawn(async move {
+                if let Err(err) = a.refresh().await {
+                    tracing::warn!(error = %format!("{err:#}"), "OIDC keys not available yet");
+                }
+            });
+            Some(auth)
+        }
+        None => None,
+    };
     let state = AppState::new(
         store,
         cache,
@@ -121,6 +135,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             public_url,
             trust_forwarded_for: args.trust_forwarded_for,
             instance,
+            auth,
         },
     );
     watch_cutover(&state, args);

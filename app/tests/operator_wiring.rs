@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{create, crud_round_with, env, eventually, https, metric, unique};
+use common::{create, crud_round_with, env, eventually, https, metric, oidc, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar};
 use ladder_operator::contract::{self, ShardMap};
@@ -575,10 +575,23 @@ async fn phase_3_routes_by_the_rendered_shard_map_and_sends_clicks_to_clickhouse
 }
 
 #[tokio::test]
-async fn phase_4_speaks_distributed_sql_with_client_certificates() {
-    let d = render(
-        "phase: 4\nauth: {issuerUrl: 'https://login.example.com/realms/shop', clientId: shop-app}\n",
-    );
+async fn phase_4_speaks_distributed_sql_with_client_certificates_and_requires_oidc_tokens() {
+    // The identity provider, over HTTPS with the local certificate for `localhost`.
+    let tls_dir = Path::new(&env("LADDER_TLS_CA_FILE"))
+        .parent()
+        .expect("tls dir")
+        .to_owned();
+    let idp = oidc::issuer(Some((
+        &tls_dir.join("server.crt"),
+        &tls_dir.join("server.key"),
+    )))
+    .await;
+    let key = oidc::SigningKey::new("k1");
+    *idp.jwks.write().expect("lock") = serde_json::json!({"keys": [key.jwk()]});
+    let d = render(&format!(
+        "phase: 4\nauth: {{issuerUrl: '{}', clientId: shop-app}}\n",
+        idp.url
+    ));
     let store = rendered_store(&d);
     assert!(store.starts_with("dsql:"), "{store}");
     assert!(
@@ -590,7 +603,32 @@ async fn phase_4_speaks_distributed_sql_with_client_certificates() {
     let mut app = start(&d, &[(contract::env::DB_PASSWORD, "ladder")]);
     let c = client();
     wait_ready(&mut app, &c).await;
-    crud_round_with(&c, &app.base).await;
+    // The rendered OIDC settings are enforced: no token, no management API.
+    let r = c
+        .post(format!("{}/api/v1/links", app.base))
+        .json(&serde_json::json!({"url": "https://example.com/"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401, "{}", app.log());
+    let token = key.sign(
+        &oidc::claims(&idp.url, "shop-app", &["ladder-admins"], 600),
+        None,
+    );
+    let ca = std::fs::read(env("LADDER_TLS_CA_FILE")).expect("CA");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let admin = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("CA"))
+        .build()
+        .expect("client");
+    crud_round_with(&admin, &app.base).await;
 }
 
 /// Kills a child process on drop.

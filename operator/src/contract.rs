@@ -273,6 +273,31 @@ impl Rules {
     }
 }
 
+/// The app's enterprise auth settings (phase 4, [`env::OIDC_CONFIG`]): bearer tokens of this
+/// OIDC issuer guard the management API; redirects stay public.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcConfig {
+    /// The issuer; its discovery document is `<issuerUrl>/.well-known/openid-configuration`.
+    pub issuer_url: String,
+    pub client_id: String,
+    /// Tokens must name this audience.
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub roles: OidcRoles,
+}
+
+/// Which token claim carries the groups, and the groups of each role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcRoles {
+    pub claim: String,
+    /// Members may read and write links.
+    pub admin: String,
+    /// Members may read links.
+    pub viewer: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

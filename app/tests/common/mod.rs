@@ -4,6 +4,8 @@
 //! Redis key prefix, its own ClickHouse database, its own SQLite file.
 #![allow(dead_code)]
 
+pub mod oidc;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -227,15 +227,19 @@ pub fn shard_map_json(shards: &[(String, String)]) -> String {
     serde_json::to_string_pretty(&map).unwrap_or_default()
 }
 
-/// OIDC settings for the app.
+/// OIDC settings for the app ([`contract::OidcConfig`]).
 pub fn oidc_json(oidc: &Oidc) -> String {
-    let doc = json!({
-        "issuerUrl": oidc.issuer_url,
-        "clientId": oidc.client_id,
-        "audience": oidc.audience,
-        "scopes": ["openid", "profile", "email"],
-        "roles": {"claim": "groups", "admin": "ladder-admins", "viewer": "ladder-viewers"},
-    });
+    let doc = contract::OidcConfig {
+        issuer_url: oidc.issuer_url.clone(),
+        client_id: oidc.client_id.clone(),
+        audience: oidc.audience.clone(),
+        scopes: vec!["openid".into(), "profile".into(), "email".into()],
+        roles: contract::OidcRoles {
+            claim: "groups".into(),
+            admin: "ladder-admins".into(),
+            viewer: "ladder-viewers".into(),
+        },
+    };
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
