@@ -8,15 +8,19 @@
 //!    tombstones) in batches, upserting into the target (routed by the *target's* partitioning),
 //!    and saves a checkpoint (per-partition cursor) in the target after every batch. Killed at any
 //!    point, a rerun resumes from the checkpoint; re-copying a batch is harmless (upserts that
-//!    change nothing are skipped).
+//!    change nothing are skipped). Each pass stops at the partition's *watermark*, the highest
+//!    `seq` below which every row is committed (read under the write lock, see
+//!    `Store::watermark`): a row whose `seq` was taken before another's but committed after it
+//!    is never skipped by the cursor.
 //! 2. **Fence.** The migrator sets `fenced` on the source's `ladder_control` row. Every app write
 //!    transaction first locks that row `FOR SHARE` (SQLite: `BEGIN IMMEDIATE`), so the fence's
 //!    UPDATE waits for in-flight writes, and once it commits every later write sees the fence and
 //!    is refused with 503 + Retry-After — *not acknowledged*, so nothing acknowledged can be lost.
 //!    Reads and redirects keep working.
-//! 3. **Reconcile.** With writes stopped, the source is final: the migrator diffs source against
-//!    target and upserts what differs (this also catches rows whose `seq` committed out of order
-//!    during step 1), and replaces the target's click counts with the source's.
+//! 3. **Catch up.** With writes stopped, the source is final: the migrator copies the rows past
+//!    each cursor (the writes made since the last pass: the fence waited for every in-flight
+//!    one) and replaces the target's click counts with the source's. Only that delta is copied
+//!    while the fence is up.
 //! 4. **Verify.** Per table and per target partition: row count and an order-independent
 //!    checksum of the rows' content, source (routed by the target map) against target. A mismatch
 //!    unfences the source (the app keeps running on it), and the command exits with status 2.
@@ -199,7 +203,7 @@ pub async fn migrate(args: &MigrateArgs) -> Result<Verification, MigrateError> {
 
     if cp.phase == Phase::Copy {
         for pass in 0..args.passes.max(1) {
-            let copied = copy_pass(&*src, &*dst, &id, &mut cp, args).await?;
+            let copied = copy_pass(&*src, &*dst, &id, &mut cp, args, false).await?;
             tracing::info!(pass, copied, total = cp.copied, "live copy pass done");
             if copied < args.batch_size as u64 {
                 break;
@@ -226,11 +230,18 @@ pub async fn migrate(args: &MigrateArgs) -> Result<Verification, MigrateError> {
         tracing::info!("source fenced");
     }
 
-    // Phase::Fenced (possibly resumed after a crash here).
-    reconcile(&*src, &*dst).await?;
+    // Phase::Fenced (possibly resumed after a crash here): only the writes since the last pass.
+    let delta = copy_pass(&*src, &*dst, &id, &mut cp, args, true).await?;
+    let clicks = copy_clicks(&*src, &*dst).await?;
+    tracing::info!(
+        links = delta,
+        click_rows = clicks,
+        "caught up behind the fence"
+    );
     let v = verify(&*src, &*dst).await?;
     if !v.ok() {
-        // Give the source back to the app; a rerun starts a new copy from the cursors.
+        // Give the source back to the app; a rerun copies everything again from the start
+        // (upserts skip unchanged rows), so whatever went wrong is not carried over.
         src.set_control(&Control {
             fenced: false,
             moved_to: None,
@@ -238,6 +249,7 @@ pub async fn migrate(args: &MigrateArgs) -> Result<Verification, MigrateError> {
         .await
         .map_err(se)?;
         cp.phase = Phase::Copy;
+        cp.cursors.iter_mut().for_each(|c| *c = 0);
         save(&*dst, &id, &cp).await?;
         return Err(MigrateError::Verify(summary(&v)));
     }
@@ -267,21 +279,31 @@ async fn save(dst: &dyn Store, id: &str, cp: &Checkpoint) -> anyhow::Result<()> 
     dst.checkpoint_put(id, &text).await.map_err(se)
 }
 
-/// One pass over every source partition from its cursor; returns rows copied.
+/// One pass over every source partition from its cursor (up to its watermark unless the source
+/// is `fenced`); returns rows copied.
 async fn copy_pass(
     src: &dyn Store,
     dst: &dyn Store,
     id: &str,
     cp: &mut Checkpoint,
     args: &MigrateArgs,
+    fenced: bool,
 ) -> anyhow::Result<u64> {
     let mut copied = 0;
     for part in 0..src.partitions() {
+        // None: the source is fenced, nothing is in flight, copy to the end.
+        let upto = match fenced {
+            true => None,
+            false => Some(src.watermark(part).await.map_err(se)?),
+        };
         loop {
-            let rows = src
+            let mut rows = src
                 .scan_links(part, cp.cursors[part], args.batch_size)
                 .await
                 .map_err(se)?;
+            if let Some(w) = upto {
+                rows.retain(|r| r.seq <= w);
+            }
             let Some(last) = rows.last() else { break };
             let last = last.seq;
             // Only rows the source partition owns (a resharded shard may hold strays).
@@ -340,8 +362,17 @@ fn same(a: &LinkRow, b: &LinkRow) -> bool {
     a.target == b.target && a.created_ms == b.created_ms && a.deleted == b.deleted
 }
 
-/// With the source fenced: upsert every source row the target lacks or holds differently, and
-/// replace click counts.
+/// Replaces the target's click counts with the source's.
+async fn copy_clicks(src: &dyn Store, dst: &dyn Store) -> anyhow::Result<usize> {
+    let clicks: Vec<ClickRow> = all_clicks(src).await?.into_values().collect();
+    for chunk in clicks.chunks(500) {
+        dst.put_clicks(chunk).await.map_err(se)?;
+    }
+    Ok(clicks.len())
+}
+
+/// For a dry run (`--no-cutover`, source live): upsert every source row the target lacks or
+/// holds differently, and replace click counts.
 async fn reconcile(src: &dyn Store, dst: &dyn Store) -> anyhow::Result<()> {
     let (source, _) = all_links(src).await?;
     let (target, _) = all_links(dst).await?;
@@ -353,11 +384,8 @@ async fn reconcile(src: &dyn Store, dst: &dyn Store) -> anyhow::Result<()> {
     for chunk in diff.chunks(500) {
         dst.put_links(chunk).await.map_err(se)?;
     }
-    let clicks: Vec<ClickRow> = all_clicks(src).await?.into_values().collect();
-    for chunk in clicks.chunks(500) {
-        dst.put_clicks(chunk).await.map_err(se)?;
-    }
-    tracing::info!(links = diff.len(), click_rows = clicks.len(), "reconciled");
+    let clicks = copy_clicks(src, dst).await?;
+    tracing::info!(links = diff.len(), click_rows = clicks, "reconciled");
     Ok(())
 }
 

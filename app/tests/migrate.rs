@@ -656,3 +656,79 @@ async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
     // The retired map is refused.
     assert!(ladder_app::migrate::sweep(&*old, false).await.is_err());
 }
+
+/// A write that took its `seq` before another but commits after it must not be skipped by the
+/// copy cursor: the watermark a pass copies up to waits for writes in flight.
+#[tokio::test]
+async fn the_copy_watermark_waits_for_writes_in_flight() {
+    let db = fresh_db("watermark").await;
+    let opts = StoreOptions {
+        password: local_pg_password(),
+        ..StoreOptions::default()
+    };
+    let metrics = Arc::new(Metrics::new(Duration::from_secs(60)));
+    let s = store::open(
+        &StoreSpec::Postgres {
+            url: primary_url(&db),
+        },
+        &opts,
+        metrics,
+    )
+    .await
+    .expect("open");
+    // A writer in flight, as the app writes: fence row FOR SHARE, then a seq, not committed.
+    let mut writer = <sqlx::PgConnection as sqlx::Connection>::connect(&primary_url(&db))
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut writer)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT fenced FROM ladder_control WHERE tier_id = $1 FOR SHARE")
+        .bind(s.tier_id())
+        .fetch_optional(&mut writer)
+        .await
+        .expect("lock");
+    sqlx::query(
+        "INSERT INTO links (code, target, created_ms, seq, deleted)
+         VALUES ('in-flight', 'https://example.com/a', 1, nextval('ladder_links_seq'), false)",
+    )
+    .execute(&mut writer)
+    .await
+    .expect("insert");
+    // A later write commits first, with a higher seq.
+    s.create_link(&ladder_app::store::Link {
+        code: "later".into(),
+        target: "https://example.com/b".into(),
+        created_ms: 2,
+    })
+    .await
+    .expect("create");
+
+    let wm = tokio::spawn({
+        let s = s.clone();
+        async move { s.watermark(0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !wm.is_finished(),
+        "the watermark must wait for the write in flight"
+    );
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut writer)
+        .await
+        .expect("commit");
+    let w = wm.await.expect("join").expect("watermark");
+    let below: Vec<String> = s
+        .scan_links(0, 0, 100)
+        .await
+        .expect("scan")
+        .into_iter()
+        .filter(|r| r.seq <= w)
+        .map(|r| r.code)
+        .collect();
+    assert!(
+        below.contains(&"in-flight".to_owned()) && below.contains(&"later".to_owned()),
+        "every row up to the watermark is visible: {below:?} (w = {w})"
+    );
+}

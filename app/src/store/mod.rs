@@ -188,6 +188,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         after: i64,
         limit: i64,
     ) -> StoreResult<Vec<LinkRow>>;
+    /// The highest `seq` of a partition below which every row is committed: read while holding
+    /// the partition's write lock (in-flight writes finish first, new ones wait for the read),
+    /// so a copy cursor that stops there never skips a row that commits later with a lower
+    /// `seq`. Writes pause for the length of one `max(seq)` lookup.
+    async fn watermark(&self, partition: usize) -> StoreResult<i64>;
     /// Every click row of one partition.
     async fn scan_clicks(&self, partition: usize) -> StoreResult<Vec<ClickRow>>;
     /// Upserts raw rows (migrator only; bypasses the fence). Idempotent.

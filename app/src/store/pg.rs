@@ -600,6 +600,26 @@ impl Store for PgStore {
         Ok(rows.iter().map(link_row).collect())
     }
 
+    async fn watermark(&self, _partition: usize) -> StoreResult<i64> {
+        // Writers lock the fence row FOR SHARE before they take a `seq`; FOR UPDATE waits for
+        // them to finish and holds new ones back until this transaction ends.
+        self.ensure_control_row().await?;
+        let mut tx = self.begin().await.map_err(e)?;
+        self.q("SELECT fenced FROM ladder_control WHERE tier_id = $1 FOR UPDATE")
+            .bind(self.tier_id.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(e)?;
+        let w: i64 = self
+            .q("SELECT COALESCE(MAX(seq), 0) FROM links")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(e)?
+            .get(0);
+        tx.commit().await.map_err(e)?;
+        Ok(w)
+    }
+
     async fn scan_clicks(&self, _partition: usize) -> StoreResult<Vec<ClickRow>> {
         let rows = self
             .read_rows(self.q("SELECT code, day, clicks FROM clicks_daily"))

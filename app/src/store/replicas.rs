@@ -245,6 +245,10 @@ impl Store for ReplicaStore {
         self.primary.scan_clicks(partition).await
     }
 
+    async fn watermark(&self, partition: usize) -> StoreResult<i64> {
+        self.primary.watermark(partition).await
+    }
+
     async fn put_links(&self, rows: &[LinkRow]) -> StoreResult<()> {
         self.primary.put_links(rows).await
     }

@@ -278,6 +278,15 @@ impl Store for ShardedStore {
         s.scan_links(0, after, limit).await
     }
 
+    async fn watermark(&self, partition: usize) -> StoreResult<i64> {
+        let r = self.current();
+        let s = r
+            .stores
+            .get(partition)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("no shard {partition}")))?;
+        s.watermark(0).await
+    }
+
     async fn scan_clicks(&self, partition: usize) -> StoreResult<Vec<ClickRow>> {
         let r = self.current();
         let s = r

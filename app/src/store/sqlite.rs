@@ -302,6 +302,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn watermark(&self, _partition: usize) -> StoreResult<i64> {
+        // BEGIN IMMEDIATE waits for the one writer there can be.
+        let mut conn = self.pool.acquire().await.map_err(e)?;
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(e)?;
+        let w = sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(seq), 0) FROM links")
+            .fetch_one(&mut *conn)
+            .await;
+        let end = if w.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::raw_sql(end).execute(&mut *conn).await.map_err(e)?;
+        w.map_err(e)
+    }
+
     async fn scan_links(
         &self,
         _partition: usize,
