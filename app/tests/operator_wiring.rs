@@ -41,7 +41,7 @@ fn render(yaml: &str) -> Desired {
     sp.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
     let world = World {
         node_regions: vec!["ap-south".into(), "eu-west".into(), "us-east".into()],
-        keda: false,
+        integrations: Default::default(),
     };
     let (v, profile) = validate::validate(&sp, &world).expect("spec is valid");
     render::render(&v, &profile)

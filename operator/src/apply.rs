@@ -2,13 +2,17 @@
 //!
 //! Order (each step waits for the previous one):
 //! 1. generated Secrets (CA first, then credentials and certificates): created
-//!    once with fresh randomness, never rewritten;
+//!    once with fresh randomness, never rewritten; or, with cert-manager,
+//!    its Issuers and Certificates (which write Secrets of the same names);
 //! 2. ServiceAccounts, Roles, RoleBindings (identities before workloads use them);
 //! 3. ConfigMaps and PersistentVolumeClaims (what pods mount);
 //! 4. Services and NetworkPolicies (so traffic rules exist before pods start);
 //! 5. StatefulSets, Deployments, Jobs;
-//! 6. PodDisruptionBudgets, HorizontalPodAutoscalers, KEDA ScaledObjects
-//!    (they refer to the workloads).
+//! 6. PodDisruptionBudgets, HorizontalPodAutoscalers, ServiceMonitors, KEDA
+//!    ScaledObjects (they refer to the workloads and Services).
+//!
+//! Kinds of optional CRDs ([`ThirdParty`]) go through one untyped applier
+//! and one pruner; they are pruned only while their CRD is installed.
 //!
 //! Every write is server-side apply under [`FIELD_MANAGER`] with `force`:
 //! these objects are ours alone. Pruning deletes labelled children of the
@@ -34,6 +38,7 @@ use rand::distr::Alphanumeric;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::integrations::{Integrations, ThirdParty};
 use crate::metrics::Metrics;
 use crate::render::{self, Desired, GeneratedSecret, SecretContent};
 
@@ -163,8 +168,11 @@ fn generate(
             let params = ca_params()?;
             let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
             let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+            // cert-manager's layout for a CA Certificate's Secret, so that
+            // cert-manager can take this Secret over and vice versa.
+            data.insert("tls.crt".into(), cert.pem());
+            data.insert("tls.key".into(), key.serialize_pem());
             data.insert("ca.crt".into(), cert.pem());
-            data.insert("ca.key".into(), key.serialize_pem());
         }
         SecretContent::Tls {
             common_name,
@@ -177,11 +185,19 @@ fn generate(
                     .map(|b| String::from_utf8_lossy(&b.0).into_owned())
                     .ok_or(format!("CA has no {k}"))
             };
-            let (ca_crt, ca_key) = (text("ca.crt")?, text("ca.key")?);
+            // `tls.*` first: written by this version or by cert-manager (whose
+            // CA then signed the leaves already issued); `ca.key` by earlier
+            // versions, with `ca.crt` as the certificate.
+            let (ca_crt, ca_key) = match (text("tls.crt"), text("tls.key")) {
+                (Ok(crt), Ok(key)) => (crt, key),
+                _ => (text("ca.crt")?, text("ca.key")?),
+            };
             let ca_key = rcgen::KeyPair::from_pem(&ca_key).map_err(|e| e.to_string())?;
-            // The issuer is rebuilt from the same parameters and key as the CA
-            // certificate, so issued certificates name and identify it exactly.
-            let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
+            // The issuer is rebuilt from the CA certificate itself (its
+            // subject and key identifiers), so issued certificates name and
+            // identify it exactly whoever made it.
+            let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_crt, ca_key)
+                .map_err(|e| format!("CA certificate: {e}"))?;
             let mut params =
                 rcgen::CertificateParams::new(dns_names.clone()).map_err(|e| e.to_string())?;
             params
@@ -239,7 +255,7 @@ async fn ensure_secrets(
                     metadata: s.meta.clone(),
                     string_data: Some(generated),
                     type_: Some(
-                        if matches!(s.content, SecretContent::Tls { .. }) {
+                        if matches!(s.content, SecretContent::Tls { .. } | SecretContent::Ca) {
                             "kubernetes.io/tls"
                         } else {
                             "Opaque"
@@ -276,17 +292,47 @@ async fn ensure_secrets(
     Ok(())
 }
 
+/// Server-side applies objects of an optional third-party kind. The
+/// renderer produces them only when their CRD is installed; if it was removed
+/// since, the apply fails and the reconcile retries with fresh facts.
+async fn apply_third_party(
+    client: &Client,
+    ns: &str,
+    kind: ThirdParty,
+    items: &[DynamicObject],
+    metrics: &Metrics,
+) -> Result<(), ApplyError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kind.resource());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for item in items {
+        let name = item.name_any();
+        api.patch(&name, &pp, &Patch::Apply(item))
+            .await
+            .map_err(|source| ApplyError::Apply {
+                kind: kind.kind(),
+                name: name.clone(),
+                source,
+            })?;
+        metrics.applied(kind.kind());
+    }
+    Ok(())
+}
+
 /// Applies the desired set in the documented order.
 pub async fn apply(
     client: &Client,
     ns: &str,
     desired: &Desired,
-    keda: bool,
     metrics: &Metrics,
 ) -> Result<(), ApplyError> {
     // Destructured without `..`: a new child kind must be handled here.
     let Desired {
         generated_secrets,
+        issuers,
+        certificates,
         service_accounts,
         roles,
         role_bindings,
@@ -299,10 +345,13 @@ pub async fn apply(
         jobs,
         pod_disruption_budgets,
         horizontal_pod_autoscalers,
+        service_monitors,
         scaled_objects,
         expected: _,
     } = desired;
     ensure_secrets(client, ns, generated_secrets, metrics).await?;
+    apply_third_party(client, ns, ThirdParty::Issuer, issuers, metrics).await?;
+    apply_third_party(client, ns, ThirdParty::Certificate, certificates, metrics).await?;
     apply_all(client, ns, "ServiceAccount", service_accounts, metrics).await?;
     apply_all(client, ns, "Role", roles, metrics).await?;
     apply_all(client, ns, "RoleBinding", role_bindings, metrics).await?;
@@ -393,24 +442,22 @@ pub async fn apply(
         metrics,
     )
     .await?;
-    if keda {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &render::scaled_object_resource());
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        for o in scaled_objects {
-            let mut body = serde_json::to_value(o).unwrap_or_default();
-            body["apiVersion"] = "keda.sh/v1alpha1".into();
-            body["kind"] = "ScaledObject".into();
-            api.patch(&o.name_any(), &pp, &Patch::Apply(&body))
-                .await
-                .map_err(|source| ApplyError::Apply {
-                    kind: "ScaledObject",
-                    name: o.name_any(),
-                    source,
-                })?;
-            metrics.applied("ScaledObject");
-        }
-    }
+    apply_third_party(
+        client,
+        ns,
+        ThirdParty::ServiceMonitor,
+        service_monitors,
+        metrics,
+    )
+    .await?;
+    apply_third_party(
+        client,
+        ns,
+        ThirdParty::ScaledObject,
+        scaled_objects,
+        metrics,
+    )
+    .await?;
     Ok(())
 }
 
@@ -440,6 +487,36 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
+    prune_from(&api, kind, sp, uid, &keep, metrics).await
+}
+
+async fn prune_third_party(
+    client: &Client,
+    ns: &str,
+    kind: ThirdParty,
+    sp: &str,
+    uid: &str,
+    items: &[DynamicObject],
+    metrics: &Metrics,
+) -> Result<(), ApplyError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &kind.resource());
+    let keep = items.iter().map(ResourceExt::name_any).collect();
+    prune_from(&api, kind.kind(), sp, uid, &keep, metrics).await
+}
+
+/// Deletes the labelled children in `api` that the ScalingPhase (`uid`)
+/// controls and that are not in `keep`.
+async fn prune_from<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    sp: &str,
+    uid: &str,
+    keep: &BTreeSet<String>,
+    metrics: &Metrics,
+) -> Result<(), ApplyError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let list = api
         // Served from the apiserver's watch cache: a slightly stale list can
         // only delay a prune (the next drift check catches up), never delete
@@ -479,16 +556,22 @@ fn names<K: Resource>(items: &[K]) -> BTreeSet<String> {
 /// reference) that are not in `desired`. PersistentVolumeClaims and Secrets
 /// are never pruned: data and credentials outlive a phase change, and leave
 /// only with the ScalingPhase under `deletionPolicy: Delete`.
+///
+/// Third-party kinds are pruned only while `served` says their CRD is
+/// installed (otherwise none can exist: deleting a CRD deletes its objects).
 pub async fn prune(
     client: &Client,
     ns: &str,
     sp: &str,
     uid: &str,
     desired: &Desired,
+    served: Integrations,
     metrics: &Metrics,
 ) -> Result<(), ApplyError> {
     let Desired {
         generated_secrets: _,
+        issuers: _,
+        certificates: _,
         service_accounts,
         roles,
         role_bindings,
@@ -501,10 +584,16 @@ pub async fn prune(
         jobs,
         pod_disruption_budgets,
         horizontal_pod_autoscalers,
+        service_monitors: _,
         scaled_objects: _,
         expected: _,
     } = desired;
     // Reverse of the apply order: dependents first.
+    for (kind, items) in render::third_party(desired).into_iter().rev() {
+        if served.serves(kind) {
+            prune_third_party(client, ns, kind, sp, uid, items, metrics).await?;
+        }
+    }
     prune_kind::<HorizontalPodAutoscaler>(
         client,
         ns,
@@ -588,7 +677,6 @@ pub async fn prune(
         metrics,
     )
     .await?;
-    // TODO(keda): prune ScaledObjects too once KEDA is part of the e2e cluster.
     Ok(())
 }
 
@@ -684,24 +772,64 @@ pub async fn release_data(
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_certificates_chain_to_the_ca() {
-        let ca = generate(&SecretContent::Ca, None).expect("ca");
-        let ca_bytes: BTreeMap<String, ByteString> = ca
-            .iter()
+    fn bytes(data: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
+        data.iter()
             .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-            .collect();
-        let leaf = generate(
+            .collect()
+    }
+
+    fn leaf(ca: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        generate(
             &SecretContent::Tls {
                 ca: "ca".into(),
                 common_name: "db".into(),
                 dns_names: vec!["db.ns.svc".into()],
             },
-            Some(&ca_bytes),
+            Some(&bytes(ca)),
         )
-        .expect("leaf");
+        .expect("leaf")
+    }
+
+    /// The leaf names the CA as issuer (subject and key identifier) and its
+    /// signature verifies with the CA's public key: what a TLS peer checks.
+    fn assert_signed_by(leaf_pem: &str, ca_pem: &str) {
+        use x509_parser::extensions::ParsedExtension;
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes()).expect("leaf pem");
+        let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).expect("ca pem");
+        let leaf = leaf.parse_x509().expect("leaf der");
+        let ca = ca.parse_x509().expect("ca der");
+        assert_eq!(leaf.issuer(), ca.subject());
+        let aki = leaf
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.clone(),
+                _ => None,
+            });
+        let ski = ca
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.clone()),
+                _ => None,
+            });
+        if let (Some(aki), Some(ski)) = (aki, ski) {
+            assert_eq!(aki.0, ski.0, "authority key id is the CA's subject key id");
+        }
+        leaf.verify_signature(Some(ca.public_key()))
+            .expect("signed by the CA");
+    }
+
+    #[test]
+    fn generated_certificates_chain_to_the_ca() {
+        let ca = generate(&SecretContent::Ca, None).expect("ca");
+        // cert-manager's layout for a CA Secret.
+        assert_eq!(ca["ca.crt"], ca["tls.crt"]);
+        assert!(ca["tls.key"].contains("PRIVATE KEY"));
+        let leaf = leaf(&ca);
         assert!(leaf["tls.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(leaf["ca.crt"], ca["ca.crt"]);
+        assert_signed_by(&leaf["tls.crt"], &ca["ca.crt"]);
         assert!(
             generate(
                 &SecretContent::Tls {
@@ -713,6 +841,39 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A CA Secret written by an earlier version (`ca.crt`, `ca.key`) still signs.
+    #[test]
+    fn earlier_ca_layout_still_signs() {
+        let ca = generate(&SecretContent::Ca, None).expect("ca");
+        let earlier = BTreeMap::from([
+            ("ca.crt".to_owned(), ca["tls.crt"].clone()),
+            ("ca.key".to_owned(), ca["tls.key"].clone()),
+        ]);
+        assert_signed_by(&leaf(&earlier)["tls.crt"], &ca["tls.crt"]);
+    }
+
+    /// After cert-manager is uninstalled, its CA (another subject, key and
+    /// key identifiers than ours) keeps signing the leaves the operator adds.
+    #[test]
+    fn a_foreign_ca_secret_signs_consistent_leaves() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "someone else");
+        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![7; 20]);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed");
+        let foreign = BTreeMap::from([
+            ("tls.crt".to_owned(), cert.pem()),
+            ("tls.key".to_owned(), key.serialize_pem()),
+            ("ca.crt".to_owned(), cert.pem()),
+        ]);
+        let issued = leaf(&foreign);
+        assert_eq!(issued["ca.crt"], cert.pem());
+        assert_signed_by(&issued["tls.crt"], &cert.pem());
     }
 
     #[test]

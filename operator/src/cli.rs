@@ -31,6 +31,15 @@ pub enum Command {
         /// Regions to assume for the nodes, comma-separated.
         #[arg(long, default_value = "ap-south,eu-west,us-east")]
         regions: String,
+        /// Render as if KEDA's ScaledObject CRD were installed.
+        #[arg(long)]
+        keda: bool,
+        /// Render as if cert-manager's CRDs were installed.
+        #[arg(long)]
+        cert_manager: bool,
+        /// Render as if the Prometheus Operator's ServiceMonitor CRD were installed.
+        #[arg(long)]
+        service_monitors: bool,
     },
 }
 
@@ -93,7 +102,13 @@ pub fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(crate::run::run(args))
         }
-        Command::Render { file, regions } => {
+        Command::Render {
+            file,
+            regions,
+            keda,
+            cert_manager,
+            service_monitors,
+        } => {
             let text = if file == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
@@ -108,7 +123,11 @@ pub fn main() -> anyhow::Result<()> {
                 .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
             let world = crate::validate::World {
                 node_regions: regions.split(',').map(str::to_owned).collect(),
-                keda: false,
+                integrations: crate::integrations::Integrations {
+                    keda,
+                    cert_manager,
+                    service_monitors,
+                },
             };
             let (v, profile) = crate::validate::validate(&sp, &world)
                 .map_err(|e| anyhow::anyhow!("invalid: {e}"))?;

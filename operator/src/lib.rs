@@ -9,6 +9,7 @@ pub mod catalogue;
 pub mod cli;
 pub mod contract;
 pub mod crd;
+pub mod integrations;
 pub mod leader;
 pub mod load_report;
 pub mod metrics;

@@ -1,6 +1,8 @@
 //! The reconciler: a short driver of named steps.
 //!
-//! 1. **read world** (client): node regions from a reflector, KEDA detected at start;
+//! 1. **read world** (client): node regions from a reflector, optional
+//!    integrations (KEDA, cert-manager, Prometheus Operator) from a watch on
+//!    their CRDs ([`crate::integrations::detect`]);
 //! 2. **validate** (pure): [`crate::validate::validate`] → `Validated` or an
 //!    `InvalidSpec` condition + Event, then wait for the spec to change;
 //! 3. **render** (pure): [`crate::render::render`];
@@ -26,10 +28,12 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{self, Event};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use crate::apply::{self, ApplyError};
 use crate::crd::{ComponentStatus, DeletionPolicy, ScalingPhase};
+use crate::integrations::Integrations;
 use crate::metrics::Metrics;
 use crate::render::{self, ExpectedComponent};
 use crate::status::{self, Observed};
@@ -98,8 +102,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Node metadata (for regions).
     pub nodes: Store<PartialObjectMeta<Node>>,
-    /// KEDA's ScaledObject CRD was found at start.
-    pub keda: bool,
+    /// Optional integrations, kept current by [`crate::integrations::detect`].
+    pub integrations: watch::Receiver<Integrations>,
     /// Per ScalingPhase uid: hash of the last applied desired set and when.
     applied: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
@@ -107,7 +111,7 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("keda", &self.keda)
+            .field("integrations", &*self.integrations.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -119,14 +123,14 @@ impl Context {
         metrics: Arc<Metrics>,
         recorder: Recorder,
         nodes: Store<PartialObjectMeta<Node>>,
-        keda: bool,
+        integrations: watch::Receiver<Integrations>,
     ) -> Self {
         Self {
             client,
             metrics,
             recorder,
             nodes,
-            keda,
+            integrations,
             applied: Arc::default(),
         }
     }
@@ -146,7 +150,7 @@ impl Context {
             .collect();
         World {
             node_regions: regions.into_iter().collect(),
-            keda: self.keda,
+            integrations: *self.integrations.borrow(),
         }
     }
 
@@ -213,7 +217,9 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
     let uid = sp.uid().unwrap_or_default();
     let generation = sp.metadata.generation;
     let old = sp.status.as_ref();
-    let (v, profile) = match validate::validate(sp, &ctx.world()) {
+    // Read once: validation, rendering and pruning see the same facts.
+    let world = ctx.world();
+    let (v, profile) = match validate::validate(sp, &world) {
         Ok(ok) => ok,
         Err(invalid) => {
             let message = invalid.to_string();
@@ -240,14 +246,23 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
             .and_then(|s| s.active_phase)
             .is_some_and(|p| p != v.phase.number());
         if let Some(prune) = ctx.plan(&uid, &hash, phase_changed) {
-            if let Err(e) = apply::apply(&ctx.client, &ns, &desired, ctx.keda, &ctx.metrics).await {
+            if let Err(e) = apply::apply(&ctx.client, &ns, &desired, &ctx.metrics).await {
                 let next =
                     status::compute(old, generation, Observed::ApplyFailed(e.to_string()), now());
                 patch_status(sp, ctx, next).await?;
                 return Err(e.into());
             }
             if prune {
-                apply::prune(&ctx.client, &ns, &name, &uid, &desired, &ctx.metrics).await?;
+                apply::prune(
+                    &ctx.client,
+                    &ns,
+                    &name,
+                    &uid,
+                    &desired,
+                    world.integrations,
+                    &ctx.metrics,
+                )
+                .await?;
             }
             ctx.record(&uid, Some(hash));
             applied_now = true;

@@ -18,7 +18,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Node;
-use kube::Discovery;
 use kube::api::PartialObjectMeta;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::crd::ScalingPhase;
+use crate::integrations;
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
@@ -229,12 +229,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let discovery = Discovery::new(client.clone())
-        .filter(&["keda.sh"])
-        .run()
-        .await;
-    let keda = discovery.map(|d| d.has_group("keda.sh")).unwrap_or(false);
-    info!(keda, "optional integrations detected at start");
+    // Optional CRDs are watched for the life of the process; wait for the
+    // first lists so the first reconciles already use what is installed.
+    let (mut integrations, detector) = integrations::detect(client.clone());
+    integrations::wait_initial(&mut integrations, Duration::from_secs(30)).await;
 
     let (nodes, writer) = reflector::store();
     let node_stream = reflector(
@@ -259,7 +257,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         recorder,
         nodes,
-        keda,
+        integrations.clone(),
     ));
 
     // Only what affects readiness is watched: workload status changes wake
@@ -288,6 +286,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .owns(deploys, children.clone())
         .owns(stss, children.clone())
         .owns(jobs, children)
+        // A CRD of an optional integration appeared or went away: every
+        // ScalingPhase renders differently now.
+        .reconcile_all_on(integrations::changes(integrations))
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -298,6 +299,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await;
     info!("controller stopped");
+    detector.abort();
     if let Some(e) = &elector {
         metrics.leader.set(0);
         if let Err(err) = e.release().await {

@@ -14,14 +14,16 @@ use kube::{Resource, ResourceExt};
 
 use crate::catalogue::{self, Phase, PhaseProfile};
 use crate::crd::{self, DeletionPolicy, MAX_NAME_LEN, ScalingPhase};
+use crate::integrations::Integrations;
 
 /// Facts about the cluster that shape rendering, read before validation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct World {
     /// Distinct `topology.kubernetes.io/region` values of the nodes, sorted.
     pub node_regions: Vec<String>,
-    /// KEDA's ScaledObject CRD is installed.
-    pub keda: bool,
+    /// Optional third-party CRDs that are installed (KEDA, cert-manager,
+    /// Prometheus Operator), watched for the life of the process.
+    pub integrations: Integrations,
 }
 
 /// Why a spec cannot be reconciled. Permanent: wait for the spec to change.
@@ -149,6 +151,12 @@ pub struct Validated {
     pub deletion_policy: DeletionPolicy,
     /// Use a KEDA ScaledObject for burst scaling.
     pub keda: bool,
+    /// Issue TLS Secrets with cert-manager Certificates (from a namespaced CA
+    /// Issuer chain) instead of generating them in the operator.
+    pub cert_manager: bool,
+    /// Declare scraping with Prometheus Operator ServiceMonitors instead of
+    /// `prometheus.io/*` pod annotations.
+    pub service_monitors: bool,
     /// Monthly budget, if any.
     pub monthly_budget_usd: Option<i64>,
 }
@@ -751,7 +759,9 @@ pub fn validate(sp: &ScalingPhase, world: &World) -> Result<(Validated, PhasePro
             edge,
             oidc,
             deletion_policy: spec.deletion_policy,
-            keda: world.keda,
+            keda: world.integrations.keda,
+            cert_manager: world.integrations.cert_manager,
+            service_monitors: world.integrations.service_monitors,
             monthly_budget_usd: spec.monthly_budget_usd,
         },
         profile,

@@ -2,13 +2,17 @@
 //! of the renderer over arbitrary specs.
 
 use ladder_operator::crd::{ScalingPhase, ScalingPhaseSpec};
+use ladder_operator::integrations::Integrations;
 use ladder_operator::render::{self, Desired};
 use ladder_operator::validate::{self, World};
 
 fn world(keda: bool) -> World {
     World {
         node_regions: vec!["ap-south".into(), "eu-west".into(), "us-east".into()],
-        keda,
+        integrations: Integrations {
+            keda,
+            ..Integrations::default()
+        },
     }
 }
 
@@ -21,10 +25,30 @@ fn fixture(yaml: &str) -> ScalingPhase {
 }
 
 fn rendered(yaml: &str, keda: bool) -> Desired {
+    rendered_with(
+        yaml,
+        Integrations {
+            keda,
+            ..Integrations::default()
+        },
+    )
+}
+
+fn rendered_with(yaml: &str, integrations: Integrations) -> Desired {
     let sp = fixture(yaml);
-    let (v, profile) = validate::validate(&sp, &world(keda)).expect("fixture is valid");
+    let world = World {
+        integrations,
+        ..world(false)
+    };
+    let (v, profile) = validate::validate(&sp, &world).expect("fixture is valid");
     render::render(&v, &profile)
 }
+
+const ALL_INTEGRATIONS: Integrations = Integrations {
+    keda: true,
+    cert_manager: true,
+    service_monitors: true,
+};
 
 const AUTH: &str =
     "auth: {issuerUrl: 'https://login.example.com/realms/shop', clientId: shop-app}\n";
@@ -64,6 +88,15 @@ fn phase_4_global_with_keda() {
         "KEDA replaces the HPA"
     );
     assert_eq!(d.scaled_objects.len(), 1);
+}
+
+/// Phase 4 with KEDA, cert-manager and the Prometheus Operator installed:
+/// the golden file shows every third-party object that reaches a cluster.
+#[test]
+fn phase_4_global_with_every_integration() {
+    insta::assert_snapshot!(
+        rendered_with(&format!("phase: 4\n{AUTH}"), ALL_INTEGRATIONS).to_yaml()
+    );
 }
 
 /// What each row of ROADMAP.md promises, checked on the rendered objects.
@@ -246,6 +279,245 @@ fn rendering_is_deterministic() {
         rendered(&yaml, false).to_yaml(),
         rendered(&yaml, false).to_yaml()
     );
+}
+
+/// Names of the Secrets the pods of `d` mount or read env from.
+fn secrets_used(d: &Desired) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for o in d.objects() {
+        let Some(pod) = o["spec"]["template"]["spec"].as_object() else {
+            continue;
+        };
+        for vol in pod
+            .get("volumes")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = vol["secret"]["secretName"].as_str() {
+                out.insert(n.to_owned());
+            }
+        }
+        let containers = ["containers", "initContainers"]
+            .iter()
+            .filter_map(|k| pod.get(*k)?.as_array())
+            .flatten();
+        for c in containers {
+            for e in c["env"].as_array().into_iter().flatten() {
+                if let Some(n) = e["valueFrom"]["secretKeyRef"]["name"].as_str() {
+                    out.insert(n.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn spec_str<'a>(o: &'a kube::api::DynamicObject, path: &[&str]) -> Option<&'a str> {
+    let mut v = &o.data["spec"];
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_str()
+}
+
+/// With cert-manager, every TLS Secret a pod mounts is written by a
+/// Certificate of the same name, signed through the namespaced CA chain;
+/// credentials stay generated; without it, nothing of cert-manager appears.
+#[test]
+fn cert_manager_issues_the_same_secrets() {
+    let cm = Integrations {
+        cert_manager: true,
+        ..Integrations::default()
+    };
+    for yaml in [
+        "phase: 1",
+        "phase: 2",
+        "phase: 3",
+        &format!("phase: 4\n{AUTH}"),
+    ] {
+        let off = rendered(yaml, false);
+        let on = rendered_with(yaml, cm);
+        assert!(off.certificates.is_empty() && off.issuers.is_empty());
+        // Pods mount exactly the same Secrets either way.
+        assert_eq!(secrets_used(&off), secrets_used(&on), "{yaml}");
+        let tls: Vec<_> = off
+            .generated_secrets
+            .iter()
+            .filter(|s| !matches!(s.content, render::SecretContent::Credentials { .. }))
+            .map(|s| s.name.clone())
+            .collect();
+        let issued: Vec<_> = on
+            .certificates
+            .iter()
+            .map(|c| spec_str(c, &["secretName"]).expect("secretName").to_owned())
+            .collect();
+        assert_eq!(
+            tls, issued,
+            "one Certificate per generated CA/TLS Secret, same order"
+        );
+        assert!(
+            on.generated_secrets
+                .iter()
+                .all(|s| matches!(s.content, render::SecretContent::Credentials { .. })),
+            "only credentials are generated with cert-manager"
+        );
+        assert_eq!(
+            on.generated_secrets.len() + on.certificates.len(),
+            off.generated_secrets.len()
+        );
+        // The chain: self-signed Issuer -> CA Certificate -> CA Issuer -> leaves.
+        let issuer = |name: &str| {
+            on.issuers
+                .iter()
+                .find(|i| i.metadata.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("no Issuer {name}"))
+        };
+        let root = issuer("shop-selfsigned");
+        assert!(root.data["spec"]["selfSigned"].is_object());
+        let ca_cert = &on.certificates[0];
+        assert_eq!(ca_cert.data["spec"]["isCA"], true);
+        assert_eq!(
+            spec_str(ca_cert, &["issuerRef", "name"]),
+            Some("shop-selfsigned")
+        );
+        assert_eq!(
+            spec_str(issuer("shop-ca"), &["ca", "secretName"]),
+            Some("shop-ca")
+        );
+        for leaf in &on.certificates[1..] {
+            assert_eq!(spec_str(leaf, &["issuerRef", "name"]), Some("shop-ca"));
+            assert_eq!(spec_str(leaf, &["issuerRef", "kind"]), Some("Issuer"));
+            assert_eq!(leaf.data["spec"]["isCA"], serde_json::Value::Null);
+            // The Secret is a credential (never pruned); the Certificate is not.
+            assert_eq!(
+                leaf.data["spec"]["secretTemplate"]["labels"]["ladder.dev/credential"],
+                "true"
+            );
+            assert!(
+                !leaf
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("ladder.dev/credential"))
+            );
+        }
+    }
+    // Phase 0 has no TLS, so nothing to issue.
+    let p0 = rendered_with("phase: 0", cm);
+    assert!(p0.certificates.is_empty() && p0.issuers.is_empty());
+}
+
+/// `(scrape port, path)` of every pod template that asks for scraping.
+fn scrape_annotations(d: &Desired) -> Vec<(String, String, String)> {
+    d.objects()
+        .iter()
+        .filter_map(|o| {
+            let a = o["spec"]["template"]["metadata"]["annotations"].as_object()?;
+            (a.get("prometheus.io/scrape")? == "true").then(|| {
+                (
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    a["prometheus.io/port"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    a["prometheus.io/path"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// With the ServiceMonitor CRD, the scrape annotations become one
+/// ServiceMonitor per scraped component, each selecting exactly one Service
+/// that routes to the annotated port; without it, annotations as before.
+#[test]
+fn service_monitors_replace_scrape_annotations() {
+    let sm = Integrations {
+        service_monitors: true,
+        ..Integrations::default()
+    };
+    for (yaml, monitors) in [
+        ("phase: 0".to_owned(), 1),
+        ("phase: 1".to_owned(), 1),
+        ("phase: 3".to_owned(), 1),
+        (format!("phase: 4\n{AUTH}"), 2),
+    ] {
+        let off = rendered(&yaml, false);
+        let on = rendered_with(&yaml, sm);
+        assert!(off.service_monitors.is_empty());
+        let annotated = scrape_annotations(&off);
+        assert!(!annotated.is_empty(), "{yaml}: the app is always scraped");
+        assert!(
+            scrape_annotations(&on).is_empty(),
+            "{yaml}: annotations left"
+        );
+        assert_eq!(on.service_monitors.len(), monitors, "{yaml}");
+        let mut covered = std::collections::BTreeSet::new();
+        for m in &on.service_monitors {
+            let selector = m.data["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .expect("matchLabels");
+            let selected: Vec<_> = on
+                .services
+                .iter()
+                .filter(|s| {
+                    let labels = s.metadata.labels.clone().unwrap_or_default();
+                    selector
+                        .iter()
+                        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+                })
+                .collect();
+            assert_eq!(
+                selected.len(),
+                1,
+                "{yaml}: {selector:?} selects {selected:?}"
+            );
+            let endpoint = &m.data["spec"]["endpoints"][0];
+            let port_name = endpoint["port"].as_str().expect("port");
+            let spec = selected[0].spec.as_ref().expect("spec");
+            let port = spec
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(port_name))
+                .expect("the Service has the named port");
+            // The annotated workload behind the Service uses the same port and path.
+            let pods = spec.selector.clone().unwrap_or_default();
+            let behind: Vec<_> = annotated
+                .iter()
+                .filter(|(workload, p, path)| {
+                    *p == port.port.to_string()
+                        && Some(path.as_str()) == endpoint["path"].as_str()
+                        && on.objects().iter().any(|o| {
+                            o["metadata"]["name"] == workload.as_str()
+                                && pods.iter().all(|(k, v)| {
+                                    o["spec"]["template"]["metadata"]["labels"][k] == v.as_str()
+                                })
+                        })
+                })
+                .collect();
+            assert!(
+                !behind.is_empty(),
+                "{yaml}: {port_name} {endpoint} scrapes no annotated pods"
+            );
+            covered.extend(behind.into_iter().cloned());
+            if endpoint["scheme"] == "https" {
+                assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["name"], "shop-ca");
+            }
+        }
+        assert_eq!(
+            covered,
+            annotated.into_iter().collect(),
+            "{yaml}: every annotated workload is covered by a ServiceMonitor"
+        );
+    }
 }
 
 mod properties {

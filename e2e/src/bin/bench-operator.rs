@@ -142,7 +142,7 @@ async fn floor(
     obj.metadata.uid = Some("00000000-0000-0000-0000-00000000f100".into());
     let world = validate::World {
         node_regions: regions.to_vec(),
-        keda: false,
+        integrations: Default::default(),
     };
     let (v, profile) = validate::validate(&obj, &world).map_err(|e| anyhow::anyhow!("{e}"))?;
     let desired = render::render(&v, &profile);

@@ -32,7 +32,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use serde_json::json;
 
 use super::config;
@@ -42,6 +42,7 @@ use super::{
 };
 use crate::catalogue::{Phase, PhaseProfile};
 use crate::contract;
+use crate::integrations::ThirdParty;
 use crate::validate::{DataComponent, Size, Validated};
 
 const REGION_LABEL: &str = "topology.kubernetes.io/region";
@@ -270,7 +271,8 @@ fn pod_template(v: &Validated, p: P) -> PodTemplateSpec {
         annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), h);
     }
     if let Some((port, path)) = p.metrics {
-        // Annotations (not a ServiceMonitor): see the TODO in `render_into`.
+        // Replaced by a ServiceMonitor when the Prometheus Operator is
+        // installed (`super::integrations`).
         annotations.insert("prometheus.io/scrape".into(), "true".into());
         annotations.insert("prometheus.io/port".into(), port.to_string());
         annotations.insert("prometheus.io/path".into(), path.into());
@@ -621,13 +623,9 @@ fn credentials(
 
 // ------------------------------------------------------------- components --
 
-/// Builds every child of the phase into `d`.
-///
-/// TODO(integrations): cert-manager Certificates (when its CRDs are
-/// installed) instead of operator-generated certificates, and a ServiceMonitor
-/// (when the Prometheus operator's CRD exists) instead of scrape annotations.
-/// Both need the same run-time detection as KEDA in [`crate::validate::World`];
-/// not done yet because neither CRD is in the local control plane to test with.
+/// Builds every child of the phase into `d`, with operator-generated
+/// certificates and annotation-based scraping; `super::integrations` turns
+/// those into cert-manager and Prometheus Operator objects when installed.
 pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired) {
     let hardened = profile.hardened;
     let sa = child_name(v, "app");
@@ -1211,16 +1209,8 @@ fn hpa(
     }
 }
 
-/// The KEDA ScaledObject API (`keda.sh/v1alpha1`).
-pub fn scaled_object_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
-        "scaledobjects",
-    )
-}
-
 fn scaled_object(v: &Validated, name: &str, min: i32, max: i32, cpu: i32) -> DynamicObject {
-    let mut o = DynamicObject::new(name, &scaled_object_resource()).data(json!({
+    let mut o = DynamicObject::new(name, &ThirdParty::ScaledObject.resource()).data(json!({
         "spec": {
             "scaleTargetRef": {"name": name},
             "minReplicaCount": min,

@@ -10,8 +10,8 @@
 //! [`labels`] and the controller owner reference of its ScalingPhase.
 
 mod components;
-pub use components::scaled_object_resource;
 pub mod config;
+mod integrations;
 
 use std::collections::BTreeMap;
 
@@ -27,6 +27,7 @@ use kube::api::DynamicObject;
 use sha2::{Digest, Sha256};
 
 use crate::catalogue::PhaseProfile;
+use crate::integrations::ThirdParty;
 use crate::validate::Validated;
 
 /// Label every child carries: who manages it.
@@ -63,7 +64,11 @@ pub struct GeneratedSecret {
 /// What a generated Secret holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretContent {
-    /// `ca.crt` and `ca.key`: the phase's private CA.
+    /// The phase's private CA: `tls.crt` and `tls.key` (its self-signed
+    /// certificate and key) and `ca.crt` (the same certificate), the layout
+    /// cert-manager gives a CA Certificate's Secret, so either can take over
+    /// the other's. CA Secrets of earlier versions (`ca.crt`, `ca.key`) are
+    /// still read.
     Ca,
     /// `tls.crt`, `tls.key` and `ca.crt`, signed by the CA Secret `ca`.
     Tls {
@@ -98,10 +103,18 @@ pub struct ExpectedComponent {
 /// Every child object of a phase. Applied in field order (see
 /// [`crate::apply`]); destructured without `..` there so a new kind cannot be
 /// forgotten.
+///
+/// Kinds of optional third-party CRDs ([`ThirdParty`]) are untyped
+/// [`DynamicObject`]s; the renderer produces them only when the validated
+/// spec says their CRD is installed.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
     /// Generated credentials and certificates (created by the apply step).
     pub generated_secrets: Vec<GeneratedSecret>,
+    /// cert-manager Issuers: the phase's self-signed root, then its CA.
+    pub issuers: Vec<DynamicObject>,
+    /// cert-manager Certificates: the CA first, then one per TLS Secret.
+    pub certificates: Vec<DynamicObject>,
     /// Identities of the pods.
     pub service_accounts: Vec<ServiceAccount>,
     /// Namespaced permissions.
@@ -126,7 +139,9 @@ pub struct Desired {
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
     /// Horizontal autoscalers.
     pub horizontal_pod_autoscalers: Vec<HorizontalPodAutoscaler>,
-    /// KEDA ScaledObjects (untyped: an optional third-party CRD).
+    /// Prometheus Operator ServiceMonitors (they select Services).
+    pub service_monitors: Vec<DynamicObject>,
+    /// KEDA ScaledObjects (they scale a Deployment).
     pub scaled_objects: Vec<DynamicObject>,
     /// Workloads whose readiness makes the phase Ready.
     pub expected: Vec<ExpectedComponent>,
@@ -136,6 +151,8 @@ impl Desired {
     /// Number of objects (generated Secrets included).
     pub fn len(&self) -> usize {
         self.generated_secrets.len()
+            + self.issuers.len()
+            + self.certificates.len()
             + self.service_accounts.len()
             + self.roles.len()
             + self.role_bindings.len()
@@ -148,6 +165,7 @@ impl Desired {
             + self.jobs.len()
             + self.pod_disruption_budgets.len()
             + self.horizontal_pod_autoscalers.len()
+            + self.service_monitors.len()
             + self.scaled_objects.len()
     }
 
@@ -158,10 +176,31 @@ impl Desired {
 }
 
 /// Renders every child of the phase.
+///
+/// The component builders always describe certificates as generated
+/// Secrets and scraping as pod annotations; when cert-manager or the
+/// Prometheus Operator is installed, a final pass turns those into
+/// Certificates (with their Issuers) and ServiceMonitors.
 pub fn render(v: &Validated, profile: &PhaseProfile) -> Desired {
     let mut d = Desired::default();
     components::render_into(v, profile, &mut d);
+    if v.cert_manager {
+        integrations::issue_with_cert_manager(v, &mut d);
+    }
+    if v.service_monitors {
+        integrations::scrape_with_service_monitors(v, profile.hardened, &mut d);
+    }
     d
+}
+
+/// The objects of each third-party kind, in apply order.
+pub fn third_party(d: &Desired) -> [(ThirdParty, &[DynamicObject]); 4] {
+    [
+        (ThirdParty::Issuer, &d.issuers),
+        (ThirdParty::Certificate, &d.certificates),
+        (ThirdParty::ServiceMonitor, &d.service_monitors),
+        (ThirdParty::ScaledObject, &d.scaled_objects),
+    ]
 }
 
 /// `<scalingphase>-<suffix>`, shortened with a hash when longer than
@@ -214,11 +253,14 @@ pub fn meta(v: &Validated, name: &str, tier: &str, component: &str) -> ObjectMet
 
 impl Desired {
     /// Every object except the generated Secrets, as JSON, in apply order:
-    /// identities and permissions, config, volumes, Services, NetworkPolicies,
-    /// then workloads, then what refers to workloads (PDBs, autoscalers).
+    /// certificate issuance, identities and permissions, config, volumes,
+    /// Services, NetworkPolicies, then workloads, then what refers to
+    /// workloads (PDBs, autoscalers, ServiceMonitors).
     pub fn objects(&self) -> Vec<serde_json::Value> {
         let Desired {
             generated_secrets: _,
+            issuers,
+            certificates,
             service_accounts,
             roles,
             role_bindings,
@@ -231,6 +273,7 @@ impl Desired {
             jobs,
             pod_disruption_budgets,
             horizontal_pod_autoscalers,
+            service_monitors,
             scaled_objects,
             expected: _,
         } = self;
@@ -238,6 +281,9 @@ impl Desired {
             out.extend(items.iter().filter_map(|i| serde_json::to_value(i).ok()));
         }
         let mut out = Vec::with_capacity(self.len());
+        // DynamicObjects carry their apiVersion and kind (`types`).
+        push(&mut out, issuers);
+        push(&mut out, certificates);
         push(&mut out, service_accounts);
         push(&mut out, roles);
         push(&mut out, role_bindings);
@@ -250,13 +296,8 @@ impl Desired {
         push(&mut out, jobs);
         push(&mut out, pod_disruption_budgets);
         push(&mut out, horizontal_pod_autoscalers);
-        for o in scaled_objects {
-            if let Ok(mut value) = serde_json::to_value(o) {
-                value["apiVersion"] = "keda.sh/v1alpha1".into();
-                value["kind"] = "ScaledObject".into();
-                out.push(value);
-            }
-        }
+        push(&mut out, service_monitors);
+        push(&mut out, scaled_objects);
         out
     }
 
