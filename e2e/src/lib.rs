@@ -66,10 +66,16 @@ where
 /// CRD in it is Established.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(repo_root().join("crds/ladder.dev_crds.yaml"))?;
+    apply_crds(client, &text).await.map(|_| ())
+}
+
+/// Applies every CustomResourceDefinition of a YAML stream (server-side)
+/// and waits until each is Established. Returns their names.
+pub async fn apply_crds(client: &Client, yaml: &str) -> anyhow::Result<Vec<String>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let pp = PatchParams::apply(TEST_MANAGER).force();
     let mut names = Vec::new();
-    for doc in text
+    for doc in yaml
         .split("\n---\n")
         .filter(|d| d.contains("kind: CustomResourceDefinition"))
     {
@@ -80,7 +86,7 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
             .with_context(|| format!("apply CRD {name}"))?;
         names.push(name);
     }
-    for name in names {
+    for name in &names {
         wait_for(
             &format!("CRD {name} Established"),
             Duration::from_secs(30),
@@ -97,6 +103,32 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
                         .any(|c| c.type_ == "Established" && c.status == "True");
                     Ok(ok.then_some(()))
                 }
+            },
+        )
+        .await?;
+    }
+    Ok(names)
+}
+
+/// Deletes CustomResourceDefinitions (and so every object of their kinds)
+/// and waits until they are gone.
+pub async fn delete_crds(client: &Client, names: &[String]) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in names {
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("delete CRD {name}")),
+        }
+    }
+    for name in names {
+        wait_for(
+            &format!("CRD {name} deleted"),
+            Duration::from_secs(60),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
             },
         )
         .await?;
