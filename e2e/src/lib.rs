@@ -353,7 +353,18 @@ impl Operator {
 
     /// Like [`Operator::start`], with a given binary.
     pub async fn start_bin(namespace: &str, bin: &Path) -> anyhow::Result<Self> {
-        let op = Self::spawn_bin(namespace, bin)?;
+        Self::start_with(namespace, bin, &[], &[]).await
+    }
+
+    /// Like [`Operator::start_bin`], with extra arguments to `run` and extra
+    /// environment variables.
+    pub async fn start_with(
+        namespace: &str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let op = Self::spawn_with(namespace, bin, args, env)?;
         op.wait_log("controller starting", Duration::from_secs(60))
             .await?;
         Ok(op)
@@ -365,6 +376,15 @@ impl Operator {
     }
 
     fn spawn_bin(namespace: &str, bin: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with(namespace, bin, &[], &[])
+    }
+
+    fn spawn_with(
+        namespace: &str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "ladder-operator-{namespace}-{}.log",
             rand::random::<u32>()
@@ -382,7 +402,9 @@ impl Operator {
                 "--lease-seconds",
                 "6",
             ])
+            .args(args)
             .env("RUST_LOG", "info,kube=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

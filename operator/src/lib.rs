@@ -18,4 +18,5 @@ pub mod render;
 pub mod run;
 pub mod status;
 pub mod storage;
+pub mod telemetry;
 pub mod validate;

@@ -30,6 +30,7 @@ use crate::integrations;
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
+use crate::telemetry;
 
 /// Options of `ladder-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -61,23 +62,11 @@ pub struct RunArgs {
     /// Only reconcile ScalingPhases in this namespace (all when unset).
     #[arg(long, env = "LADDER_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
-}
-
-/// Sets up `tracing`: JSON lines by default, filter from `RUST_LOG`.
-///
-/// TODO(otlp): export spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
-/// set; the opentelemetry crates are not in the workspace yet.
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder.json().flatten_event(true).init();
-    }
+    /// Export traces (a span per reconcile) over OTLP/HTTP to this base URL,
+    /// e.g. http://otel-collector:4318 (spans go to `<URL>/v1/traces`).
+    /// Off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone)]
@@ -125,9 +114,22 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the operator until a shutdown signal.
+/// Runs the operator until a shutdown signal, then flushes its traces.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
+    let telemetry = telemetry::init(&args.log_format, args.otlp_endpoint.as_deref())?;
+    if telemetry.exporting() {
+        info!(
+            endpoint = args.otlp_endpoint.as_deref(),
+            "exporting traces over OTLP/HTTP"
+        );
+    }
+    let result = operate(args).await;
+    // The exporter blocks while it sends the last batch.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
+}
+
+async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let config = kube::Config::infer()
         .await
