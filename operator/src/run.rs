@@ -1,8 +1,11 @@
 //! `ladder-operator run`: the long-running operator process.
 //!
-//! Starts the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`), waits to
-//! become leader (unless disabled), then runs the Controller until SIGTERM or
-//! Ctrl-C, finishing in-flight reconciles and releasing the Lease on the way out.
+//! Sets up logs and optional OTLP tracing ([`crate::telemetry`]), starts the
+//! HTTP endpoints (`/metrics`, `/healthz`, `/readyz`), waits to become leader
+//! (unless disabled), starts watching the CRDs of the optional integrations
+//! ([`crate::integrations`]), then runs the Controller until SIGTERM or
+//! Ctrl-C, finishing in-flight reconciles, releasing the Lease and flushing
+//! traces on the way out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
