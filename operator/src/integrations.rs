@@ -127,6 +127,60 @@ fn usable(crd: &CustomResourceDefinition) -> bool {
             .any(|c| c.type_ == "Established" && c.status == "True")
 }
 
+/// What the per-CRD watches have reported so far. Pure: fed watch events,
+/// it answers which integrations are on once every watch has listed.
+#[derive(Debug, Default)]
+struct CrdWatches {
+    /// Per CRD name: usable now (known once its watch has listed).
+    usable: BTreeMap<String, bool>,
+    /// Per CRD name: usable according to a (re)list in progress.
+    relist: BTreeMap<String, bool>,
+}
+
+impl CrdWatches {
+    /// Takes one event of the watch of CRD `name`; returns the integrations
+    /// when every watch of [`ThirdParty::ALL`] has listed at least once.
+    fn observe(
+        &mut self,
+        name: String,
+        event: watcher::Event<CustomResourceDefinition>,
+    ) -> Option<Integrations> {
+        match event {
+            // A (re)list: a CRD deleted while the watch was down sends no
+            // Delete, so the list replaces what we knew only when done.
+            watcher::Event::Init => {
+                self.relist.insert(name, false);
+                return None;
+            }
+            watcher::Event::InitApply(crd) => {
+                self.relist.insert(name, usable(&crd));
+                return None;
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relist.remove(&name).unwrap_or(false);
+                self.usable.insert(name, listed);
+            }
+            watcher::Event::Apply(crd) => {
+                self.usable.insert(name, usable(&crd));
+            }
+            watcher::Event::Delete(_) => {
+                self.usable.insert(name, false);
+            }
+        }
+        let all_listed = ThirdParty::ALL
+            .iter()
+            .all(|k| self.usable.contains_key(&k.crd_name()));
+        all_listed.then(|| {
+            Integrations::from_crds(
+                self.usable
+                    .iter()
+                    .filter(|(_, ok)| **ok)
+                    .map(|(n, _)| n.as_str()),
+            )
+        })
+    }
+}
+
 /// Watches the CRDs of every [`ThirdParty`] kind and publishes the
 /// resulting [`Integrations`] on the returned channel: once when every CRD
 /// has been listed, then on each change.
@@ -142,56 +196,28 @@ pub fn detect(client: Client) -> (watch::Receiver<Integrations>, tokio::task::Jo
     let (tx, rx) = watch::channel(Integrations::default());
     let task = tokio::spawn(async move {
         let api: Api<CustomResourceDefinition> = Api::all(client);
-        let names: BTreeSet<String> = ThirdParty::ALL.iter().map(|k| k.crd_name()).collect();
-        let streams = names.iter().map(|name| {
+        let streams = ThirdParty::ALL.iter().map(|kind| {
+            let name = kind.crd_name();
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let name = name.clone();
             watcher(api.clone(), config)
                 .default_backoff()
                 .map(move |e| (name.clone(), e))
                 .boxed()
         });
         let mut events = futures::stream::select_all(streams);
-        // Per CRD name: usable now; usable according to a (re)list in progress.
-        let mut usable_now: BTreeMap<String, bool> = BTreeMap::new();
-        let mut relist: BTreeMap<String, bool> = BTreeMap::new();
+        let mut watches = CrdWatches::default();
         let mut published = false;
         while let Some((name, event)) = events.next().await {
-            match event {
+            let event = match event {
+                Ok(e) => e,
                 Err(e) => {
                     warn!(crd = %name, error = %e, "watching an optional CRD failed; retrying");
                     continue;
                 }
-                // A (re)list: a CRD deleted while the watch was down sends no
-                // Delete, so the list replaces what we knew only when done.
-                Ok(watcher::Event::Init) => {
-                    relist.insert(name, false);
-                    continue;
-                }
-                Ok(watcher::Event::InitApply(crd)) => {
-                    relist.insert(name, usable(&crd));
-                    continue;
-                }
-                Ok(watcher::Event::InitDone) => {
-                    let listed = relist.remove(&name).unwrap_or(false);
-                    usable_now.insert(name, listed);
-                }
-                Ok(watcher::Event::Apply(crd)) => {
-                    usable_now.insert(name, usable(&crd));
-                }
-                Ok(watcher::Event::Delete(_)) => {
-                    usable_now.insert(name, false);
-                }
-            }
-            if usable_now.len() < names.len() {
-                continue; // some watch has not listed yet
-            }
-            let next = Integrations::from_crds(
-                usable_now
-                    .iter()
-                    .filter(|(_, ok)| **ok)
-                    .map(|(n, _)| n.as_str()),
-            );
+            };
+            let Some(next) = watches.observe(name, event) else {
+                continue;
+            };
             let first = !published;
             published = true;
             // The first value is always sent (so `wait_initial` returns even
@@ -280,5 +306,93 @@ mod tests {
         );
         assert!(all.serves(ThirdParty::Issuer));
         assert!(!Integrations::default().serves(ThirdParty::ScaledObject));
+    }
+
+    fn crd(kind: ThirdParty, established: bool, deleting: bool) -> CustomResourceDefinition {
+        let mut crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": kind.crd_name()},
+            "spec": {"group": "g", "scope": "Namespaced", "names": {"kind": "K", "plural": "ks"}, "versions": []},
+            "status": {"conditions": [{"type": "Established", "status": if established { "True" } else { "False" }}]},
+        }))
+        .expect("a CRD");
+        if deleting {
+            crd.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        crd
+    }
+
+    /// Lists every watch: `present` CRDs exist and are Established.
+    fn listed(w: &mut CrdWatches, present: &[ThirdParty]) -> Option<Integrations> {
+        let mut last = None;
+        for kind in ThirdParty::ALL {
+            let name = kind.crd_name();
+            assert_eq!(w.observe(name.clone(), watcher::Event::Init), None);
+            if present.contains(&kind) {
+                assert_eq!(
+                    w.observe(
+                        name.clone(),
+                        watcher::Event::InitApply(crd(kind, true, false))
+                    ),
+                    None
+                );
+            }
+            last = w.observe(name, watcher::Event::InitDone);
+        }
+        last
+    }
+
+    #[test]
+    fn nothing_is_known_until_every_watch_has_listed() {
+        let mut w = CrdWatches::default();
+        let name = ThirdParty::ScaledObject.crd_name();
+        assert_eq!(w.observe(name.clone(), watcher::Event::Init), None);
+        assert_eq!(w.observe(name, watcher::Event::InitDone), None);
+        assert_eq!(listed(&mut w, &[]), Some(Integrations::default()));
+    }
+
+    #[test]
+    fn crds_turn_integrations_on_and_off() {
+        let mut w = CrdWatches::default();
+        let on = listed(&mut w, &[ThirdParty::ScaledObject]).expect("listed");
+        assert!(on.keda && !on.cert_manager && !on.service_monitors);
+        // cert-manager needs both of its CRDs, Established.
+        let apply = |w: &mut CrdWatches, kind, established, deleting| {
+            w.observe(
+                ThirdParty::crd_name(kind),
+                watcher::Event::Apply(crd(kind, established, deleting)),
+            )
+            .expect("listed")
+        };
+        assert!(!apply(&mut w, ThirdParty::Certificate, true, false).cert_manager);
+        assert!(!apply(&mut w, ThirdParty::Issuer, false, false).cert_manager);
+        assert!(apply(&mut w, ThirdParty::Issuer, true, false).cert_manager);
+        // Being deleted counts as gone; so does a Delete event.
+        assert!(!apply(&mut w, ThirdParty::Issuer, true, true).cert_manager);
+        let gone = w
+            .observe(
+                ThirdParty::ScaledObject.crd_name(),
+                watcher::Event::Delete(crd(ThirdParty::ScaledObject, true, false)),
+            )
+            .expect("listed");
+        assert!(!gone.keda);
+    }
+
+    /// A CRD deleted while a watch was down produces no Delete: the relist
+    /// without it turns the integration off.
+    #[test]
+    fn a_relist_forgets_crds_deleted_meanwhile() {
+        let mut w = CrdWatches::default();
+        assert!(
+            listed(&mut w, &[ThirdParty::ServiceMonitor])
+                .expect("listed")
+                .service_monitors
+        );
+        let name = ThirdParty::ServiceMonitor.crd_name();
+        assert!(w.observe(name.clone(), watcher::Event::Init).is_none());
+        let after = w.observe(name, watcher::Event::InitDone).expect("listed");
+        assert!(!after.service_monitors);
     }
 }
