@@ -636,3 +636,24 @@ fn accepted_share() {
         );
     }
 }
+
+/// Certificate names: a wildcard only as the whole leftmost label, never two.
+#[test]
+fn certificate_names_have_at_most_one_leftmost_wildcard() {
+    for yaml in [
+        "phase: 1".to_owned(),
+        "phase: 2".to_owned(),
+        "phase: 3".to_owned(),
+        format!("phase: 4\n{AUTH}"),
+    ] {
+        let d = rendered(&yaml, false);
+        for s in &d.generated_secrets {
+            if let render::SecretContent::Tls { dns_names, .. } = &s.content {
+                for n in dns_names {
+                    let rest = n.strip_prefix("*.").unwrap_or(n);
+                    assert!(!rest.contains('*'), "{}: bad name {n}", s.name);
+                }
+            }
+        }
+    }
+}

@@ -587,8 +587,11 @@ fn tls_secret(v: &Validated, d: &mut Desired, tier: &str, hosts: &[String]) -> S
         dns_names.push(h.clone());
         dns_names.push(format!("{h}.{}.svc", v.namespace));
         dns_names.push(format!("{h}.{}.svc.cluster.local", v.namespace));
-        // Pods of a StatefulSet by their stable names (`<pod>.<service>.<ns>.svc`).
-        dns_names.push(format!("*.{h}.{}.svc", v.namespace));
+        // Pods of a StatefulSet by their stable names (`<pod>.<service>.<ns>.svc`); a host that
+        // is a wildcard already covers them (a second label of wildcard would match nothing).
+        if !h.starts_with("*.") {
+            dns_names.push(format!("*.{h}.{}.svc", v.namespace));
+        }
     }
     d.generated_secrets.push(GeneratedSecret {
         name: name.clone(),
