@@ -192,6 +192,10 @@ pub struct ServeArgs {
     /// Serving private key (PEM).
     #[arg(long, env = env::TLS_KEY, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// How often the serving certificate's files are checked for a renewal.
+    #[arg(long, env = "LADDER_TLS_RELOAD_MS", default_value_t = 10_000)]
+    pub tls_reload_ms: u64,
 }
 
 impl ServeArgs {

@@ -256,7 +256,11 @@ impl Listener {
     async fn bind(args: &ServeArgs) -> anyhow::Result<Listener> {
         // Read the certificate before binding: a bad one fails the start, not the first client.
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::server_config_reloading(
+                cert,
+                key,
+                Duration::from_millis(args.tls_reload_ms.max(100)),
+            )?),
             _ => None,
         };
         let tcp = TcpListener::bind(args.listen)

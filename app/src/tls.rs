@@ -3,15 +3,21 @@
 //!
 //! The listener completes TLS handshakes off the accept path: each handshake runs in its own
 //! task with a timeout, bounded in number, so a slow or silent client never holds up others.
+//!
+//! The serving certificate is re-read when its files change (cert-manager or the operator
+//! renew it; the kubelet swaps the mounted Secret's files): new handshakes present the new one,
+//! without a restart. A pair that fails to load is logged and the previous one kept.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -37,20 +43,85 @@ pub fn read_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The serving configuration from a PEM certificate chain and key.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    install_crypto_provider();
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
+/// How often the serving certificate's files are checked for a change.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+fn certified_key(cert: &Path, key: &Path) -> anyhow::Result<(CertifiedKey, Vec<u8>)> {
+    let cert_pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let key_pem =
+        std::fs::read(key).with_context(|| format!("reading the private key {}", key.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the private key {}", key.display()))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("{} is not a PEM private key", key.display()))?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&der).context("unsupported private key")?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match()
+        .context("certificate and key do not match")?;
+    let mut stamp = cert_pem;
+    stamp.extend_from_slice(&key_pem);
+    Ok((ck, stamp))
+}
+
+/// The current serving certificate; a background task swaps it when the files change.
+#[derive(Debug)]
+struct Reloading {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The serving configuration from a PEM certificate chain and key, re-read every
+/// [`RELOAD_EVERY`] (must be called inside a Tokio runtime).
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    server_config_reloading(cert, key, RELOAD_EVERY)
+}
+
+/// [`server_config`] with a chosen reload interval.
+pub fn server_config_reloading(
+    cert: &Path,
+    key: &Path,
+    every: Duration,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    install_crypto_provider();
+    let (ck, mut stamp) = certified_key(cert, key)?;
+    let resolver = Arc::new(Reloading {
+        current: RwLock::new(Arc::new(ck)),
+    });
+    let (weak, cert, key): (_, PathBuf, PathBuf) =
+        (Arc::downgrade(&resolver), cert.to_owned(), key.to_owned());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(r) = weak.upgrade() else { return };
+            match certified_key(&cert, &key) {
+                Ok((_, s)) if s == stamp => {}
+                Ok((ck, s)) => {
+                    *r.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+                    stamp = s;
+                    tracing::info!(cert = %cert.display(), "serving certificate reloaded");
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "serving certificate not reloaded; keeping the current one")
+                }
+            }
+        }
+    });
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("certificate and key do not match")?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -434,3 +434,59 @@ async fn secrets_never_reach_the_logs() {
     );
     assert!(!log.contains(secret), "the password leaked into the log");
 }
+
+/// A renewed serving certificate (files swapped the way the kubelet updates a mounted Secret) is
+/// presented to new connections without a restart; a broken pair is ignored.
+#[tokio::test]
+async fn the_serving_certificate_is_reloaded_when_renewed() {
+    let dir = std::env::temp_dir().join(unique("tls-reload"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let make = || rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (a, b) = (make(), make());
+    let install = |pem: &str, key: &str| {
+        for (name, text) in [("tls.crt", pem), ("tls.key", key)] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, dir.join(name)).expect("swap");
+        }
+    };
+    install(&a.cert.pem(), &a.signing_key.serialize_pem());
+    let mut args = args(StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    });
+    args.tls_cert = Some(dir.join("tls.crt"));
+    args.tls_key = Some(dir.join("tls.key"));
+    args.tls_reload_ms = 200;
+    let app = start(&args).await;
+    assert!(app.url().starts_with("https://"));
+    let url = format!("https://localhost:{}/healthz", app.addr.port());
+    let roots = format!("{}{}", a.cert.pem(), b.cert.pem());
+    let presented = || {
+        let (url, roots) = (url.clone(), roots.clone());
+        async move {
+            // A new client per call: a new connection, a new handshake.
+            let c = reqwest::Client::builder()
+                .tls_certs_only(reqwest::Certificate::from_pem_bundle(roots.as_bytes()).ok()?)
+                .tls_info(true)
+                .build()
+                .ok()?;
+            let r = c.get(url).send().await.ok()?;
+            let info = r.extensions().get::<reqwest::tls::TlsInfo>()?;
+            info.peer_certificate().map(<[u8]>::to_vec)
+        }
+    };
+    assert_eq!(presented().await.as_deref(), Some(a.cert.der().as_ref()));
+
+    install(&b.cert.pem(), &b.signing_key.serialize_pem());
+    eventually(
+        "the renewed certificate",
+        Duration::from_secs(10),
+        || async { (presented().await.as_deref() == Some(b.cert.der().as_ref())).then_some(()) },
+    )
+    .await;
+
+    // A half-written or broken pair is not taken: the server keeps presenting b.
+    install(&a.cert.pem(), "not a key");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(presented().await.as_deref(), Some(b.cert.der().as_ref()));
+}
