@@ -657,3 +657,30 @@ fn certificate_names_have_at_most_one_leftmost_wildcard() {
         }
     }
 }
+
+/// The app may reach its OIDC issuer on the port the issuer URL names.
+#[test]
+fn the_app_may_reach_an_oidc_issuer_on_its_own_port() {
+    let d = rendered(
+        "phase: 4\nauth: {issuerUrl: 'https://login.example.com:8443/realms/shop', clientId: shop-app}\n",
+        false,
+    );
+    let policy = d
+        .network_policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("shop-allow-app"))
+        .expect("the app's NetworkPolicy");
+    let egress_ports: Vec<String> = policy
+        .spec
+        .as_ref()
+        .and_then(|s| s.egress.clone())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|r| r.ports.clone().unwrap_or_default())
+        .filter_map(|p| p.port.map(|p| format!("{p:?}")))
+        .collect();
+    assert!(
+        egress_ports.iter().any(|p| p.contains("8443")),
+        "{egress_ports:?}"
+    );
+}

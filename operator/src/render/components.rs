@@ -2135,9 +2135,19 @@ fn network_policies(
                     from: None,
                     ports: Some(ports(&[v.app_port], "TCP")),
                 });
+                // The OIDC issuer (its discovery document and keys) may listen elsewhere than 443.
+                let mut out = vec![443, 6443];
+                if let Some(port) = v
+                    .oidc
+                    .as_ref()
+                    .and_then(|o| url::Url::parse(&o.issuer_url).ok()?.port().map(i32::from))
+                    && !out.contains(&port)
+                {
+                    out.push(port);
+                }
                 egress.push(NetworkPolicyEgressRule {
                     to: None,
-                    ports: Some(ports(&[443, 6443], "TCP")),
+                    ports: Some(ports(&out, "TCP")),
                 });
             }
             "varnish" => ingress.push(NetworkPolicyIngressRule {
