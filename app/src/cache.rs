@@ -51,14 +51,36 @@ impl std::fmt::Debug for RedirectCache {
 #[derive(Debug)]
 pub struct LocalCache {
     ttl: Duration,
-    map: Mutex<HashMap<String, (String, Instant)>>,
+    map: Mutex<Entries>,
+}
+
+/// code → (target, stored at): the in-process cache and the near cache.
+type Entries = HashMap<String, (String, Instant)>;
+
+/// The target of `code` if stored less than `ttl` ago.
+fn fresh(map: &Entries, code: &str, ttl: Duration) -> Option<String> {
+    map.get(code)
+        .filter(|(_, at)| at.elapsed() < ttl)
+        .map(|(t, _)| t.clone())
+}
+
+/// Stores `code`, keeping at most [`LOCAL_CAPACITY`] entries. Cheap bound: drop expired
+/// entries, then everything if still full.
+fn insert_bounded(map: &mut Entries, ttl: Duration, code: &str, target: &str) {
+    if map.len() >= LOCAL_CAPACITY {
+        map.retain(|_, (_, at)| at.elapsed() < ttl);
+        if map.len() >= LOCAL_CAPACITY {
+            map.clear();
+        }
+    }
+    map.insert(code.to_owned(), (target.to_owned(), Instant::now()));
 }
 
 /// The per-instance near cache in front of Redis (see the module doc).
 #[derive(Debug)]
 struct Near {
     ttl: Duration,
-    map: Mutex<HashMap<String, (String, Instant)>>,
+    map: Mutex<Entries>,
     /// The invalidation subscription is up: only then may entries be served.
     live: AtomicBool,
     /// Bumped by every invalidation: a Redis read started before one is not kept.
@@ -70,10 +92,11 @@ impl Near {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(code)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(t, _)| t.clone())
+        fresh(
+            &self.map.lock().unwrap_or_else(|e| e.into_inner()),
+            code,
+            self.ttl,
+        )
     }
 
     fn keep(&self, code: &str, target: &str, generation: u64) {
@@ -85,13 +108,7 @@ impl Near {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if map.len() >= LOCAL_CAPACITY {
-            map.retain(|_, (_, at)| at.elapsed() < self.ttl);
-            if map.len() >= LOCAL_CAPACITY {
-                map.clear();
-            }
-        }
-        map.insert(code.to_owned(), (target.to_owned(), Instant::now()));
+        insert_bounded(&mut map, self.ttl, code, target);
     }
 
     fn drop_code(&self, code: &str) {
@@ -225,12 +242,11 @@ impl RedirectCache {
     /// The cached target of a code, if any. Errors count as misses.
     pub async fn get(&self, code: &str, metrics: &Metrics) -> Option<String> {
         let found = match self {
-            RedirectCache::Local(c) => {
-                let map = c.map.lock().unwrap_or_else(|e| e.into_inner());
-                map.get(code)
-                    .filter(|(_, at)| at.elapsed() < c.ttl)
-                    .map(|(t, _)| t.clone())
-            }
+            RedirectCache::Local(c) => fresh(
+                &c.map.lock().unwrap_or_else(|e| e.into_inner()),
+                code,
+                c.ttl,
+            ),
             RedirectCache::Redis(r) => {
                 if let Some(hit) = r.near.as_ref().and_then(|n| n.get(code)) {
                     Metrics::inc(&metrics.cache, "hit", 1);
@@ -270,14 +286,7 @@ impl RedirectCache {
         match self {
             RedirectCache::Local(c) => {
                 let mut map = c.map.lock().unwrap_or_else(|e| e.into_inner());
-                if map.len() >= LOCAL_CAPACITY {
-                    // Cheap bound: drop expired entries, then everything if still full.
-                    map.retain(|_, (_, at)| at.elapsed() < c.ttl);
-                    if map.len() >= LOCAL_CAPACITY {
-                        map.clear();
-                    }
-                }
-                map.insert(code.to_owned(), (target.to_owned(), Instant::now()));
+                insert_bounded(&mut map, c.ttl, code, target);
             }
             RedirectCache::Redis(r) => {
                 let key = format!("{}link:{code}", r.prefix);

@@ -84,11 +84,7 @@ async fn clicks_go_to_clickhouse_and_back_as_stats() {
 
 #[tokio::test]
 async fn clickhouse_outage_never_fails_a_redirect() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let dead = free_port();
     let mut a = args(StoreSpec::Sqlite {
         path: temp_sqlite(),
     });

@@ -10,14 +10,6 @@ use common::*;
 use ladder_app::store::StoreSpec;
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A private redis-server on a free loopback port (never the shared one: we kill this one).
 async fn own_redis(port: u16) -> Child {
     let child = Command::new("redis-server")

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{create, crud_round_with, env, eventually, https, metric, oidc, unique};
+use common::{create, crud_round_with, env, eventually, free_port, https, metric, oidc, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar};
 use ladder_operator::contract::{self, ShardMap};
@@ -265,11 +265,7 @@ fn start(d: &Desired, extra_env: &[(&str, &str)]) -> WiredApp {
     }
 
     // The environment, as the kubelet would build it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port();
     let mut defined: BTreeMap<String, String> = BTreeMap::new();
     for EnvVar {
         name,
@@ -654,11 +650,7 @@ async fn phase_3_edge_vcl_runs_in_varnish() {
         .and_then(|c| c.data.as_ref()?.get("default.vcl").cloned())
         .expect("the edge VCL is rendered");
     assert!(vcl.contains(".host = \"127.0.0.1\""), "{vcl}");
-    let varnish_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let varnish_port = free_port();
     let mut args = common::args(ladder_app::store::StoreSpec::Sqlite {
         path: common::temp_sqlite(),
     });

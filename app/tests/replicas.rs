@@ -146,11 +146,7 @@ async fn read_your_writes_and_lagging_replica_rotation() {
 #[tokio::test]
 async fn dead_replica_is_out_of_rotation() {
     let db = fresh_db("dead").await;
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let free = free_port();
     let mut dead = url::Url::parse(&replica_url(&db)).expect("url");
     dead.set_port(Some(free)).expect("port");
     let app = start(&args(StoreSpec::Replicas {

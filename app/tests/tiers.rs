@@ -376,16 +376,8 @@ async fn database_down_answers_503_and_recovers() {
 /// the connection string never reaches the log.
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let dead = free_port();
+    let port = free_port();
     let secret = "s3cret-pw-do-not-log";
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder-app"))
         .arg("serve")

@@ -87,14 +87,21 @@ impl std::fmt::Debug for ShardDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A hand-written map may carry a password: never print it.
         let url = match url::Url::parse(&self.url) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(u) => u.to_string(),
+            Ok(_) => redact_url(&self.url),
             Err(_) => "<unparsable url>".to_owned(),
         };
         write!(f, "{}={url}", self.name)
+    }
+}
+
+/// Replaces the password of a URL with `***` (for logs and errors).
+pub fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => s.to_owned(),
     }
 }
 

@@ -327,16 +327,7 @@ impl StoreSpec {
     }
 }
 
-/// Replaces the password of a URL with `***`.
-pub fn redact_url(s: &str) -> String {
-    match url::Url::parse(s) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => s.to_owned(),
-    }
-}
+pub use ladder_operator::contract::redact_url;
 
 /// Tunables shared by the database tiers.
 #[derive(Clone)]

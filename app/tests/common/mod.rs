@@ -14,35 +14,39 @@ use ladder_app::server::{self, Running};
 use ladder_app::store::StoreSpec;
 use rand::Rng;
 
+/// A service address from the environment, else from the env file so `cargo test` works
+/// without `make`.
+pub fn env_opt(name: &str) -> Option<String> {
+    std::env::var(name).ok().or_else(|| {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ladder/services.env");
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            // Values with shell metacharacters (`&`) are single-quoted in the file.
+            .map(|v| v.trim_matches('\'').to_owned())
+    })
+}
+
 /// A required service address; fails the test (rather than skipping it) when missing.
 pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        // Fall back to the env file so `cargo test` works without `make`.
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ladder/services.env");
-        std::fs::read_to_string(file)
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                    // Values with shell metacharacters (`&`) are single-quoted in the file.
-                    .map(|v| v.trim_matches('\'').to_owned())
-            })
-            .unwrap_or_else(|| {
-                panic!("{name} is not set: run `make services-up` / `make test-integration`")
-            })
+    env_opt(name).unwrap_or_else(|| {
+        panic!("{name} is not set: run `make services-up` / `make test-integration`")
     })
 }
 
 /// The local PostgreSQL password, when the services are configured.
 pub fn local_pg_password() -> Option<String> {
-    let url = std::env::var("LADDER_PG_PRIMARY_URL").ok().or_else(|| {
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ladder/services.env");
-        let text = std::fs::read_to_string(file).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("LADDER_PG_PRIMARY_URL="))
-            .map(str::to_owned)
-    })?;
+    let url = env_opt("LADDER_PG_PRIMARY_URL")?;
     url::Url::parse(&url).ok()?.password().map(str::to_owned)
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub fn unique(prefix: &str) -> String {
