@@ -28,6 +28,7 @@ toolchain: ## install the Debian packages the scripts and tests use
 lint: ## rustfmt check, clippy with -D warnings, CRD drift check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	hack/check-deps.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all
@@ -44,8 +45,8 @@ test-e2e: cluster-up ## end-to-end tests against the local control plane
 	LADDER_HELM=$$(hack/build-helm.sh) KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked
 
 crds: ## regenerate crds/ (and the chart's copy) from the Rust types
-	$(CARGO) run -q -p ladder-operator --locked -- crd > crds/ladder.dev_crds.yaml
-	cp crds/ladder.dev_crds.yaml charts/ladder-operator/crds/ladder.dev_crds.yaml
+	$(CARGO) run -q -p ladder-operator --locked -- crd > crds/manifests/ladder.dev_crds.yaml
+	cp crds/manifests/ladder.dev_crds.yaml charts/ladder-operator/crds/ladder.dev_crds.yaml
 
 cluster-up: ## build (cached) and start the local control plane; kubeconfig in .ladder/cluster/
 	@hack/cluster.sh up

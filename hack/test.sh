@@ -32,6 +32,7 @@ bash hack/toolchain.sh
 step "lint: rustfmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets "${CARGO_FLAGS[@]}" -- -D warnings
+bash hack/check-deps.sh
 
 # Start the cluster's build early: on a cold machine it is the long pole.
 step "bringing up the data services and the local control plane"

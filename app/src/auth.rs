@@ -1,7 +1,7 @@
 //! Enterprise auth (phase 4): OIDC bearer tokens guard the management API (`/api/v1/links…`);
 //! redirects, health and metrics stay public.
 //!
-//! The operator mounts the settings (`ladder_operator::contract::OidcConfig`). The app reads
+//! The operator mounts the settings (`ladder_crds::contract::OidcConfig`). The app reads
 //! the issuer's discovery document and its JWKS, and checks every token itself:
 //! - the signature, with the issuer's key named by `kid` (ES256 or RS256 only; `none` and
 //!   shared-secret algorithms are refused, and a key is only used with the algorithm of its
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ladder_operator::contract::OidcConfig;
+use ladder_crds::contract::OidcConfig;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::Deserialize;
 
@@ -349,7 +349,7 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ladder_operator::contract::OidcRoles;
+    use ladder_crds::contract::OidcRoles;
     use serde_json::json;
 
     fn auth() -> Auth {

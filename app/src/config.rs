@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ladder_operator::contract::env;
+use ladder_crds::contract::env;
 
 use crate::store::{StoreOptions, StoreSpec};
 
@@ -175,7 +175,7 @@ pub struct ServeArgs {
     #[arg(long, env = env::POD_NAME)]
     pub instance: Option<String>,
 
-    /// OIDC settings (JSON, `ladder_operator::contract::OidcConfig`): bearer tokens of that
+    /// OIDC settings (JSON, `ladder_crds::contract::OidcConfig`): bearer tokens of that
     /// issuer are required on the management API.
     #[arg(long, env = env::OIDC_CONFIG)]
     pub oidc_config: Option<PathBuf>,

@@ -69,7 +69,7 @@ pub struct MigrateArgs {
     #[arg(long, env = "LADDER_MIGRATE_NO_CUTOVER")]
     pub no_cutover: bool,
     /// Password for PostgreSQL URLs that carry none (as `serve --db-password`).
-    #[arg(long, env = ladder_operator::contract::env::DB_PASSWORD, hide_env_values = true)]
+    #[arg(long, env = ladder_crds::contract::env::DB_PASSWORD, hide_env_values = true)]
     pub db_password: Option<String>,
 }
 
@@ -477,7 +477,7 @@ pub struct SweepArgs {
     #[arg(long, env = "LADDER_STORE")]
     pub store: StoreSpec,
     /// Password for PostgreSQL URLs that carry none.
-    #[arg(long, env = ladder_operator::contract::env::DB_PASSWORD, hide_env_values = true)]
+    #[arg(long, env = ladder_crds::contract::env::DB_PASSWORD, hide_env_values = true)]
     pub db_password: Option<String>,
     /// Report what would be removed, remove nothing.
     #[arg(long)]

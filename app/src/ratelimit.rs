@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::ConnectionManager;
 
-pub use ladder_operator::contract::Rules;
+pub use ladder_crds::contract::Rules;
 
 /// Outcome of a rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq)]

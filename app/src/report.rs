@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
-use ladder_operator::load_report::{FIELD_MANAGER, LoadReport, LoadReportSpec};
+use ladder_crds::load_report::{FIELD_MANAGER, LoadReport, LoadReportSpec};
 
 use crate::AppState;
 use crate::config::ServeArgs;
@@ -41,10 +41,10 @@ pub fn build(
         name,
         LoadReportSpec {
             scaling_phase: scaling_phase.to_owned(),
-            phase,
+            phase: i32::from(phase),
             tier: tier.to_owned(),
             instance: name.to_owned(),
-            window_seconds: load.window_seconds.min(u64::from(u32::MAX)) as u32,
+            window_seconds: i32::try_from(load.window_seconds).unwrap_or(i32::MAX),
             requests_per_second: load.requests_per_second,
             transactions_per_second: load.transactions_per_second,
             p99_latency_ms: load.p99_ms,

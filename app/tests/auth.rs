@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::oidc::{SigningKey, claims, issuer};
 use common::*;
 use ladder_app::store::StoreSpec;
-use ladder_operator::contract::{OidcConfig, OidcRoles};
+use ladder_crds::contract::{OidcConfig, OidcRoles};
 use serde_json::json;
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use common::*;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use ladder_app::store::StoreSpec;
-use ladder_operator::load_report::LoadReport;
+use ladder_crds::load_report::LoadReport;
 
 #[tokio::test]
 async fn app_writes_a_load_report_owned_by_its_pod() {

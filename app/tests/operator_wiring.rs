@@ -26,8 +26,8 @@ use std::time::Duration;
 use common::{create, crud_round_with, env, eventually, free_port, https, metric, oidc, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar};
-use ladder_operator::contract::{self, ShardMap};
-use ladder_operator::crd::{ScalingPhase, ScalingPhaseSpec};
+use ladder_crds::contract::{self, ShardMap};
+use ladder_crds::scalingphase::{ScalingPhase, ScalingPhaseSpec};
 use ladder_operator::render::{self, Desired};
 use ladder_operator::validate::{self, World};
 

@@ -19,7 +19,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Client, ResourceExt};
-use ladder_operator::crd::ScalingPhase;
+use ladder_crds::scalingphase::ScalingPhase;
 
 /// Field manager of the tests' own writes.
 pub const TEST_MANAGER: &str = "ladder-e2e";
@@ -62,10 +62,10 @@ where
     }
 }
 
-/// Applies `crds/ladder.dev_crds.yaml` (server-side) and waits until every
+/// Applies `crds/manifests/ladder.dev_crds.yaml` (server-side) and waits until every
 /// CRD in it is Established.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(repo_root().join("crds/ladder.dev_crds.yaml"))?;
+    let text = std::fs::read_to_string(repo_root().join("crds/manifests/ladder.dev_crds.yaml"))?;
     apply_crds(client, &text).await.map(|_| ())
 }
 

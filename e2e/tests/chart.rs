@@ -34,7 +34,8 @@ fn run(cmd: &mut Command) -> String {
 #[test]
 fn chart_crds_are_the_generated_ones() {
     let root = repo_root();
-    let generated = std::fs::read_to_string(root.join("crds/ladder.dev_crds.yaml")).expect("crds/");
+    let generated =
+        std::fs::read_to_string(root.join("crds/manifests/ladder.dev_crds.yaml")).expect("crds/");
     let in_chart =
         std::fs::read_to_string(root.join("charts/ladder-operator/crds/ladder.dev_crds.yaml"))
             .expect("chart crds/");

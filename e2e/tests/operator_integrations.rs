@@ -16,10 +16,10 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
+use ladder_crds::scalingphase::ScalingPhase;
 use ladder_e2e::{
     Operator, TestNamespace, apply_crds, client, delete_crds, install_crds, repo_root,
 };
-use ladder_operator::crd::ScalingPhase;
 use ladder_operator::integrations::{Integrations, ThirdParty};
 use ladder_operator::render::{self, SecretContent};
 use ladder_operator::validate::{self, World};

@@ -1,17 +1,15 @@
-//! Ladder's operator: CRD types, the phase catalogue, pure renderers and the
-//! reconciler that drives a cluster to the phase a `ScalingPhase` declares.
+//! Ladder's operator: pure renderers and the reconciler that drives a cluster to the phase a `ScalingPhase` declares.
 //!
 //! The pipeline (see [`reconcile`]): read world → [`validate`] → [`render`]
 //! (pure) → [`apply`] (server-side apply, prune) → [`status`].
+//!
+//! The API types, the phase catalogue and the env contract live in the
+//! `ladder-crds` crate, which the companion app shares.
 
 pub mod apply;
-pub mod catalogue;
 pub mod cli;
-pub mod contract;
-pub mod crd;
 pub mod integrations;
 pub mod leader;
-pub mod load_report;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;

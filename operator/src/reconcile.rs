@@ -32,12 +32,12 @@ use tokio::sync::watch;
 use tracing::{info, instrument, warn};
 
 use crate::apply::{self, ApplyError};
-use crate::crd::{ComponentStatus, DeletionPolicy, ScalingPhase};
 use crate::integrations::Integrations;
 use crate::metrics::Metrics;
 use crate::render::{self, ExpectedComponent};
 use crate::status::{self, Observed};
 use crate::validate::{self, World};
+use ladder_crds::scalingphase::{ComponentStatus, DeletionPolicy, ScalingPhase};
 
 /// Finalizer that decides what happens to data on deletion.
 pub const FINALIZER: &str = "ladder.dev/data-retention";
@@ -332,7 +332,7 @@ fn now() -> Time {
 async fn patch_status(
     sp: &ScalingPhase,
     ctx: &Context,
-    next: crate::crd::ScalingPhaseStatus,
+    next: ladder_crds::scalingphase::ScalingPhaseStatus,
 ) -> Result<bool, Error> {
     if sp.status.as_ref() == Some(&next) {
         return Ok(false);

@@ -28,12 +28,12 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::crd::ScalingPhase;
 use crate::integrations;
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::telemetry;
+use ladder_crds::scalingphase::ScalingPhase;
 
 /// Options of `ladder-operator run`.
 #[derive(Clone, Debug, clap::Args)]

@@ -4,8 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::catalogue::{Phase, PhaseProfile};
-use crate::crd::{ComponentStatus, HistoryEntry, MAX_HISTORY, ScalingPhaseStatus};
+use ladder_crds::catalogue::{Phase, PhaseProfile};
+use ladder_crds::scalingphase::{ComponentStatus, HistoryEntry, MAX_HISTORY, ScalingPhaseStatus};
 
 /// Condition types.
 pub mod types {
@@ -225,8 +225,8 @@ pub fn compute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::profile;
     use k8s_openapi::jiff::Timestamp;
+    use ladder_crds::catalogue::profile;
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).expect("valid"))

@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::catalogue::{self, Phase, PhaseProfile};
-use crate::crd::{self, DeletionPolicy, MAX_NAME_LEN, ScalingPhase};
 use crate::integrations::Integrations;
+use ladder_crds::catalogue::{self, Phase, PhaseProfile};
+use ladder_crds::scalingphase::{self, DeletionPolicy, MAX_NAME_LEN, ScalingPhase};
 
 /// Facts about the cluster that shape rendering, read before validation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -167,7 +167,7 @@ pub struct Validated {
 pub fn effective_phase(sp: &ScalingPhase) -> i32 {
     let declared = sp.spec.phase;
     let target = match sp.spec.autoscale.mode {
-        crd::AutoscaleMode::Auto => sp.status.as_ref().and_then(|s| s.target_phase),
+        scalingphase::AutoscaleMode::Auto => sp.status.as_ref().and_then(|s| s.target_phase),
         _ => None,
     };
     let cap = sp.spec.autoscale.max_phase.unwrap_or(4);
@@ -209,7 +209,7 @@ fn is_quantity(s: &str, units: &[&str]) -> bool {
 
 fn check_size(
     field: &str,
-    r: Option<&crd::Resources>,
+    r: Option<&scalingphase::Resources>,
     default: &catalogue::Size,
 ) -> Result<Size, Invalid> {
     let cpu = r
@@ -246,7 +246,7 @@ fn check_image(field: &str, image: Option<&String>, default: &str) -> Result<Str
 
 fn check_storage(
     field: &str,
-    s: Option<&crd::Storage>,
+    s: Option<&scalingphase::Storage>,
     default: &str,
 ) -> Result<(String, Option<String>), Invalid> {
     let size = s
@@ -351,7 +351,7 @@ pub fn validate(sp: &ScalingPhase, world: &World) -> Result<(Validated, PhasePro
     let app_image = check_image(
         "spec.app.image",
         Some(&spec.app.image),
-        crd::DEFAULT_APP_IMAGE,
+        scalingphase::DEFAULT_APP_IMAGE,
     )?;
     if !(1024..=65535).contains(&spec.app.port) {
         return Err(Invalid::field(
@@ -529,7 +529,7 @@ pub fn validate(sp: &ScalingPhase, world: &World) -> Result<(Validated, PhasePro
     };
     let generic = |field: &str,
                    default_replicas: Option<i32>,
-                   ov: Option<&crd::ComponentOverride>,
+                   ov: Option<&scalingphase::ComponentOverride>,
                    image: &str,
                    size: catalogue::Size,
                    storage: &str|

@@ -1,7 +1,7 @@
 //! Golden snapshots of every phase's rendered manifests, and property tests
 //! of the renderer over arbitrary specs.
 
-use ladder_operator::crd::{ScalingPhase, ScalingPhaseSpec};
+use ladder_crds::scalingphase::{ScalingPhase, ScalingPhaseSpec};
 use ladder_operator::integrations::Integrations;
 use ladder_operator::render::{self, Desired};
 use ladder_operator::validate::{self, World};

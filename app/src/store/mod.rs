@@ -327,7 +327,7 @@ impl StoreSpec {
     }
 }
 
-pub use ladder_operator::contract::redact_url;
+pub use ladder_crds::contract::redact_url;
 
 /// Tunables shared by the database tiers.
 #[derive(Clone)]
@@ -338,7 +338,7 @@ pub struct StoreOptions {
     pub max_replica_lag_bytes: u64,
     /// How often replica health and shard-map files are checked.
     pub poll_interval: std::time::Duration,
-    /// Password for PostgreSQL URLs that carry none (see `ladder_operator::contract`).
+    /// Password for PostgreSQL URLs that carry none (see `ladder_crds::contract`).
     pub password: Option<String>,
 }
 
@@ -418,7 +418,7 @@ pub fn click_checksum(rows: &[ClickRow]) -> u64 {
 
 /// FNV-1a, 64 bit: the shard-slot hash (documented in docs/storage.md so the operator and any
 /// other client compute the same slot) and the row checksum.
-pub use ladder_operator::contract::fnv1a64;
+pub use ladder_crds::contract::fnv1a64;
 
 #[cfg(test)]
 mod tests {

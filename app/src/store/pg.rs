@@ -137,7 +137,7 @@ impl PgStore {
         // changes how statements are sent.
         let requested = mode;
         let (url, mode) = match url
-            .strip_prefix(ladder_operator::contract::PGBOUNCER_SCHEME)
+            .strip_prefix(ladder_crds::contract::PGBOUNCER_SCHEME)
             .and_then(|rest| rest.strip_prefix("://"))
         {
             Some(rest) => (format!("postgres://{rest}"), PgMode::Bouncer),

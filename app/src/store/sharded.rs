@@ -28,7 +28,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 
-pub use ladder_operator::contract::{ShardDef, ShardMap, SlotRange};
+pub use ladder_crds::contract::{ShardDef, ShardMap, SlotRange};
 
 #[derive(Debug)]
 struct Routing {

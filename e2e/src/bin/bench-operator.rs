@@ -23,8 +23,8 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
+use ladder_crds::scalingphase::{ScalingPhase, ScalingPhaseSpec};
 use ladder_e2e::{Operator, TestNamespace, client, install_crds, repo_root, wait_for};
-use ladder_operator::crd::{ScalingPhase, ScalingPhaseSpec};
 use ladder_operator::{render, validate};
 
 const POLL: Duration = Duration::from_millis(100);
@@ -395,7 +395,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     writeln!(md, "|---|---|---|---|---|")?;
     for (phase, comps, op_t, fl) in &phase_rows {
-        let name = ladder_operator::catalogue::Phase::from_number(*phase)
+        let name = ladder_crds::catalogue::Phase::from_number(*phase)
             .map(|p| p.name())
             .unwrap_or("?");
         writeln!(

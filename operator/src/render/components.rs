@@ -40,10 +40,10 @@ use super::{
     CONFIG_HASH_ANNOTATION, CREDENTIAL_LABEL, Desired, ExpectedComponent, GeneratedSecret,
     SecretContent, child_name, labels, meta, selector, short_hash,
 };
-use crate::catalogue::{Phase, PhaseProfile};
-use crate::contract;
 use crate::integrations::ThirdParty;
 use crate::validate::{DataComponent, Size, Validated};
+use ladder_crds::catalogue::{Phase, PhaseProfile};
+use ladder_crds::contract;
 
 const REGION_LABEL: &str = "topology.kubernetes.io/region";
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
@@ -494,8 +494,8 @@ struct Sts<'a> {
 
 fn stateful_set(v: &Validated, s: Sts<'_>) -> StatefulSet {
     let when_deleted = match v.deletion_policy {
-        crate::crd::DeletionPolicy::Retain => "Retain",
-        crate::crd::DeletionPolicy::Delete => "Delete",
+        ladder_crds::scalingphase::DeletionPolicy::Retain => "Retain",
+        ladder_crds::scalingphase::DeletionPolicy::Delete => "Delete",
     };
     StatefulSet {
         metadata: meta(v, &s.name, s.tier, &s.component),
@@ -574,7 +574,7 @@ fn secret_meta(v: &Validated, name: &str, tier: &str) -> ObjectMeta {
     m
 }
 
-/// A PostgreSQL URL without password (see [`crate::contract`]), verifying the server against
+/// A PostgreSQL URL without password (see [`ladder_crds::contract`]), verifying the server against
 /// the CA mounted at `TLS_DIR`.
 fn pg_url(scheme: &str, host: &str, port: i32, db: &str) -> String {
     format!("{scheme}://ladder@{host}:{port}/{db}?sslmode=verify-full&sslrootcert={TLS_DIR}/ca.crt")
@@ -658,7 +658,7 @@ pub(super) fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired
     let mut app_mounts: Vec<(Volume, VolumeMount)> = Vec::new();
     let mut hash_parts: Vec<String> = Vec::new();
     let mut flows: Vec<(&'static str, &'static str, Vec<i32>)> = Vec::new();
-    // The app's data tier (`LADDER_STORE`, see `crate::contract`).
+    // The app's data tier (`LADDER_STORE`, see `ladder_crds::contract`).
     let mut store: Option<String> = None;
 
     if v.phase == Phase::Mvp {
@@ -1643,7 +1643,7 @@ fn edge_tier(
     ));
     let origin = container(C {
         name: "tls-origin",
-        image: crate::catalogue::images::GHOSTUNNEL,
+        image: ladder_crds::catalogue::images::GHOSTUNNEL,
         command: vec![],
         args: vec![
             "client".into(),

@@ -10,11 +10,11 @@ use std::fmt::Write;
 
 use serde_json::json;
 
-use crate::contract;
 use crate::validate::{Edge, Oidc};
+use ladder_crds::contract;
 
 /// Version of the first shard allocation (the ConfigMap holding a map is immutable and named
-/// after its version; the slot count is [`crate::contract::SHARD_SLOTS`], fixed: changing it is
+/// after its version; the slot count is [`ladder_crds::contract::SHARD_SLOTS`], fixed: changing it is
 /// a resharding migration).
 pub const SHARD_MAP_VERSION: u32 = 1;
 

@@ -26,9 +26,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use sha2::{Digest, Sha256};
 
-use crate::catalogue::PhaseProfile;
 use crate::integrations::ThirdParty;
 use crate::validate::Validated;
+use ladder_crds::catalogue::PhaseProfile;
 
 /// Label every child carries: who manages it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

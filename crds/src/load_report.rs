@@ -69,14 +69,14 @@ pub struct LoadReportSpec {
     pub scaling_phase: String,
     /// The phase (0-4) the instance was configured for when it reported.
     #[schemars(range(min = 0, max = 4))]
-    pub phase: u8,
+    pub phase: i32,
     /// The data tier the instance used (`sqlite`, `pgbouncer`, `replicas`, `shards`, `dsql`, ...).
     pub tier: String,
     /// The instance that wrote the report (its Pod name in a cluster).
     pub instance: String,
     /// Length of the sliding window the rates are computed over, in seconds.
     #[schemars(range(min = 1))]
-    pub window_seconds: u32,
+    pub window_seconds: i32,
     /// HTTP requests per second (operational endpoints excluded) over the window.
     #[schemars(range(min = 0.0))]
     pub requests_per_second: f64,

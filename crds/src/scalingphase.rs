@@ -7,7 +7,7 @@
 //! live in [`crate::catalogue`], so nothing is written back into the object and
 //! a GitOps tool never sees a diff it did not cause.
 //!
-//! The rules are mirrored by [`crate::validate`], which the reconciler runs
+//! The rules are mirrored by the operator's `validate`, which the reconciler runs
 //! anyway: the operator must not trust that the CRD installed in a cluster is the
 //! one it was built with.
 
