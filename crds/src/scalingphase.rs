@@ -47,8 +47,11 @@ pub const MAX_HISTORY: usize = 10;
     printcolumn(name = "Name", type_ = "string", json_path = ".status.activePhaseName", description = "name of the active phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.readyComponents", description = "ready components / all components"),
     printcolumn(name = "TPS", type_ = "number", json_path = ".status.observedTPS", description = "observed transactions per second"),
+    printcolumn(name = "Transition", type_ = "string", json_path = ".status.transition.step", description = "step of the phase transition in progress"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Declared", type_ = "integer", json_path = ".spec.phase", priority = 1, description = "phase declared in spec"),
+    printcolumn(name = "Recommended", type_ = "integer", json_path = ".status.recommendedPhase", priority = 1, description = "phase the load suggests"),
+    printcolumn(name = "Target", type_ = "integer", json_path = ".status.targetPhase", priority = 1, description = "phase auto-promotion decided on"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "reason of the Ready condition"),
     printcolumn(name = "Cost/mo", type_ = "integer", json_path = ".status.estimatedMonthlyCostUSD", priority = 1, description = "estimated monthly cost in USD"),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
@@ -126,9 +129,19 @@ pub struct ScalingPhaseSpec {
     #[serde(default)]
     pub paused: bool,
 
-    /// Automatic promotion policy (filled in by the promotion work; Off by default).
+    /// Automatic promotion policy: Off by default; Recommend only reports,
+    /// Auto moves the phase (through `status.targetPhase`, never `spec`).
     #[serde(default)]
     pub autoscale: AutoscaleSpec,
+
+    /// How phase transitions move data: how long the old tier is kept after a
+    /// cut-over, and whether demotions that move data need an approval.
+    ///
+    /// A demotion that moves data (1→0, 3→2, 4→3) waits for the annotation
+    /// `ladder.dev/approve-transition: "<from>-to-<to>"` on this object unless
+    /// `allowDemotion` is true.
+    #[serde(default)]
+    pub transitions: TransitionPolicy,
 
     /// Edge settings: rate limiting, WAF rules and CDN cache rules (phase 2 up).
     #[serde(default)]
@@ -413,17 +426,127 @@ pub enum AutoscaleMode {
     Auto,
 }
 
-/// Automatic promotion policy. Only `mode` and `maxPhase` are read today.
+/// Automatic promotion policy.
+///
+/// Phase N's ceiling is 10^(N+1) TPS (10, 100, 1,000, 10,000, 100,000). The
+/// promoter recommends phase N+1 when the load has stayed at or above
+/// `promoteAt` × ceiling(N) for `promoteAfter`, and phase N-1 when it has
+/// stayed below `demoteBelow` × ceiling(N-1) for `demoteAfter`. Missing or
+/// stale load data never demotes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.minPhase) || !has(self.maxPhase) || self.minPhase <= self.maxPhase",
+        "message": "autoscale.minPhase must not be above autoscale.maxPhase",
+        "fieldPath": ".minPhase",
+        "reason": "FieldValueInvalid"
+    },
+    {
+        "rule": "(has(self.demoteBelow) ? self.demoteBelow : 0.3) * 10.0 <= (has(self.promoteAt) ? self.promoteAt : 0.8) * 10.0 - 1.0",
+        "message": "autoscale.demoteBelow must leave a gap of at least 0.1 under autoscale.promoteAt (hysteresis), or the phase would flap",
+        "fieldPath": ".demoteBelow",
+        "reason": "FieldValueInvalid"
+    }
+]))]
 pub struct AutoscaleSpec {
-    /// Off (default), Recommend or Auto.
+    /// Off (default), Recommend (status only) or Auto.
     #[serde(default)]
     pub mode: AutoscaleMode,
     /// Highest phase automatic promotion may reach; never below `spec.phase`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 4))]
     pub max_phase: Option<i32>,
+    /// Lowest phase automatic demotion may reach (default 0). Auto mode never
+    /// goes below `spec.phase` either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 4))]
+    pub min_phase: Option<i32>,
+    /// Share of the current phase's ceiling at which sustained load promotes
+    /// (default 0.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 1.0))]
+    pub promote_at: Option<f64>,
+    /// Share of the lower phase's ceiling below which sustained load demotes
+    /// (default 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.9))]
+    pub demote_below: Option<f64>,
+    /// How long the load must stay above the promotion threshold (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_after: Option<Duration>,
+    /// How long the load must stay below the demotion threshold (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demote_after: Option<Duration>,
+    /// Minimum time in a phase before the next automatic change (default `30m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_dwell: Option<Duration>,
+    /// Most automatic phase changes in any 24 hours (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 48))]
+    pub max_transitions_per_day: Option<i32>,
+}
+
+/// A duration such as `90s`, `5m`, `1h30m` or `24h`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct Duration(
+    /// The duration: one or more `<number><unit>` with unit `s`, `m` or `h`.
+    #[schemars(
+        length(min = 2, max = 16),
+        regex(pattern = r"^([0-9]{1,6}[smh]){1,3}$")
+    )]
+    pub String,
+);
+
+impl Duration {
+    /// The duration in seconds; `None` when it does not parse.
+    pub fn seconds(&self) -> Option<u64> {
+        let mut total: u64 = 0;
+        let mut number: Option<u64> = None;
+        for c in self.0.chars() {
+            if let Some(d) = c.to_digit(10) {
+                number = Some(
+                    number
+                        .unwrap_or(0)
+                        .checked_mul(10)?
+                        .checked_add(u64::from(d))?,
+                );
+                continue;
+            }
+            let unit = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => return None,
+            };
+            total = total.checked_add(number.take()?.checked_mul(unit)?)?;
+        }
+        if number.is_some() || self.0.is_empty() {
+            return None;
+        }
+        Some(total)
+    }
+}
+
+/// How phase transitions treat data.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionPolicy {
+    /// How long the old tier is kept, fenced read-only, after a cut-over
+    /// before it is retired per `deletionPolicy` (default `24h`). While it is
+    /// kept, nothing of it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_old_tier_for: Option<Duration>,
+    /// Let demotions that move data run without the
+    /// `ladder.dev/approve-transition` annotation (default false).
+    #[serde(default)]
+    pub allow_demotion: bool,
+    /// How long a step (the target tier becoming ready, the migration Job)
+    /// may take before the transition is reported blocked (default `30m`).
+    /// The transition keeps waiting; nothing is rolled back by a timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout: Option<Duration>,
 }
 
 /// Rate limiting, WAF and CDN cache settings rendered into config the app and
@@ -515,6 +638,13 @@ pub struct ScalingPhaseStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub observed_tps: Option<f64>,
+    /// Why `recommendedPhase` is what it is (written by the promoter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<Recommendation>,
+    /// The phase transition in progress, if any. It survives operator
+    /// restarts: the transition resumes at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<TransitionStatus>,
     /// Ready components over all components, such as `3/5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_components: Option<String>,
@@ -537,6 +667,83 @@ pub struct ScalingPhaseStatus {
     #[serde(default)]
     #[schemars(length(max = 10))]
     pub history: Vec<HistoryEntry>,
+}
+
+/// The steps of a phase transition, in order. Steps that move no data
+/// (1↔2) skip Migrate, Verify and Retain.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum TransitionStep {
+    /// Render the target tier beside the old one (the app still uses the old).
+    PrepareTarget,
+    /// Wait until every workload of the target tier is ready.
+    WaitTargetReady,
+    /// Run `ladder-app migrate` as a Job: copy, fence, catch up, verify.
+    Migrate,
+    /// Check the Job's own verification result.
+    Verify,
+    /// Point the app at the target tier and wait for it to roll.
+    CutOver,
+    /// Keep the old tier, fenced read-only, until `retainUntil`.
+    Retain,
+    /// Remove the old tier per `deletionPolicy`; its volumes are labelled retired.
+    Retire,
+    /// Finished; the target phase is active.
+    Done,
+}
+
+/// A phase transition in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionStatus {
+    /// The phase being left.
+    #[schemars(range(min = 0, max = 4))]
+    pub from: i32,
+    /// The phase being entered (always one step from `from`).
+    #[schemars(range(min = 0, max = 4))]
+    pub to: i32,
+    /// The step in progress.
+    pub step: TransitionStep,
+    /// Whether this step moves data between tiers (a migration Job runs).
+    #[serde(default)]
+    pub moves_data: bool,
+    /// When the transition started.
+    pub started_at: Time,
+    /// When the current step started (for the step timeout).
+    pub step_started_at: Time,
+    /// Name of the migration Job, when one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// When the retained old tier may be retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_until: Option<Time>,
+    /// What is happening, for humans.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub message: String,
+}
+
+/// The evidence behind `status.recommendedPhase`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recommendation {
+    /// The recommended phase.
+    pub phase: i32,
+    /// Why, for humans (which threshold over which window, or why it holds).
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    /// The TPS the decision is based on (the window's sustained value).
+    #[serde(rename = "tps")]
+    pub tps: f64,
+    /// The threshold crossed, in TPS, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Length of the window the load was judged over, in seconds.
+    pub window_seconds: i64,
+    /// Since when the load has been past the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// Readiness of one workload.

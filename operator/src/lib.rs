@@ -17,4 +17,5 @@ pub mod run;
 pub mod status;
 pub mod storage;
 pub mod telemetry;
+pub mod transition;
 pub mod validate;

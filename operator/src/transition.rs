@@ -1,0 +1,962 @@
+//! The transition machine: how the cluster moves from the active phase toward
+//! the effective target, one phase at a time, without losing data.
+//!
+//! [`decide`] is a pure function of what the reconciler observed ([`Facts`]:
+//! the stored `status.transition`, readiness of what is applied, the
+//! migration Job's state and result, the approval annotation, the clock) to
+//! the next [`Plan`]: which objects to render ([`Shape`]), the transition
+//! status to store, whether the transition is blocked and why. All I/O stays
+//! in the reconciler, so every step, every restart point and every failure is
+//! unit-tested here, and a restarted operator resumes from `status.transition`
+//! alone.
+//!
+//! The steps (see [`TransitionStep`]):
+//!
+//! ```text
+//! PrepareTarget → WaitTargetReady → Migrate → Verify → CutOver → Retain → Retire → Done
+//!                                  (only when the data tier changes)  (ditto)
+//! ```
+//!
+//! The invariant that matters: until Verify has passed, the old tier is in
+//! every rendered shape and the app is pointed at it, so nothing that holds
+//! data is deleted, scaled down or re-pointed, whatever `deletionPolicy` says.
+//! The old tier leaves the rendered shape only at Retire, after the
+//! retention window.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use ladder_crds::scalingphase::{TransitionStatus, TransitionStep};
+use serde::Deserialize;
+
+/// Annotation that approves a demotion which moves data: `"<from>-to-<to>"`.
+pub const APPROVE_ANNOTATION: &str = "ladder.dev/approve-transition";
+/// Label on the migration Job's pods (the e2e runner and kwok key on it).
+pub const JOB_LABEL: &str = "ladder.dev/job";
+/// Value of [`JOB_LABEL`] on migration pods.
+pub const JOB_MIGRATE: &str = "migrate";
+/// Label on volumes of a retired tier: the transition that retired them.
+pub const RETIRED_BY_LABEL: &str = "ladder.dev/retired-by";
+/// Annotation on volumes of a retired tier: when they were retired.
+pub const RETIRED_AT_ANNOTATION: &str = "ladder.dev/retired-at";
+
+/// Default for `spec.transitions.retainOldTierFor`: 24 hours.
+pub const DEFAULT_RETAIN_SECS: u64 = 24 * 3600;
+/// Default for `spec.transitions.stepTimeout`: 30 minutes.
+pub const DEFAULT_STEP_TIMEOUT_SECS: u64 = 30 * 60;
+
+/// Why a transition cannot go on. Each is a `TransitionBlocked` reason.
+pub mod blocked {
+    /// A demotion that moves data waits for the approval annotation.
+    pub const APPROVAL_REQUIRED: &str = "ApprovalRequired";
+    /// The migration Job failed.
+    pub const MIGRATION_FAILED: &str = "MigrationFailed";
+    /// The migration's verification did not pass (or reported nothing).
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// The target tier did not become ready within the step timeout.
+    pub const TARGET_NOT_READY: &str = "TargetNotReady";
+    /// The migration Job has been running longer than the step timeout.
+    pub const MIGRATION_SLOW: &str = "MigrationTimedOut";
+    /// The spec of a phase on the way does not validate.
+    pub const INVALID_STEP: &str = "InvalidTargetPhase";
+}
+
+/// The data tier a phase keeps its rows in. Changing it moves data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataTier {
+    /// Phase 0: SQLite in the app's volume.
+    Sqlite,
+    /// Phases 1 and 2: one PostgreSQL primary (phase 2 adds read replicas).
+    Postgres,
+    /// Phase 3: sharded PostgreSQL.
+    Shards,
+    /// Phase 4: CockroachDB.
+    Distributed,
+}
+
+impl DataTier {
+    /// The tier of a phase number.
+    pub fn of(phase: i32) -> DataTier {
+        match phase {
+            i32::MIN..=0 => DataTier::Sqlite,
+            1 | 2 => DataTier::Postgres,
+            3 => DataTier::Shards,
+            _ => DataTier::Distributed,
+        }
+    }
+}
+
+/// Whether the step `from` → `to` changes the data tier.
+pub fn moves_data(from: i32, to: i32) -> bool {
+    DataTier::of(from) != DataTier::of(to)
+}
+
+/// The name of the migration Job of a step.
+pub fn job_name(scaling_phase: &str, from: i32, to: i32) -> String {
+    format!("{scaling_phase}-migrate-{from}-to-{to}")
+}
+
+/// What `ladder-app migrate --result-file` writes (the Job pod's
+/// termination message).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationResult {
+    /// `CutOver`, `VerificationFailed` or `Error`.
+    #[serde(default)]
+    pub outcome: String,
+    /// Whether every table and partition matched.
+    #[serde(default)]
+    pub verified: bool,
+    /// Per table and partition: counts and checksums of both sides.
+    #[serde(default)]
+    pub tables: Vec<TableResult>,
+    /// How long writes were fenced, in milliseconds.
+    #[serde(default)]
+    pub fence_millis: Option<u64>,
+    /// A human summary.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One table of one target partition, as the migrator verified it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableResult {
+    /// Table name.
+    #[serde(default)]
+    pub table: String,
+    /// Target partition (shard) index, when partitioned.
+    #[serde(default)]
+    pub partition: Option<serde_json::Value>,
+    /// Rows in the source (routed by the target map).
+    #[serde(default)]
+    pub source_rows: i64,
+    /// Rows in the target partition.
+    #[serde(default)]
+    pub target_rows: i64,
+    /// Order-independent checksum of the source rows.
+    #[serde(default)]
+    pub source_checksum: serde_json::Value,
+    /// The same of the target rows.
+    #[serde(default)]
+    pub target_checksum: serde_json::Value,
+}
+
+impl MigrationResult {
+    /// The operator's own check of the Job's result: the Job must say it cut
+    /// over after verifying, and every table it reports must match on both
+    /// sides. `Err` carries what a human needs to know.
+    pub fn check(&self) -> Result<u64, String> {
+        if self.outcome != "CutOver" || !self.verified {
+            return Err(format!(
+                "the migration reported outcome {:?}, verified={}{}",
+                self.outcome,
+                self.verified,
+                self.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if self.tables.is_empty() {
+            return Err("the migration reported no verified tables".into());
+        }
+        let mut rows: u64 = 0;
+        for t in &self.tables {
+            if t.source_rows != t.target_rows || t.source_checksum != t.target_checksum {
+                return Err(format!(
+                    "table {} partition {}: source {} rows / checksum {}, target {} rows / checksum {}",
+                    t.table,
+                    t.partition.clone().unwrap_or(serde_json::Value::Null),
+                    t.source_rows,
+                    t.source_checksum,
+                    t.target_rows,
+                    t.target_checksum
+                ));
+            }
+            rows = rows.saturating_add(u64::try_from(t.target_rows).unwrap_or(0));
+        }
+        Ok(rows)
+    }
+}
+
+/// The migration Job as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobState {
+    /// Not created (or deleted by a human to retry).
+    Absent,
+    /// Created, not finished.
+    Running,
+    /// Finished with exit 0; the result its pod reported, if any.
+    Succeeded(Option<MigrationResult>),
+    /// Failed; why (the pod's termination message or the Job's condition).
+    Failed(String),
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// The active phase (`status.activePhase`).
+    pub active: i32,
+    /// The effective target (see `validate::effective_phase`).
+    pub target: i32,
+    /// The stored transition, if one is in progress.
+    pub current: Option<&'a TransitionStatus>,
+    /// Every workload of the shape applied last is ready.
+    pub shape_ready: bool,
+    /// The migration Job of the current step.
+    pub job: JobState,
+    /// The value of the approval annotation, if set.
+    pub approval: Option<&'a str>,
+    /// `spec.transitions.allowDemotion`.
+    pub allow_demotion: bool,
+    /// `spec.transitions.retainOldTierFor`, in seconds.
+    pub retain_secs: u64,
+    /// `spec.transitions.stepTimeout`, in seconds.
+    pub step_timeout_secs: u64,
+    /// The ScalingPhase's name (for the Job's name).
+    pub name: &'a str,
+}
+
+/// Which phases' objects to render, and which one the app uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One phase, nothing else.
+    Steady(i32),
+    /// Two phases side by side: everything `serve` renders (the app points at
+    /// its tier), plus the objects only `other` renders (its data tier),
+    /// plus the migration Job when `job` is set.
+    Both {
+        /// The phase whose app wiring is applied.
+        serve: i32,
+        /// The phase whose extra objects are kept beside it.
+        other: i32,
+        /// Render the migration Job `from` → `to`.
+        job: Option<(i32, i32)>,
+    },
+}
+
+/// A `TransitionBlocked` condition to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// One of [`blocked`].
+    pub reason: &'static str,
+    /// What a human should do.
+    pub message: String,
+}
+
+/// What the reconciler does next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The objects to render.
+    pub shape: Shape,
+    /// The phase to report as active.
+    pub active: i32,
+    /// The transition to store (`None`: no transition in progress).
+    pub transition: Option<TransitionStatus>,
+    /// Set when the transition cannot go on by itself.
+    pub blocked: Option<Blocked>,
+    /// A transition that finished with this decision: `(from, to)`.
+    pub finished: Option<(i32, i32)>,
+    /// The step entered with this decision, for an Event and the metrics.
+    pub entered: Option<TransitionStep>,
+    /// The old tier's volumes are retired with this decision (label them).
+    pub retire: Option<(i32, i32)>,
+    /// Rows the operator's own verification counted, when it passed now.
+    pub verified_rows: Option<u64>,
+}
+
+impl Plan {
+    fn steady(active: i32) -> Plan {
+        Plan {
+            shape: Shape::Steady(active),
+            active,
+            transition: None,
+            blocked: None,
+            finished: None,
+            entered: None,
+            retire: None,
+            verified_rows: None,
+        }
+    }
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn elapsed_secs(since: &Time, now: Timestamp) -> u64 {
+    let d = now.duration_since(since.0);
+    u64::try_from(d.as_secs()).unwrap_or(0)
+}
+
+/// Whether a demotion `from` → `to` has been approved.
+pub fn approved(f: &Facts<'_>, from: i32, to: i32) -> bool {
+    f.allow_demotion
+        || f.approval
+            .is_some_and(|a| a.trim() == format!("{from}-to-{to}"))
+}
+
+/// The next step. Pure: the same facts always give the same plan.
+pub fn decide(f: &Facts<'_>) -> Plan {
+    let Some(t) = f.current else {
+        return start(f);
+    };
+    let (from, to) = (t.from, t.to);
+    let mut next = t.clone();
+    let mut plan = Plan {
+        shape: Shape::Both {
+            serve: from,
+            other: to,
+            job: None,
+        },
+        active: from,
+        transition: None,
+        blocked: None,
+        finished: None,
+        entered: None,
+        retire: None,
+        verified_rows: None,
+    };
+    let timed_out = elapsed_secs(&t.step_started_at, f.now) > f.step_timeout_secs;
+    let enter =
+        |next: &mut TransitionStatus, plan: &mut Plan, step: TransitionStep, msg: String| {
+            next.step = step;
+            next.step_started_at = time(f.now);
+            next.message = msg;
+            plan.entered = Some(step);
+        };
+    // Before any row has moved, a target that no longer wants this step
+    // abandons it: the new tier was only prepared, the app never left the old.
+    let wanted = if to > from {
+        f.target >= to
+    } else {
+        f.target <= to
+    };
+    if !wanted
+        && matches!(
+            t.step,
+            TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady
+        )
+    {
+        return Plan::steady(from);
+    }
+    match t.step {
+        TransitionStep::PrepareTarget => {
+            enter(
+                &mut next,
+                &mut plan,
+                TransitionStep::WaitTargetReady,
+                format!("waiting for the phase {to} tier to be ready beside phase {from}"),
+            );
+        }
+        TransitionStep::WaitTargetReady => {
+            if f.shape_ready {
+                if t.moves_data {
+                    let job = job_name(f.name, from, to);
+                    next.job_name = Some(job.clone());
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::Migrate,
+                        format!("copying data from phase {from} to phase {to} (Job {job})"),
+                    );
+                    plan.shape = Shape::Both {
+                        serve: from,
+                        other: to,
+                        job: Some((from, to)),
+                    };
+                } else {
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::CutOver,
+                        format!("pointing the app at the phase {to} tier"),
+                    );
+                    plan.shape = Shape::Both {
+                        serve: to,
+                        other: from,
+                        job: None,
+                    };
+                }
+            } else if timed_out {
+                plan.blocked = Some(Blocked {
+                    reason: blocked::TARGET_NOT_READY,
+                    message: format!(
+                        "the phase {to} tier is not ready after {}s; the app keeps using phase {from}. See status.components",
+                        f.step_timeout_secs
+                    ),
+                });
+            }
+        }
+        TransitionStep::Migrate => {
+            plan.shape = Shape::Both {
+                serve: from,
+                other: to,
+                job: Some((from, to)),
+            };
+            match &f.job {
+                JobState::Absent | JobState::Running => {
+                    if timed_out {
+                        plan.blocked = Some(Blocked {
+                            reason: blocked::MIGRATION_SLOW,
+                            message: format!(
+                                "the migration Job {} has run for more than {}s; the app keeps using phase {from}",
+                                next.job_name.clone().unwrap_or_default(),
+                                f.step_timeout_secs
+                            ),
+                        });
+                    }
+                }
+                JobState::Failed(why) => {
+                    plan.blocked = Some(Blocked {
+                        reason: blocked::MIGRATION_FAILED,
+                        message: format!(
+                            "the migration Job {} failed: {why}. Phase {from} keeps serving; fix the cause and delete the Job to retry",
+                            next.job_name.clone().unwrap_or_default()
+                        ),
+                    });
+                }
+                JobState::Succeeded(_) => {
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::Verify,
+                        "checking the migration's verification".into(),
+                    );
+                }
+            }
+        }
+        TransitionStep::Verify => {
+            plan.shape = Shape::Both {
+                serve: from,
+                other: to,
+                job: Some((from, to)),
+            };
+            let result = match &f.job {
+                JobState::Succeeded(Some(r)) => r.check(),
+                JobState::Succeeded(None) => Err("the migration Job reported no result".to_owned()),
+                JobState::Absent => {
+                    Err("the migration Job is gone before its result was checked".to_owned())
+                }
+                JobState::Running => Err("the migration Job is running again".to_owned()),
+                JobState::Failed(why) => Err(why.clone()),
+            };
+            match result {
+                Ok(rows) => {
+                    plan.verified_rows = Some(rows);
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::CutOver,
+                        format!("verified {rows} rows; pointing the app at the phase {to} tier"),
+                    );
+                    plan.shape = Shape::Both {
+                        serve: to,
+                        other: from,
+                        job: Some((from, to)),
+                    };
+                }
+                Err(why) if f.job == JobState::Absent || f.job == JobState::Running => {
+                    // A deleted Job is re-created: go back to Migrate.
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::Migrate,
+                        format!("re-running the migration: {why}"),
+                    );
+                }
+                Err(why) => {
+                    plan.blocked = Some(Blocked {
+                        reason: blocked::VERIFICATION_FAILED,
+                        message: format!(
+                            "{why}. The app stays on phase {from}; nothing was cut over. Delete the Job to retry"
+                        ),
+                    });
+                }
+            }
+        }
+        TransitionStep::CutOver => {
+            plan.shape = Shape::Both {
+                serve: to,
+                other: from,
+                job: t.moves_data.then_some((from, to)),
+            };
+            if f.shape_ready {
+                if t.moves_data {
+                    let until = f
+                        .now
+                        .checked_add(SignedDuration::from_secs(
+                            i64::try_from(f.retain_secs).unwrap_or(i64::MAX / 2),
+                        ))
+                        .unwrap_or(f.now);
+                    next.retain_until = Some(time(until));
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::Retain,
+                        format!(
+                            "the app uses phase {to}; the phase {from} tier is kept read-only until {until}"
+                        ),
+                    );
+                } else {
+                    enter(
+                        &mut next,
+                        &mut plan,
+                        TransitionStep::Retire,
+                        format!("retiring what phase {to} no longer needs"),
+                    );
+                    plan.shape = Shape::Steady(to);
+                    plan.retire = Some((from, to));
+                }
+            }
+        }
+        TransitionStep::Retain => {
+            plan.shape = Shape::Both {
+                serve: to,
+                other: from,
+                job: Some((from, to)),
+            };
+            let due = t.retain_until.as_ref().is_none_or(|u| f.now >= u.0);
+            if due {
+                enter(
+                    &mut next,
+                    &mut plan,
+                    TransitionStep::Retire,
+                    format!("retiring the phase {from} tier per deletionPolicy"),
+                );
+                plan.shape = Shape::Steady(to);
+                plan.retire = Some((from, to));
+            }
+        }
+        TransitionStep::Retire => {
+            plan.shape = Shape::Steady(to);
+            enter(
+                &mut next,
+                &mut plan,
+                TransitionStep::Done,
+                format!("phase {to} is active"),
+            );
+        }
+        TransitionStep::Done => {
+            let mut p = Plan::steady(to);
+            p.finished = Some((from, to));
+            return p;
+        }
+    }
+    plan.transition = Some(next);
+    plan
+}
+
+/// No transition in progress: stay, or start one step toward the target.
+fn start(f: &Facts<'_>) -> Plan {
+    if f.active == f.target {
+        return Plan::steady(f.active);
+    }
+    let from = f.active;
+    let to = if f.target > from { from + 1 } else { from - 1 };
+    let moves = moves_data(from, to);
+    if to < from && moves && !approved(f, from, to) {
+        let mut p = Plan::steady(from);
+        p.blocked = Some(Blocked {
+            reason: blocked::APPROVAL_REQUIRED,
+            message: format!(
+                "stepping down from phase {from} to {to} moves data: annotate the ScalingPhase with {APPROVE_ANNOTATION}={from}-to-{to} (or set spec.transitions.allowDemotion) to go on"
+            ),
+        });
+        return p;
+    }
+    let now = time(f.now);
+    Plan {
+        shape: Shape::Both {
+            serve: from,
+            other: to,
+            job: None,
+        },
+        active: from,
+        transition: Some(TransitionStatus {
+            from,
+            to,
+            step: TransitionStep::PrepareTarget,
+            moves_data: moves,
+            started_at: now.clone(),
+            step_started_at: now,
+            job_name: None,
+            retain_until: None,
+            message: format!("preparing the phase {to} tier beside phase {from}"),
+        }),
+        blocked: None,
+        finished: None,
+        entered: Some(TransitionStep::PrepareTarget),
+        retire: None,
+        verified_rows: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("valid")
+    }
+
+    fn facts<'a>(active: i32, target: i32, current: Option<&'a TransitionStatus>) -> Facts<'a> {
+        Facts {
+            now: ts(0),
+            active,
+            target,
+            current,
+            shape_ready: false,
+            job: JobState::Absent,
+            approval: None,
+            allow_demotion: false,
+            retain_secs: 3600,
+            step_timeout_secs: 600,
+            name: "shop",
+        }
+    }
+
+    fn good_result() -> MigrationResult {
+        MigrationResult {
+            outcome: "CutOver".into(),
+            verified: true,
+            tables: vec![TableResult {
+                table: "links".into(),
+                partition: None,
+                source_rows: 42,
+                target_rows: 42,
+                source_checksum: serde_json::json!("abc"),
+                target_checksum: serde_json::json!("abc"),
+            }],
+            fence_millis: Some(12),
+            message: None,
+        }
+    }
+
+    /// Drives the machine until it stops changing or `max` decisions, with a
+    /// world in which everything succeeds. Returns the steps seen.
+    fn run_to_end(active: i32, target: i32) -> (Vec<(i32, i32, TransitionStep)>, i32) {
+        let mut active = active;
+        let mut current: Option<TransitionStatus> = None;
+        let mut seen = Vec::new();
+        let mut now = 0;
+        for _ in 0..200 {
+            now += 10;
+            let job = match current.as_ref().map(|t| t.step) {
+                Some(TransitionStep::Migrate | TransitionStep::Verify) => {
+                    JobState::Succeeded(Some(good_result()))
+                }
+                _ => JobState::Absent,
+            };
+            let f = Facts {
+                now: ts(now),
+                shape_ready: true,
+                job,
+                ..facts(active, target, current.as_ref())
+            };
+            let p = decide(&f);
+            assert!(p.blocked.is_none(), "blocked: {:?}", p.blocked);
+            if let Some(t) = &p.transition {
+                seen.push((t.from, t.to, t.step));
+            }
+            // Retain waits for its window: jump the clock past it.
+            if p.transition.as_ref().map(|t| t.step) == Some(TransitionStep::Retain) {
+                now += 3600;
+            }
+            active = p.active;
+            if p.finished.is_some() {
+                active = p.finished.map(|(_, to)| to).unwrap_or(active);
+            }
+            current = p.transition;
+            if current.is_none() && active == target {
+                break;
+            }
+        }
+        (seen, active)
+    }
+
+    #[test]
+    fn steady_when_at_target() {
+        let p = decide(&facts(2, 2, None));
+        assert_eq!(p, Plan::steady(2));
+    }
+
+    #[test]
+    fn climb_that_moves_data_walks_every_step() {
+        let (seen, active) = run_to_end(0, 1);
+        assert_eq!(active, 1);
+        let steps: Vec<_> = seen.iter().map(|s| s.2).collect();
+        assert_eq!(
+            steps,
+            vec![
+                TransitionStep::PrepareTarget,
+                TransitionStep::WaitTargetReady,
+                TransitionStep::Migrate,
+                TransitionStep::Verify,
+                TransitionStep::CutOver,
+                TransitionStep::Retain,
+                TransitionStep::Retire,
+                TransitionStep::Done,
+            ]
+        );
+    }
+
+    #[test]
+    fn step_without_data_skips_migration() {
+        let (seen, active) = run_to_end(1, 2);
+        assert_eq!(active, 2);
+        let steps: Vec<_> = seen.iter().map(|s| s.2).collect();
+        assert_eq!(
+            steps,
+            vec![
+                TransitionStep::PrepareTarget,
+                TransitionStep::WaitTargetReady,
+                TransitionStep::CutOver,
+                TransitionStep::Retire,
+                TransitionStep::Done,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_jump_walks_one_phase_at_a_time() {
+        let (seen, active) = run_to_end(0, 3);
+        assert_eq!(active, 3);
+        let pairs: Vec<(i32, i32)> = seen
+            .iter()
+            .filter(|s| s.2 == TransitionStep::PrepareTarget)
+            .map(|s| (s.0, s.1))
+            .collect();
+        assert_eq!(pairs, vec![(0, 1), (1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn old_tier_stays_and_app_stays_on_it_until_verified() {
+        // Every plan before CutOver serves `from` and keeps `to` beside it.
+        let (seen, _) = run_to_end(2, 3);
+        assert!(seen.iter().any(|s| s.2 == TransitionStep::Verify));
+        for step in [
+            TransitionStep::PrepareTarget,
+            TransitionStep::WaitTargetReady,
+            TransitionStep::Migrate,
+            TransitionStep::Verify,
+        ] {
+            let t = transition(2, 3, step);
+            let f = facts(2, 3, Some(&t));
+            let p = decide(&f);
+            match p.shape {
+                Shape::Both { serve, other, .. } => {
+                    assert_eq!((serve, other), (2, 3), "at {step:?}")
+                }
+                Shape::Steady(_) => panic!("old tier dropped at {step:?}"),
+            }
+        }
+        // Retain keeps the old tier too.
+        let t = TransitionStatus {
+            retain_until: Some(time(ts(100))),
+            ..transition(2, 3, TransitionStep::Retain)
+        };
+        let p = decide(&facts(2, 3, Some(&t)));
+        assert!(matches!(p.shape, Shape::Both { other: 2, .. }));
+        assert!(p.retire.is_none());
+    }
+
+    fn transition(from: i32, to: i32, step: TransitionStep) -> TransitionStatus {
+        TransitionStatus {
+            from,
+            to,
+            step,
+            moves_data: moves_data(from, to),
+            started_at: time(ts(-100)),
+            step_started_at: time(ts(-10)),
+            job_name: Some(job_name("shop", from, to)),
+            retain_until: None,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn restart_at_every_step_resumes_from_status() {
+        // A fresh operator sees only status.transition: the decision is the
+        // same as the one the old operator would have made.
+        for step in [
+            TransitionStep::PrepareTarget,
+            TransitionStep::WaitTargetReady,
+            TransitionStep::Migrate,
+            TransitionStep::Verify,
+            TransitionStep::CutOver,
+            TransitionStep::Retain,
+            TransitionStep::Retire,
+            TransitionStep::Done,
+        ] {
+            let t = transition(0, 1, step);
+            let f = Facts {
+                shape_ready: true,
+                job: JobState::Succeeded(Some(good_result())),
+                ..facts(0, 1, Some(&t))
+            };
+            let a = decide(&f);
+            let b = decide(&f.clone());
+            assert_eq!(a, b, "not deterministic at {step:?}");
+            if step != TransitionStep::Done {
+                let next = a.transition.expect("still in transition");
+                assert!(next.step >= step, "went back at {step:?}");
+            } else {
+                assert_eq!(a.finished, Some((0, 1)));
+                assert_eq!(a.active, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn failed_job_blocks_without_cut_over() {
+        let t = transition(0, 1, TransitionStep::Migrate);
+        let f = Facts {
+            job: JobState::Failed("exit 1: connection refused".into()),
+            ..facts(0, 1, Some(&t))
+        };
+        let p = decide(&f);
+        let b = p.blocked.expect("blocked");
+        assert_eq!(b.reason, blocked::MIGRATION_FAILED);
+        assert!(b.message.contains("connection refused"));
+        assert_eq!(p.transition.expect("kept").step, TransitionStep::Migrate);
+        assert!(matches!(p.shape, Shape::Both { serve: 0, .. }));
+    }
+
+    #[test]
+    fn failed_verification_blocks_without_cut_over() {
+        let t = transition(2, 3, TransitionStep::Verify);
+        let mut bad = good_result();
+        bad.tables[0].target_rows = 41;
+        let f = Facts {
+            job: JobState::Succeeded(Some(bad)),
+            ..facts(2, 3, Some(&t))
+        };
+        let p = decide(&f);
+        assert_eq!(
+            p.blocked.expect("blocked").reason,
+            blocked::VERIFICATION_FAILED
+        );
+        assert!(matches!(p.shape, Shape::Both { serve: 2, .. }));
+        // No result at all is a failed verification too.
+        let f = Facts {
+            job: JobState::Succeeded(None),
+            ..facts(2, 3, Some(&t))
+        };
+        assert_eq!(
+            decide(&f).blocked.expect("blocked").reason,
+            blocked::VERIFICATION_FAILED
+        );
+        // And a job that says it could not verify.
+        let f = Facts {
+            job: JobState::Succeeded(Some(MigrationResult {
+                outcome: "VerificationFailed".into(),
+                ..good_result()
+            })),
+            ..facts(2, 3, Some(&t))
+        };
+        assert!(decide(&f).blocked.is_some());
+    }
+
+    #[test]
+    fn deleted_job_is_rerun() {
+        let t = transition(0, 1, TransitionStep::Verify);
+        let p = decide(&facts(0, 1, Some(&t)));
+        assert!(p.blocked.is_none());
+        assert_eq!(p.transition.expect("kept").step, TransitionStep::Migrate);
+    }
+
+    #[test]
+    fn demotion_that_moves_data_needs_approval() {
+        let p = decide(&facts(3, 2, None));
+        assert_eq!(
+            p.blocked.expect("blocked").reason,
+            blocked::APPROVAL_REQUIRED
+        );
+        assert_eq!(p.shape, Shape::Steady(3));
+        assert!(p.transition.is_none());
+        // The wrong approval does not count.
+        let f = Facts {
+            approval: Some("3-to-1"),
+            ..facts(3, 2, None)
+        };
+        assert!(decide(&f).blocked.is_some());
+        let f = Facts {
+            approval: Some("3-to-2"),
+            ..facts(3, 2, None)
+        };
+        let p = decide(&f);
+        assert!(p.blocked.is_none());
+        assert_eq!(p.transition.expect("started").to, 2);
+        let f = Facts {
+            allow_demotion: true,
+            ..facts(1, 0, None)
+        };
+        assert!(decide(&f).blocked.is_none());
+    }
+
+    #[test]
+    fn demotion_without_data_needs_no_approval() {
+        let p = decide(&facts(2, 1, None));
+        assert!(p.blocked.is_none());
+        let t = p.transition.expect("started");
+        assert!(!t.moves_data);
+    }
+
+    #[test]
+    fn target_not_ready_times_out_but_keeps_waiting() {
+        let t = transition(1, 2, TransitionStep::WaitTargetReady);
+        let f = Facts {
+            now: ts(10_000),
+            ..facts(1, 2, Some(&t))
+        };
+        let p = decide(&f);
+        assert_eq!(
+            p.blocked.expect("blocked").reason,
+            blocked::TARGET_NOT_READY
+        );
+        assert_eq!(
+            p.transition.expect("kept").step,
+            TransitionStep::WaitTargetReady
+        );
+    }
+
+    #[test]
+    fn abandoned_before_data_moves_when_the_target_goes_back() {
+        let t = transition(0, 1, TransitionStep::WaitTargetReady);
+        let p = decide(&facts(0, 0, Some(&t)));
+        assert_eq!(p, Plan::steady(0));
+        // Once the migration runs it finishes (then a reverse step follows).
+        let t = transition(0, 1, TransitionStep::Migrate);
+        let p = decide(&facts(0, 0, Some(&t)));
+        assert!(p.transition.is_some());
+    }
+
+    #[test]
+    fn retain_waits_for_its_window() {
+        let t = TransitionStatus {
+            retain_until: Some(time(ts(100))),
+            ..transition(0, 1, TransitionStep::Retain)
+        };
+        let p = decide(&facts(0, 1, Some(&t)));
+        assert_eq!(p.transition.expect("kept").step, TransitionStep::Retain);
+        let f = Facts {
+            now: ts(101),
+            ..facts(0, 1, Some(&t))
+        };
+        let p = decide(&f);
+        assert_eq!(p.retire, Some((0, 1)));
+        assert_eq!(p.shape, Shape::Steady(1));
+    }
+
+    #[test]
+    fn result_check_reads_the_migrators_json() {
+        let r: MigrationResult = serde_json::from_str(
+            r#"{"outcome":"CutOver","verified":true,"tables":[{"table":"links","partition":0,"sourceRows":3,"targetRows":3,"sourceChecksum":"9","targetChecksum":"9"}],"fenceMillis":5}"#,
+        )
+        .expect("parses");
+        assert_eq!(r.check(), Ok(3));
+    }
+}
