@@ -41,11 +41,14 @@ use tracing::{info, instrument, warn};
 use crate::apply::{self, ApplyError};
 use crate::integrations::Integrations;
 use crate::metrics::Metrics;
+use crate::promoter::{self, History};
 use crate::render::migration::{self, TierVolumes};
 use crate::render::{self, Desired, ExpectedComponent};
 use crate::status::{self, Observed};
 use crate::transition::{self, Facts, JobState, MigrationResult, Shape};
 use crate::validate::{self, World};
+use ladder_crds::load_report::LoadReport;
+use ladder_crds::scalingphase::AutoscaleMode;
 use ladder_crds::scalingphase::{ComponentStatus, DeletionPolicy, ScalingPhase, TransitionStep};
 
 /// Finalizer that decides what happens to data on deletion.
@@ -55,6 +58,8 @@ pub const FINALIZER: &str = "ladder.dev/data-retention";
 pub const DRIFT_CHECK: Duration = Duration::from_secs(300);
 /// Requeue while components are not ready (workload watches usually wake us earlier).
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(30);
+/// How often the promoter samples the load at the latest.
+const PROMOTER_SAMPLE: Duration = Duration::from_secs(10);
 /// Requeue while a transition moves from step to step.
 const TRANSITION_REQUEUE: Duration = Duration::from_secs(2);
 
@@ -121,6 +126,21 @@ pub struct Context {
     pub integrations: watch::Receiver<Integrations>,
     /// Per ScalingPhase uid: hash of the last applied desired set and when.
     applied: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// Where the promoter reads load from (LoadReports and the app pods
+    /// that may write them); `None` when not wired (tests).
+    load: Option<LoadSources>,
+    /// Per ScalingPhase uid: the promoter's windowed load history.
+    histories: Arc<Mutex<HashMap<String, History>>>,
+}
+
+/// The reflector stores the promoter reads.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // kube's Store has no Debug
+pub struct LoadSources {
+    /// Every LoadReport the operator can see.
+    pub reports: Store<LoadReport>,
+    /// Metadata of the app pods (label `app.kubernetes.io/component=app`).
+    pub pods: Store<PartialObjectMeta<Pod>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -147,7 +167,88 @@ impl Context {
             nodes,
             integrations,
             applied: Arc::default(),
+            load: None,
+            histories: Arc::default(),
         }
+    }
+
+    /// Lets the promoter read LoadReports and app pods from these stores.
+    pub fn with_load(mut self, load: LoadSources) -> Self {
+        self.load = Some(load);
+        self
+    }
+
+    /// Samples the load of `sp` (fresh, believable LoadReports summed) into
+    /// its history and runs the promoter. `None` when autoscaling is off.
+    fn promote(
+        &self,
+        sp: &ScalingPhase,
+        active: i32,
+        now: Timestamp,
+    ) -> Option<promoter::Decision> {
+        let policy = promoter::Policy::from_spec(&sp.spec.autoscale, sp.spec.monthly_budget_usd);
+        let uid = sp.uid().unwrap_or_default();
+        if policy.mode == AutoscaleMode::Off {
+            self.histories
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&uid);
+            return None;
+        }
+        let ns = sp.namespace().unwrap_or_default();
+        let name = sp.name_any();
+        let tps = self.load.as_ref().and_then(|load| {
+            let pods = load.pods.state();
+            let ours = |pod: &str| {
+                pods.iter().any(|p| {
+                    p.name_any() == pod
+                        && p.namespace().as_deref() == Some(ns.as_str())
+                        && p.labels().get(render::SCALINGPHASE_LABEL) == Some(&name)
+                })
+            };
+            let reports = load.reports.state();
+            let here = reports
+                .iter()
+                .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+                .filter(|r| {
+                    // Reports naming another ScalingPhase of this namespace
+                    // are that one's business, not rejections of ours.
+                    r.spec.scaling_phase == name
+                        || r.labels().get(render::SCALINGPHASE_LABEL) == Some(&name)
+                })
+                .map(|r| r.as_ref());
+            let (sum, rejected) = promoter::sum_reports(&name, here, &ours, now);
+            for reason in rejected {
+                self.metrics.report_rejected(reason);
+            }
+            sum
+        });
+        let mut map = self
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let history = map.entry(uid).or_default();
+        history.push(promoter::Sample { at: now, tps }, policy.horizon());
+        let status = sp.status.as_ref();
+        let changes: Vec<Timestamp> = status
+            .map(|s| s.history.iter().skip(1).map(|h| h.time.0).collect())
+            .unwrap_or_default();
+        let mut cost = [0i64; 5];
+        for (p, c) in cost.iter_mut().enumerate() {
+            *c = ladder_crds::catalogue::Phase::from_number(i32::try_from(p).unwrap_or(0))
+                .map(|ph| ladder_crds::catalogue::profile(ph).base_monthly_cost_usd)
+                .unwrap_or(0);
+        }
+        let inputs = promoter::Inputs {
+            now,
+            active,
+            declared: sp.spec.phase,
+            target: status.and_then(|s| s.target_phase),
+            phase_since: status.and_then(|s| s.history.last()).map(|h| h.time.0),
+            changes: &changes,
+            cost,
+        };
+        Some(promoter::decide(&policy, history, &inputs))
     }
 
     fn world(&self) -> World {
@@ -239,9 +340,23 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
         Ok(ok) => ok,
         Err(invalid) => return refuse(sp, ctx, &uid, invalid.to_string()).await,
     };
-    let target = v.phase.number();
+    let declared_target = v.phase.number();
     // A new ScalingPhase starts at its target: there is no data to move yet.
-    let active = old.and_then(|s| s.active_phase).unwrap_or(target);
+    let active = old.and_then(|s| s.active_phase).unwrap_or(declared_target);
+    // The promoter (pure) over the load observed so far.
+    let decision = ctx.promote(sp, active, Timestamp::now());
+    let target = match decision.as_ref().and_then(|d| d.target) {
+        Some(t) if sp.spec.autoscale.mode == AutoscaleMode::Auto => {
+            let declared = sp.spec.phase;
+            let cap = sp.spec.autoscale.max_phase.unwrap_or(4);
+            if t > declared {
+                t.min(cap).max(declared)
+            } else {
+                declared
+            }
+        }
+        _ => declared_target,
+    };
     let stored = old.and_then(|s| s.transition.as_ref());
 
     // 2. observe what the last decision applied, and the migration Job.
@@ -298,25 +413,24 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
     } else {
         transition::decide(&facts)
     };
-    if plan.entered == Some(TransitionStep::PrepareTarget) {
-        if let Some(t) = &plan.transition {
-            if let Some(stale) = stale_volumes(sp, &world, ctx, &ns, t.from, t.to).await? {
-                plan = transition::Plan {
-                    transition: None,
-                    shape: shape_now,
-                    entered: None,
-                    blocked: Some(transition::Blocked {
-                        reason: transition::blocked::STALE_VOLUMES,
-                        message: format!(
-                            "phase {} would start on volumes a past transition retired ({stale}); they hold stale data. Back them up and delete them (or remove their {} label to reuse them knowingly) to go on",
-                            t.to,
-                            transition::RETIRED_BY_LABEL
-                        ),
-                    }),
-                    ..plan
-                };
-            }
-        }
+    if plan.entered == Some(TransitionStep::PrepareTarget)
+        && let Some(t) = &plan.transition
+        && let Some(stale) = stale_volumes(sp, &world, ctx, &ns, t.from, t.to).await?
+    {
+        plan = transition::Plan {
+            transition: None,
+            shape: shape_now,
+            entered: None,
+            blocked: Some(transition::Blocked {
+                reason: transition::blocked::STALE_VOLUMES,
+                message: format!(
+                    "phase {} would start on volumes a past transition retired ({stale}); they hold stale data. Back them up and delete them (or remove their {} label to reuse them knowingly) to go on",
+                    t.to,
+                    transition::RETIRED_BY_LABEL
+                ),
+            }),
+            ..plan
+        };
     }
 
     // 4. render (pure) what the decision needs.
@@ -412,6 +526,53 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
     let at = now();
     let mut next = status::compute(old, generation, observed, at.clone());
     next.transition = plan.transition.clone();
+    apply_decision(&mut next, decision.as_ref(), sp, generation, &at);
+    if let Some(d) = &decision {
+        ctx.metrics
+            .promoter_view(&ns, &name, d.observed_tps, d.recommended);
+        let before = old.and_then(|s| s.recommended_phase);
+        if before != Some(d.recommended) {
+            let direction = if d.recommended > active {
+                "up"
+            } else if d.recommended < active {
+                "down"
+            } else {
+                "hold"
+            };
+            if direction != "hold" {
+                ctx.metrics.promotion(direction, "recommended");
+            }
+            publish(
+                ctx,
+                sp,
+                EventType::Normal,
+                "Recommendation",
+                &format!("phase {}: {}", d.recommended, d.recommendation.reason),
+            )
+            .await;
+        }
+        if let Some((reason, message)) = &d.refused
+            && !old.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == status::types::TRANSITION_BLOCKED && c.reason == *reason)
+            })
+        {
+            ctx.metrics
+                .promotion(if d.recommended > active { "up" } else { "down" }, reason);
+            publish(ctx, sp, EventType::Warning, reason, message).await;
+        }
+        if d.target != old.and_then(|s| s.target_phase) && d.target.is_some() {
+            ctx.metrics.promotion(
+                if d.target > Some(active) {
+                    "up"
+                } else {
+                    "down"
+                },
+                "applied",
+            );
+        }
+    }
     match &plan.blocked {
         Some(b) => status::set_condition(
             &mut next,
@@ -422,6 +583,19 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
             generation,
             &at,
         ),
+        None if decision.as_ref().is_some_and(|d| d.refused.is_some()) => {
+            if let Some((reason, message)) = decision.as_ref().and_then(|d| d.refused.clone()) {
+                status::set_condition(
+                    &mut next,
+                    status::types::TRANSITION_BLOCKED,
+                    true,
+                    reason,
+                    message,
+                    generation,
+                    &at,
+                );
+            }
+        }
         None => status::set_condition(
             &mut next,
             status::types::TRANSITION_BLOCKED,
@@ -439,18 +613,18 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
             &at,
         ),
     }
-    if let Some(t) = &plan.transition {
-        if plan.blocked.is_none() {
-            status::set_condition(
-                &mut next,
-                status::types::PROGRESSING,
-                true,
-                "Transitioning",
-                format!("phase {} to {}: {:?}: {}", t.from, t.to, t.step, t.message),
-                generation,
-                &at,
-            );
-        }
+    if let Some(t) = &plan.transition
+        && plan.blocked.is_none()
+    {
+        status::set_condition(
+            &mut next,
+            status::types::PROGRESSING,
+            true,
+            "Transitioning",
+            format!("phase {} to {}: {:?}: {}", t.from, t.to, t.step, t.message),
+            generation,
+            &at,
+        );
     }
     ctx.metrics.active_phase(&ns, &name, plan.active);
     if let Some(step) = plan.entered {
@@ -478,13 +652,13 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
         )
         .await;
     }
-    if let Some(b) = &plan.blocked {
-        if before_blocked.as_ref().map(|(r, _)| r.as_str()) != Some(b.reason) {
-            if let Some(t) = &plan.transition {
-                ctx.metrics.transition_finished(t.from, t.to, b.reason);
-            }
-            publish(ctx, sp, EventType::Warning, b.reason, &b.message).await;
+    if let Some(b) = &plan.blocked
+        && before_blocked.as_ref().map(|(r, _)| r.as_str()) != Some(b.reason)
+    {
+        if let Some(t) = &plan.transition {
+            ctx.metrics.transition_finished(t.from, t.to, b.reason);
         }
+        publish(ctx, sp, EventType::Warning, b.reason, &b.message).await;
     }
     if patch_status(sp, ctx, next).await? && all_ready && before_ready != Some(true) {
         publish(
@@ -496,7 +670,77 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
         )
         .await;
     }
-    Ok(Action::requeue(requeue_after(&plan, all_ready, &facts)))
+    let mut after = requeue_after(&plan, all_ready, &facts);
+    if decision.is_some() {
+        // Sample the load at least this often (LoadReport changes wake us too).
+        after = after.min(PROMOTER_SAMPLE);
+    }
+    Ok(Action::requeue(after))
+}
+
+/// Two significant digits: status shows a figure, not every wiggle of it, so
+/// a steady load causes no status writes.
+fn round2(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let magnitude = 10f64.powi(x.abs().log10().floor() as i32 - 1);
+    (x / magnitude).round() * magnitude
+}
+
+/// Writes the promoter's decision into the next status.
+fn apply_decision(
+    next: &mut ladder_crds::scalingphase::ScalingPhaseStatus,
+    decision: Option<&promoter::Decision>,
+    sp: &ScalingPhase,
+    generation: Option<i64>,
+    at: &Time,
+) {
+    let Some(d) = decision else {
+        next.observed_tps = None;
+        next.recommended_phase = None;
+        next.recommendation = None;
+        next.target_phase = None;
+        next.conditions.retain(|c| {
+            c.type_ != status::types::METRICS_AVAILABLE && c.type_ != status::types::COOLDOWN_ACTIVE
+        });
+        return;
+    };
+    next.observed_tps = d.observed_tps.map(round2);
+    next.recommended_phase = Some(d.recommended);
+    let mut rec = d.recommendation.clone();
+    rec.tps = round2(rec.tps);
+    rec.reason = rec.reason.chars().take(1000).collect();
+    next.recommendation = Some(rec);
+    next.target_phase = if sp.spec.autoscale.mode == AutoscaleMode::Auto {
+        d.target
+    } else {
+        None
+    };
+    let (ok, reason, message) = &d.metrics;
+    let message = match d.observed_tps {
+        Some(t) if *ok => format!("{} TPS from fresh LoadReports", round2(t)),
+        _ => message.clone(),
+    };
+    status::set_condition(
+        next,
+        status::types::METRICS_AVAILABLE,
+        *ok,
+        reason,
+        message,
+        generation,
+        at,
+    );
+    let (on, reason, message) = &d.cooldown;
+    status::set_condition(
+        next,
+        status::types::COOLDOWN_ACTIVE,
+        *on,
+        reason,
+        message.clone(),
+        generation,
+        at,
+    );
 }
 
 /// How soon to look again: quickly while a transition moves, at the end of
@@ -641,10 +885,7 @@ async fn observe_job(client: &Client, ns: &str, name: &str) -> Result<JobState, 
         .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
         .flatten()
         .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-        .filter_map(|t| {
-            let exit = t.exit_code;
-            Some((exit, t.message.clone().unwrap_or_default()))
-        })
+        .map(|t| (t.exit_code, t.message.clone().unwrap_or_default()))
         .next_back();
     let result = message
         .as_ref()
