@@ -54,9 +54,16 @@ curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || die "the operator is not
 # Every generated pod must pass the `restricted` Pod Security profile.
 "$KUBECTL" label --overwrite namespace "$NS" pod-security.kubernetes.io/enforce=restricted >/dev/null
 
+# Waits until shop is Ready in the phase, printing each transition step as
+# `kubectl get sp -w` would show it.
 wait_ready() {
-  local phase="$1" start=$SECONDS
+  local phase="$1" start=$SECONDS last=""
   for _ in $(seq 1 600); do
+    step="$("$KUBECTL" -n "$NS" get sp shop -o jsonpath='{.status.activePhase} {.status.transition.from}->{.status.transition.to} {.status.transition.step}' 2>/dev/null || true)"
+    if [[ $step != "$last" ]]; then
+      printf '    %5ss  active=%s  transition=%s\n' "$((SECONDS - start))" "${step%% *}" "${step#* }"
+      last="$step"
+    fi
     got="$("$KUBECTL" -n "$NS" get sp shop -o jsonpath='{.status.activePhase}/{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
     if [[ $got == "$phase/True" ]]; then
       log "phase $phase Ready after $((SECONDS - start))s"

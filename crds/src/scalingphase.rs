@@ -90,8 +90,8 @@ pub const MAX_HISTORY: usize = 10;
         "reason": "FieldValueInvalid"
     },
     {
-        "rule": "!has(oldSelf.overrides) || !has(oldSelf.overrides.postgres) || !has(oldSelf.overrides.postgres.shards) || self.phase != 3 || (has(self.overrides) && has(self.overrides.postgres) && has(self.overrides.postgres.shards) && self.overrides.postgres.shards == oldSelf.overrides.postgres.shards)",
-        "message": "overrides.postgres.shards is immutable while in phase 3: resharding is a data migration",
+        "rule": "self.phase != 3 || oldSelf.phase != 3 || ((has(self.overrides) && has(self.overrides.postgres) && has(self.overrides.postgres.shards)) ? self.overrides.postgres.shards : 4) == ((has(oldSelf.overrides) && has(oldSelf.overrides.postgres) && has(oldSelf.overrides.postgres.shards)) ? oldSelf.overrides.postgres.shards : 4)",
+        "message": "overrides.postgres.shards is immutable while in phase 3 (unset means 4): resharding is a data migration Ladder does not run yet",
         "fieldPath": ".overrides.postgres.shards",
         "reason": "FieldValueForbidden"
     }

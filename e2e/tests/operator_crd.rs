@@ -158,6 +158,32 @@ async fn invalid_scalingphases_are_refused_with_a_clear_message() -> anyhow::Res
         err.to_string().contains("immutable while in phase 3"),
         "{err}"
     );
+    // Unset means the default 4: setting it to another count later is the
+    // same resharding, and refused the same way; setting the default is not.
+    let unset: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ladder.dev/v1alpha1", "kind": "ScalingPhase",
+        "metadata": {"name": "sharded-default"},
+        "spec": {"phase": 3},
+    }))?;
+    api.create(&PostParams::default(), &unset).await?;
+    let err = api
+        .patch(
+            "sharded-default",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"spec": {"overrides": {"postgres": {"shards": 2}}}})),
+        )
+        .await
+        .expect_err("resharding from the default refused");
+    assert!(
+        err.to_string().contains("immutable while in phase 3"),
+        "{err}"
+    );
+    api.patch(
+        "sharded-default",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&json!({"spec": {"overrides": {"postgres": {"shards": 4}}}})),
+    )
+    .await?;
 
     // Transition rule: volumes grow, never shrink.
     let sized: DynamicObject = serde_json::from_value(json!({

@@ -131,6 +131,8 @@ pub struct Context {
     load: Option<LoadSources>,
     /// Per ScalingPhase uid: the promoter's windowed load history.
     histories: Arc<Mutex<HashMap<String, History>>>,
+    /// Per ScalingPhase uid: failed reconciles in a row (for the backoff).
+    failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 /// The reflector stores the promoter reads.
@@ -169,6 +171,7 @@ impl Context {
             applied: Arc::default(),
             load: None,
             histories: Arc::default(),
+            failures: Arc::default(),
         }
     }
 
@@ -306,6 +309,7 @@ impl Context {
 pub async fn reconcile(sp: Arc<ScalingPhase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     let ns = sp.namespace().unwrap_or_default();
+    let uid = sp.uid().unwrap_or_default();
     let api: Api<ScalingPhase> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer::finalizer(&api, FINALIZER, sp, |event| async {
         match event {
@@ -316,6 +320,12 @@ pub async fn reconcile(sp: Arc<ScalingPhase>, ctx: Arc<Context>) -> Result<Actio
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(start.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&uid);
+    }
     result
 }
 
@@ -323,8 +333,31 @@ pub async fn reconcile(sp: Arc<ScalingPhase>, ctx: Arc<Context>) -> Result<Actio
 /// here is transient: count it and back off.
 pub fn error_policy(sp: Arc<ScalingPhase>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(error.category());
-    warn!(name = %sp.name_any(), category = error.category(), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(15))
+    let uid = sp.uid().unwrap_or_default();
+    let attempt = {
+        let mut failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = failures.entry(uid).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let jitter: f64 = rand::random();
+    let delay = backoff(attempt, jitter);
+    warn!(name = %sp.name_any(), category = error.category(), attempt, retry_in = ?delay, %error, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Exponential backoff per object: 1 s, 2 s, 4 s ... capped at 5 minutes,
+/// with up to +50% jitter (`jitter` in 0..1) so objects that failed together
+/// (an apiserver restart) do not retry in lockstep.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    const CAP_SECS: f64 = 300.0;
+    let base = 2f64
+        .powi(i32::try_from(attempt.saturating_sub(1).min(16)).unwrap_or(16))
+        .min(CAP_SECS);
+    Duration::from_secs_f64((base * (1.0 + 0.5 * jitter.clamp(0.0, 1.0))).min(CAP_SECS))
 }
 
 async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> {
@@ -1034,7 +1067,20 @@ async fn patch_status(
     }
     let api: Api<ScalingPhase> =
         Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
-    let body = serde_json::json!({"status": next});
+    // A merge patch keeps what it does not mention: fields the new status
+    // drops (a finished transition, a cleared target) are sent as null.
+    let mut fields = serde_json::to_value(&next).unwrap_or_default();
+    if let (Some(map), Some(before)) = (
+        fields.as_object_mut(),
+        sp.status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok()),
+    ) {
+        for key in before.as_object().into_iter().flat_map(|o| o.keys()) {
+            map.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let body = serde_json::json!({ "status": fields });
     api.patch_status(
         &sp.name_any(),
         &PatchParams::default(),
@@ -1143,4 +1189,59 @@ async fn observe(
         });
     }
     Ok((out, missing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        assert_eq!(backoff(1, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(2, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(5, 0.0), Duration::from_secs(16));
+        assert_eq!(backoff(40, 0.0), Duration::from_secs(300));
+        assert_eq!(backoff(40, 1.0), Duration::from_secs(300));
+        assert_eq!(backoff(3, 1.0), Duration::from_secs(6));
+        assert!(backoff(3, 0.5) > backoff(3, 0.0));
+    }
+
+    #[test]
+    fn status_figures_are_rounded_to_two_digits() {
+        assert_eq!(round2(123.4), 120.0);
+        assert_eq!(round2(9.87), 9.9);
+        assert_eq!(round2(0.0), 0.0);
+        assert!((round2(0.01234) - 0.012).abs() < 1e-12);
+    }
+
+    #[test]
+    fn requeue_is_fast_in_transition_and_slow_when_idle() {
+        let f = Facts {
+            now: Timestamp::from_second(1_800_000_000).expect("valid"),
+            active: 1,
+            target: 1,
+            current: None,
+            shape_ready: true,
+            job: JobState::Absent,
+            approval: None,
+            allow_demotion: false,
+            retain_secs: 60,
+            step_timeout_secs: 60,
+            name: "shop",
+        };
+        let idle = transition::decide(&f);
+        assert_eq!(requeue_after(&idle, true, &f), DRIFT_CHECK);
+        let moving = transition::decide(&Facts {
+            target: 2,
+            ..f.clone()
+        });
+        assert_eq!(requeue_after(&moving, true, &f), TRANSITION_REQUEUE);
+        let blocked = transition::decide(&Facts {
+            active: 1,
+            target: 0,
+            ..f.clone()
+        });
+        assert!(blocked.blocked.is_some());
+        assert_eq!(requeue_after(&blocked, true, &f), Duration::from_secs(30));
+    }
 }
