@@ -8,10 +8,29 @@
 //!
 //! Every object gets a deterministic name from [`child_name`], the labels from
 //! [`labels`] and the controller owner reference of its ScalingPhase.
+//!
+//! One module per component (`app`, `postgres`, `pgbouncer`, `redis`,
+//! `clickhouse`, `edge`, `cockroach`), each with a `build` that adds its
+//! objects to [`Desired`] and what the app needs to reach it to an
+//! `app::Wiring`; `tls` names the generated Secrets, `network` turns the
+//! declared flows into NetworkPolicies, and `build` holds the small typed
+//! helpers they share (Services, workloads, budgets) and `pod` what goes
+//! into a pod template (env, volumes, containers, probes, placement).
+//! [`render_into`] is the driver that calls them in order.
 
-mod components;
+mod app;
+mod build;
+mod clickhouse;
+mod cockroach;
 pub mod config;
+mod edge;
 mod integrations;
+mod network;
+mod pgbouncer;
+mod pod;
+mod postgres;
+mod redis;
+mod tls;
 
 use std::collections::BTreeMap;
 
@@ -28,7 +47,7 @@ use sha2::{Digest, Sha256};
 
 use crate::integrations::ThirdParty;
 use crate::validate::Validated;
-use ladder_crds::catalogue::PhaseProfile;
+use ladder_crds::catalogue::{Phase, PhaseProfile};
 
 /// Label every child carries: who manages it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -183,7 +202,7 @@ impl Desired {
 /// Certificates (with their Issuers) and ServiceMonitors.
 pub fn render(v: &Validated, profile: &PhaseProfile) -> Desired {
     let mut d = Desired::default();
-    components::render_into(v, profile, &mut d);
+    render_into(v, profile, &mut d);
     if v.cert_manager {
         integrations::issue_with_cert_manager(v, &mut d);
     }
@@ -191,6 +210,55 @@ pub fn render(v: &Validated, profile: &PhaseProfile) -> Desired {
         integrations::scrape_with_service_monitors(v, profile.hardened, &mut d);
     }
     d
+}
+
+/// Builds every child of the phase into `d`, with operator-generated
+/// certificates and annotation-based scraping (see [`render`]).
+///
+/// The order is the order of each list in [`Desired`] (and of the golden
+/// files): the data tiers before the app, which they wire up; the
+/// NetworkPolicies last, from the flows every component declared.
+fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired) {
+    let app_account = app::identity(v, d);
+    let data_account = child_name(v, "data");
+    if profile.hardened {
+        d.service_accounts
+            .push(build::service_account(v, &data_account, "data"));
+        tls::build(v, d);
+    }
+    let mut wiring = app::Wiring::default();
+    if v.phase == Phase::Mvp {
+        app::sqlite(v, d, &mut wiring);
+    }
+    if let Some(pg) = &v.postgres {
+        let cluster = postgres::build(v, pg, &data_account, d, &mut wiring);
+        if let Some(bouncer) = &v.pgbouncer {
+            pgbouncer::build(v, bouncer, &cluster, &data_account, d, &mut wiring);
+        }
+    }
+    if let Some(redis) = &v.redis {
+        redis::build(v, redis, &data_account, d, &mut wiring);
+    }
+    if let Some(ch) = &v.clickhouse {
+        clickhouse::build(v, ch, &data_account, d, &mut wiring);
+    }
+    if let Some(crdb) = &v.cockroach {
+        cockroach::build(v, crdb, &data_account, d, &mut wiring);
+    }
+    if let Some(edge) = &v.edge {
+        edge::build(v, edge, &data_account, d, &mut wiring);
+    }
+    if let Some(oidc) = &v.oidc {
+        app::oidc(v, oidc, d, &mut wiring);
+    }
+    if profile.hardened {
+        app::serve_tls(v, d, &mut wiring);
+    }
+    let flows = std::mem::take(&mut wiring.flows);
+    app::build(v, profile, &app_account, wiring, d);
+    if profile.hardened {
+        network::build(v, &flows, d);
+    }
 }
 
 /// The objects of each third-party kind, in apply order.
