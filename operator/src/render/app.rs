@@ -248,17 +248,17 @@ fn app_env(v: &Validated, name: &str, wiring: Vec<EnvVar>) -> Vec<EnvVar> {
         env_field(contract::env::POD_NAME, "metadata.name"),
         env_field(contract::env::NAMESPACE, "metadata.namespace"),
         env(contract::env::REPORT_LOAD, "true"),
-        env("OTEL_SERVICE_NAME", name),
+        env(contract::env::OTEL_SERVICE_NAME, name),
         env(
-            "OTEL_RESOURCE_ATTRIBUTES",
+            contract::env::OTEL_RESOURCE_ATTRIBUTES,
             format!(
                 "ladder.scalingphase={},ladder.phase={}",
                 v.name,
                 v.phase.number()
             ),
         ),
-        env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-        env("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        env(contract::env::OTEL_TRACES_SAMPLER, "parentbased_traceidratio"),
+        env(contract::env::OTEL_TRACES_SAMPLER_ARG, "0.1"),
     ];
     envs.extend(wiring);
     envs.extend(v.app_env.iter().map(|(k, val)| env(k, val.clone())));

@@ -11,7 +11,7 @@ use super::pod::{
 };
 use super::postgres::Cluster;
 use super::{Desired, child_name, config, tls};
-use crate::validate::{Size, Validated};
+use crate::validate::{PgBouncer, Size, Validated};
 
 const TIER: &str = "pgbouncer";
 /// Suffix of the Deployment's and Service's name.
@@ -21,7 +21,7 @@ pub(super) const PORT: Port = Port::new("pgbouncer", 6432);
 /// Builds PgBouncer over `cluster` and lets the app reach it.
 pub(super) fn build(
     v: &Validated,
-    (image, replicas, pool): &(String, i32, i32),
+    bouncer: &PgBouncer,
     cluster: &Cluster,
     service_account: &str,
     d: &mut Desired,
@@ -30,14 +30,14 @@ pub(super) fn build(
     let name = child_name(v, NAME);
     let owner = Owner::tier(TIER);
     let tls = tls::server(v, d, TIER, std::slice::from_ref(&name));
-    let ini = config::pgbouncer_ini(&cluster.databases, *pool);
+    let ini = config::pgbouncer_ini(&cluster.databases, bouncer.pool_size);
     let cm = push_config_file(v, d, "pgbouncer-config", TIER, "pgbouncer.ini", &ini);
     // A small process: a fixed size, not one of the overrides.
     let size = Size {
         cpu: "100m".into(),
         memory: "64Mi".into(),
     };
-    let container = ContainerSpec::new("pgbouncer", image, &size)
+    let container = ContainerSpec::new("pgbouncer", &bouncer.image, &size)
         .command(&["pgbouncer"])
         .args(vec!["/etc/pgbouncer/pgbouncer.ini".into()])
         .ports(&[PORT])
@@ -65,7 +65,7 @@ pub(super) fn build(
         StatelessWorkload {
             name: name.clone(),
             owner: owner.clone(),
-            replicas: *replicas,
+            replicas: bouncer.replicas,
             autoscaled: false,
             recreate: false,
             template,
@@ -73,6 +73,6 @@ pub(super) fn build(
     );
     d.services
         .push(service(v, &name, &owner, &[PORT], Addressing::ClusterIp));
-    push_pdb_if_replicated(v, d, &name, &owner, *replicas);
+    push_pdb_if_replicated(v, d, &name, &owner, bouncer.replicas);
     wiring.allow("app", TIER, &[PORT.number]);
 }
