@@ -15,6 +15,5 @@ pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod status;
-pub mod storage;
 pub mod telemetry;
 pub mod validate;

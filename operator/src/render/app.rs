@@ -257,7 +257,10 @@ fn app_env(v: &Validated, name: &str, wiring: Vec<EnvVar>) -> Vec<EnvVar> {
                 v.phase.number()
             ),
         ),
-        env(contract::env::OTEL_TRACES_SAMPLER, "parentbased_traceidratio"),
+        env(
+            contract::env::OTEL_TRACES_SAMPLER,
+            "parentbased_traceidratio",
+        ),
         env(contract::env::OTEL_TRACES_SAMPLER_ARG, "0.1"),
     ];
     envs.extend(wiring);
