@@ -85,6 +85,16 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// Wraps an API error about object `name` of `kind`.
+    fn apply(kind: Kind, name: &str) -> impl FnOnce(kube::Error) -> ApplyError {
+        let name = name.to_owned();
+        move |source| ApplyError::Apply {
+            kind: kind.name(),
+            name,
+            source,
+        }
+    }
+
     /// A fixed label for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
@@ -124,11 +134,7 @@ impl Target<'_> {
             let name = item.name_any();
             api.patch(&name, &pp, &Patch::Apply(item))
                 .await
-                .map_err(|source| ApplyError::Apply {
-                    kind: kind.name(),
-                    name: name.clone(),
-                    source,
-                })?;
+                .map_err(ApplyError::apply(kind, &name))?;
             self.metrics.applied(kind.name());
         }
         Ok(())
@@ -174,11 +180,7 @@ impl Target<'_> {
             let existing = api
                 .get_opt(&name)
                 .await
-                .map_err(|source| ApplyError::Apply {
-                    kind: Kind::StatefulSet.name(),
-                    name: name.clone(),
-                    source,
-                })?;
+                .map_err(ApplyError::apply(Kind::StatefulSet, &name))?;
             if let Some(existing) = existing {
                 match volumes::plan(&existing, &sts) {
                     volumes::Plan::Same => {}
@@ -189,11 +191,7 @@ impl Target<'_> {
                     volumes::Plan::Grow(grow) => {
                         volumes::grow(self.client, self.ns, &name, &grow)
                             .await
-                            .map_err(|source| ApplyError::Apply {
-                                kind: Kind::PersistentVolumeClaim.name(),
-                                name: name.clone(),
-                                source,
-                            })?;
+                            .map_err(ApplyError::apply(Kind::PersistentVolumeClaim, &name))?;
                         self.metrics.applied(Kind::PersistentVolumeClaim.name());
                     }
                 }
@@ -212,11 +210,7 @@ impl Target<'_> {
             let existing = api
                 .get_opt(&name)
                 .await
-                .map_err(|source| ApplyError::Apply {
-                    kind: Kind::Job.name(),
-                    name: name.clone(),
-                    source,
-                })?;
+                .map_err(ApplyError::apply(Kind::Job, &name))?;
             if existing.is_none() {
                 self.apply_with(&api, Kind::Job, std::slice::from_ref(job))
                     .await?;
