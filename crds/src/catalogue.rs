@@ -82,6 +82,65 @@ pub mod images {
     pub const COCKROACH: &str = "docker.io/cockroachdb/cockroach:v25.3.1";
 }
 
+/// Defaults that are the same in every phase that runs a component (the
+/// phase-dependent ones, such as replica counts, are in [`PhaseProfile`]).
+/// `spec.overrides` may change each of them.
+pub mod defaults {
+    use super::{Size, images};
+
+    /// Image, container size and volume size of a data component.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Component {
+        /// Container image.
+        pub image: &'static str,
+        /// Container size.
+        pub size: Size,
+        /// Volume size of each instance.
+        pub storage: &'static str,
+    }
+
+    /// Redis: a cache, small.
+    pub const REDIS: Component = Component {
+        image: images::REDIS,
+        size: Size {
+            cpu: "100m",
+            memory: "256Mi",
+        },
+        storage: "5Gi",
+    };
+    /// ClickHouse: analytics, memory-hungry.
+    pub const CLICKHOUSE: Component = Component {
+        image: images::CLICKHOUSE,
+        size: Size {
+            cpu: "1",
+            memory: "4Gi",
+        },
+        storage: "100Gi",
+    };
+    /// Varnish: the edge cache (malloc storage; the volume is unused headroom).
+    pub const VARNISH: Component = Component {
+        image: images::VARNISH,
+        size: Size {
+            cpu: "250m",
+            memory: "1Gi",
+        },
+        storage: "1Gi",
+    };
+    /// CockroachDB: one node.
+    pub const COCKROACH: Component = Component {
+        image: images::COCKROACH,
+        size: Size {
+            cpu: "2",
+            memory: "8Gi",
+        },
+        storage: "100Gi",
+    };
+    /// PgBouncer server connections per database and user.
+    pub const PGBOUNCER_POOL_SIZE: i32 = 20;
+    /// Seconds the edge cache keeps a response.
+    pub const EDGE_CACHE_TTL_SECONDS: i32 = 60;
+}
+
 /// CPU and memory of one container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Size {

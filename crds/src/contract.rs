@@ -56,6 +56,32 @@ pub mod env {
     pub const NAMESPACE: &str = "LADDER_NAMESPACE";
     /// OIDC settings for enterprise auth (phase 4).
     pub const OIDC_CONFIG: &str = "LADDER_OIDC_CONFIG";
+
+    /// Prefix of every variable of this contract: `spec.app.env` may not use it.
+    pub const RESERVED_PREFIX: &str = "LADDER_";
+    /// The app's name in traces.
+    pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    /// The ScalingPhase and phase, as trace resource attributes.
+    pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    /// The trace sampler and its argument.
+    pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+    pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+    /// The OpenTelemetry variables the operator sets on the app. Only these
+    /// are reserved: `spec.app.env` may set any other `OTEL_` variable (the
+    /// collector's endpoint, headers, the batch processor's tuning).
+    pub const OTEL_SET_BY_OPERATOR: [&str; 4] = [
+        OTEL_SERVICE_NAME,
+        OTEL_RESOURCE_ATTRIBUTES,
+        OTEL_TRACES_SAMPLER,
+        OTEL_TRACES_SAMPLER_ARG,
+    ];
+
+    /// Whether `spec.app.env` may not set `name`: the operator sets it (two
+    /// entries of one name would also be refused by server-side apply).
+    /// The CRD's CEL rule on `spec.app.env[*].name` says the same.
+    pub fn is_reserved(name: &str) -> bool {
+        name.starts_with(RESERVED_PREFIX) || OTEL_SET_BY_OPERATOR.contains(&name)
+    }
 }
 
 /// URL scheme naming a PostgreSQL database behind PgBouncer in transaction mode

@@ -215,8 +215,8 @@ fn default_app_port() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!self.name.startsWith('LADDER_')",
-    "message": "env names starting with LADDER_ are reserved for the operator",
+    "rule": "!self.name.startsWith('LADDER_') && !(self.name in ['OTEL_SERVICE_NAME', 'OTEL_RESOURCE_ATTRIBUTES', 'OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG'])",
+    "message": "env names starting with LADDER_, and the OTEL_ variables the operator sets (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG), are reserved for the operator",
     "reason": "FieldValueForbidden"
 }]))]
 pub struct EnvVar {

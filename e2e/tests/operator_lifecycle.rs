@@ -291,8 +291,8 @@ async fn an_operator_killed_mid_reconcile_converges_after_restart() -> anyhow::R
     Ok(())
 }
 
-/// A spec the apiserver accepts but the operator refuses (the OTEL_ env
-/// prefix is reserved by the operator only) gets a condition with a reason
+/// A spec the apiserver accepts but the operator refuses (a purge CIDR the
+/// schema's pattern lets through but that is no network) gets a condition with a reason
 /// and an Event, and the operator does not retry in a loop.
 #[tokio::test]
 async fn an_invalid_spec_gets_a_condition_and_an_event_not_a_crash_loop() -> anyhow::Result<()> {
@@ -300,7 +300,7 @@ async fn an_invalid_spec_gets_a_condition_and_an_event_not_a_crash_loop() -> any
     install_crds(&client).await?;
     let ns = TestNamespace::new(&client, "e2e-badspec").await?;
     let op = Operator::start(&ns.name).await?;
-    let yaml = "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {name: shop}\nspec:\n  phase: 0\n  app:\n    env: [{name: OTEL_EXPORTER_OTLP_ENDPOINT, value: 'http://x'}]\n";
+    let yaml = "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {name: shop}\nspec:\n  phase: 2\n  edge:\n    purgeAllowedCidrs: ['300.0.0.0/8']\n";
     ns.apply_sp(yaml).await?;
     let sps = ns.sps();
     let sp = wait_for("InvalidSpec condition", TIMEOUT, || {
@@ -322,7 +322,11 @@ async fn an_invalid_spec_gets_a_condition_and_an_event_not_a_crash_loop() -> any
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .expect("Ready");
     assert_eq!(ready.status, "False");
-    assert!(ready.message.contains("OTEL_"), "{}", ready.message);
+    assert!(
+        ready.message.contains("purgeAllowedCidrs"),
+        "{}",
+        ready.message
+    );
     let events: Api<Event> = ns.api();
     let event = wait_for("InvalidSpec event", TIMEOUT, || {
         let events = events.clone();

@@ -16,7 +16,6 @@ pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod status;
-pub mod storage;
 pub mod telemetry;
 pub mod transition;
 pub mod validate;

@@ -684,3 +684,26 @@ fn the_app_may_reach_an_oidc_issuer_on_its_own_port() {
         "{egress_ports:?}"
     );
 }
+
+/// `objects()` (what the golden files hold and the applier applies) walks
+/// `Kind::APPLY_ORDER`, and `len()` counts every object of every kind.
+#[test]
+fn objects_follow_the_one_apply_order() {
+    use ladder_operator::render::Kind;
+    let d = rendered_with(&format!("phase: 4\n{AUTH}"), ALL_INTEGRATIONS);
+    let position = |kind: &str| {
+        Kind::APPLY_ORDER
+            .iter()
+            .position(|k| k.name() == kind)
+            .unwrap_or_else(|| panic!("{kind} is not in the apply order"))
+    };
+    let order: Vec<usize> = d
+        .objects()
+        .iter()
+        .map(|o| position(o["kind"].as_str().unwrap_or_default()))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    let counted: usize = Kind::APPLY_ORDER.iter().map(|k| d.names(*k).len()).sum();
+    assert_eq!(d.len(), counted);
+    assert_eq!(d.len(), d.objects().len() + d.generated_secrets.len());
+}

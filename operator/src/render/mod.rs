@@ -8,13 +8,32 @@
 //!
 //! Every object gets a deterministic name from [`child_name`], the labels from
 //! [`labels`] and the controller owner reference of its ScalingPhase.
+//!
+//! One module per component (`app`, `postgres`, `pgbouncer`, `redis`,
+//! `clickhouse`, `edge`, `cockroach`), each with a `build` that adds its
+//! objects to [`Desired`] and what the app needs to reach it to an
+//! `app::Wiring`; `tls` names the generated Secrets, `network` turns the
+//! declared flows into NetworkPolicies, and `build` holds the small typed
+//! helpers they share (Services, workloads, budgets) and `pod` what goes
+//! into a pod template (env, volumes, containers, probes, placement).
+//! [`render_into`] is the driver that calls them in order.
 
-mod components;
+mod app;
+mod build;
+mod clickhouse;
+mod cockroach;
 pub mod config;
+mod edge;
 mod integrations;
 pub mod migration;
+mod network;
+mod pgbouncer;
+mod pod;
+mod postgres;
+mod redis;
+mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -29,7 +48,7 @@ use sha2::{Digest, Sha256};
 
 use crate::integrations::ThirdParty;
 use crate::validate::Validated;
-use ladder_crds::catalogue::PhaseProfile;
+use ladder_crds::catalogue::{Phase, PhaseProfile};
 
 /// Label every child carries: who manages it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -101,9 +120,10 @@ pub struct ExpectedComponent {
     pub replicas: i32,
 }
 
-/// Every child object of a phase. Applied in field order (see
-/// [`crate::apply`]); destructured without `..` there so a new kind cannot be
-/// forgotten.
+/// Every child object of a phase, one list per [`Kind`]. Applied in
+/// [`Kind::APPLY_ORDER`] (see [`crate::apply`]); [`Desired::names`] maps
+/// every kind to its list with an exhaustive `match`, so a new list needs a
+/// new kind.
 ///
 /// Kinds of optional third-party CRDs ([`ThirdParty`]) are untyped
 /// [`DynamicObject`]s; the renderer produces them only when the validated
@@ -148,26 +168,191 @@ pub struct Desired {
     pub expected: Vec<ExpectedComponent>,
 }
 
+/// Every kind of child, in apply order: the one list the applier, the
+/// pruner (in reverse), [`Desired::len`] and [`Desired::objects`] walk.
+/// Certificate issuance first, identities and permissions, config,
+/// volumes, Services and NetworkPolicies, then workloads, then what refers
+/// to workloads (disruption budgets, autoscalers, ServiceMonitors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// [`Desired::generated_secrets`].
+    Secret,
+    /// [`Desired::issuers`].
+    Issuer,
+    /// [`Desired::certificates`].
+    Certificate,
+    /// [`Desired::service_accounts`].
+    ServiceAccount,
+    /// [`Desired::roles`].
+    Role,
+    /// [`Desired::role_bindings`].
+    RoleBinding,
+    /// [`Desired::config_maps`].
+    ConfigMap,
+    /// [`Desired::persistent_volume_claims`].
+    PersistentVolumeClaim,
+    /// [`Desired::services`].
+    Service,
+    /// [`Desired::network_policies`].
+    NetworkPolicy,
+    /// [`Desired::stateful_sets`].
+    StatefulSet,
+    /// [`Desired::deployments`].
+    Deployment,
+    /// [`Desired::jobs`].
+    Job,
+    /// [`Desired::pod_disruption_budgets`].
+    PodDisruptionBudget,
+    /// [`Desired::horizontal_pod_autoscalers`].
+    HorizontalPodAutoscaler,
+    /// [`Desired::service_monitors`].
+    ServiceMonitor,
+    /// [`Desired::scaled_objects`].
+    ScaledObject,
+}
+
+impl Kind {
+    /// Every kind, in apply order.
+    pub const APPLY_ORDER: [Kind; 17] = [
+        Kind::Secret,
+        Kind::Issuer,
+        Kind::Certificate,
+        Kind::ServiceAccount,
+        Kind::Role,
+        Kind::RoleBinding,
+        Kind::ConfigMap,
+        Kind::PersistentVolumeClaim,
+        Kind::Service,
+        Kind::NetworkPolicy,
+        Kind::StatefulSet,
+        Kind::Deployment,
+        Kind::Job,
+        Kind::PodDisruptionBudget,
+        Kind::HorizontalPodAutoscaler,
+        Kind::ServiceMonitor,
+        Kind::ScaledObject,
+    ];
+
+    /// The Kubernetes kind (also the metrics' `kind` label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Secret => "Secret",
+            Kind::Issuer => ThirdParty::Issuer.kind(),
+            Kind::Certificate => ThirdParty::Certificate.kind(),
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::Role => "Role",
+            Kind::RoleBinding => "RoleBinding",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Kind::Service => "Service",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::Deployment => "Deployment",
+            Kind::Job => "Job",
+            Kind::PodDisruptionBudget => "PodDisruptionBudget",
+            Kind::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            Kind::ServiceMonitor => ThirdParty::ServiceMonitor.kind(),
+            Kind::ScaledObject => ThirdParty::ScaledObject.kind(),
+        }
+    }
+
+    /// The optional CRD the kind belongs to, if any.
+    pub const fn third_party(self) -> Option<ThirdParty> {
+        match self {
+            Kind::Issuer => Some(ThirdParty::Issuer),
+            Kind::Certificate => Some(ThirdParty::Certificate),
+            Kind::ServiceMonitor => Some(ThirdParty::ServiceMonitor),
+            Kind::ScaledObject => Some(ThirdParty::ScaledObject),
+            _ => None,
+        }
+    }
+}
+
+/// The objects of one kind, whatever their type.
+trait ObjectList {
+    fn names(&self) -> BTreeSet<String>;
+    fn values(&self) -> Vec<serde_json::Value>;
+}
+
+impl<T: kube::Resource + serde::Serialize> ObjectList for Vec<T> {
+    fn names(&self) -> BTreeSet<String> {
+        self.iter().filter_map(|i| i.meta().name.clone()).collect()
+    }
+    fn values(&self) -> Vec<serde_json::Value> {
+        self.iter()
+            .filter_map(|i| serde_json::to_value(i).ok())
+            .collect()
+    }
+}
+
+/// What [`Desired`] holds of one kind.
+enum Listed<'a> {
+    /// Generated Secrets: names only, no manifest until the apply step
+    /// generates them.
+    Secrets(&'a [GeneratedSecret]),
+    /// Rendered objects.
+    Objects(&'a dyn ObjectList),
+}
+
 impl Desired {
+    /// The list of one kind. Destructured without `..`: a new list in
+    /// `Desired` must get a [`Kind`] here.
+    fn of_kind(&self, kind: Kind) -> Listed<'_> {
+        let Desired {
+            generated_secrets,
+            issuers,
+            certificates,
+            service_accounts,
+            roles,
+            role_bindings,
+            config_maps,
+            persistent_volume_claims,
+            services,
+            network_policies,
+            stateful_sets,
+            deployments,
+            jobs,
+            pod_disruption_budgets,
+            horizontal_pod_autoscalers,
+            service_monitors,
+            scaled_objects,
+            expected: _,
+        } = self;
+        Listed::Objects(match kind {
+            Kind::Secret => return Listed::Secrets(generated_secrets),
+            Kind::Issuer => issuers,
+            Kind::Certificate => certificates,
+            Kind::ServiceAccount => service_accounts,
+            Kind::Role => roles,
+            Kind::RoleBinding => role_bindings,
+            Kind::ConfigMap => config_maps,
+            Kind::PersistentVolumeClaim => persistent_volume_claims,
+            Kind::Service => services,
+            Kind::NetworkPolicy => network_policies,
+            Kind::StatefulSet => stateful_sets,
+            Kind::Deployment => deployments,
+            Kind::Job => jobs,
+            Kind::PodDisruptionBudget => pod_disruption_budgets,
+            Kind::HorizontalPodAutoscaler => horizontal_pod_autoscalers,
+            Kind::ServiceMonitor => service_monitors,
+            Kind::ScaledObject => scaled_objects,
+        })
+    }
+
+    /// The names of the desired objects of one kind.
+    pub fn names(&self, kind: Kind) -> BTreeSet<String> {
+        match self.of_kind(kind) {
+            Listed::Secrets(s) => s.iter().map(|s| s.name.clone()).collect(),
+            Listed::Objects(o) => o.names(),
+        }
+    }
+
     /// Number of objects (generated Secrets included).
     pub fn len(&self) -> usize {
-        self.generated_secrets.len()
-            + self.issuers.len()
-            + self.certificates.len()
-            + self.service_accounts.len()
-            + self.roles.len()
-            + self.role_bindings.len()
-            + self.config_maps.len()
-            + self.persistent_volume_claims.len()
-            + self.services.len()
-            + self.network_policies.len()
-            + self.stateful_sets.len()
-            + self.deployments.len()
-            + self.jobs.len()
-            + self.pod_disruption_budgets.len()
-            + self.horizontal_pod_autoscalers.len()
-            + self.service_monitors.len()
-            + self.scaled_objects.len()
+        Kind::APPLY_ORDER
+            .into_iter()
+            .map(|k| self.names(k).len())
+            .sum()
     }
 
     /// True when nothing is desired.
@@ -184,7 +369,7 @@ impl Desired {
 /// Certificates (with their Issuers) and ServiceMonitors.
 pub fn render(v: &Validated, profile: &PhaseProfile) -> Desired {
     let mut d = Desired::default();
-    components::render_into(v, profile, &mut d);
+    render_into(v, profile, &mut d);
     if v.cert_manager {
         integrations::issue_with_cert_manager(v, &mut d);
     }
@@ -194,14 +379,63 @@ pub fn render(v: &Validated, profile: &PhaseProfile) -> Desired {
     d
 }
 
-/// The objects of each third-party kind, in apply order.
-pub fn third_party(d: &Desired) -> [(ThirdParty, &[DynamicObject]); 4] {
-    [
-        (ThirdParty::Issuer, &d.issuers),
-        (ThirdParty::Certificate, &d.certificates),
-        (ThirdParty::ServiceMonitor, &d.service_monitors),
-        (ThirdParty::ScaledObject, &d.scaled_objects),
-    ]
+/// Builds every child of the phase into `d`, with operator-generated
+/// certificates and annotation-based scraping (see [`render`]).
+///
+/// The order is the order of each list in [`Desired`] (and of the golden
+/// files): the data tiers before the app, which they wire up; the
+/// NetworkPolicies last, from the flows every component declared.
+fn render_into(v: &Validated, profile: &PhaseProfile, d: &mut Desired) {
+    let app_account = app::identity(v, d);
+    let data_account = child_name(v, "data");
+    if profile.hardened {
+        d.service_accounts
+            .push(build::service_account(v, &data_account, "data"));
+        tls::build(v, d);
+    }
+    let mut wiring = app::Wiring::default();
+    if v.phase == Phase::Mvp {
+        app::sqlite(v, d, &mut wiring);
+    }
+    if let Some(pg) = &v.postgres {
+        let cluster = postgres::build(v, pg, &data_account, d, &mut wiring);
+        if let Some(bouncer) = &v.pgbouncer {
+            pgbouncer::build(v, bouncer, &cluster, &data_account, d, &mut wiring);
+        }
+    }
+    if let Some(redis) = &v.redis {
+        redis::build(v, redis, &data_account, d, &mut wiring);
+    }
+    if let Some(ch) = &v.clickhouse {
+        clickhouse::build(v, ch, &data_account, d, &mut wiring);
+    }
+    if let Some(crdb) = &v.cockroach {
+        cockroach::build(v, crdb, &data_account, d, &mut wiring);
+    }
+    if let Some(edge) = &v.edge {
+        edge::build(v, edge, &data_account, d, &mut wiring);
+    }
+    if let Some(oidc) = &v.oidc {
+        app::oidc(v, oidc, d, &mut wiring);
+    }
+    if profile.hardened {
+        app::serve_tls(v, d, &mut wiring);
+    }
+    let flows = std::mem::take(&mut wiring.flows);
+    app::build(v, profile, &app_account, wiring, d);
+    if profile.hardened {
+        network::build(v, &flows, d);
+    }
+}
+
+/// The objects of a third-party kind.
+pub fn third_party(d: &Desired, kind: ThirdParty) -> &[DynamicObject] {
+    match kind {
+        ThirdParty::Issuer => &d.issuers,
+        ThirdParty::Certificate => &d.certificates,
+        ThirdParty::ServiceMonitor => &d.service_monitors,
+        ThirdParty::ScaledObject => &d.scaled_objects,
+    }
 }
 
 /// `<scalingphase>-<suffix>`, shortened with a hash when longer than
@@ -253,53 +487,16 @@ pub fn meta(v: &Validated, name: &str, tier: &str, component: &str) -> ObjectMet
 }
 
 impl Desired {
-    /// Every object except the generated Secrets, as JSON, in apply order:
-    /// certificate issuance, identities and permissions, config, volumes,
-    /// Services, NetworkPolicies, then workloads, then what refers to
-    /// workloads (PDBs, autoscalers, ServiceMonitors).
+    /// Every object except the generated Secrets, as JSON, in apply order
+    /// ([`Kind::APPLY_ORDER`]).
     pub fn objects(&self) -> Vec<serde_json::Value> {
-        let Desired {
-            generated_secrets: _,
-            issuers,
-            certificates,
-            service_accounts,
-            roles,
-            role_bindings,
-            config_maps,
-            persistent_volume_claims,
-            services,
-            network_policies,
-            stateful_sets,
-            deployments,
-            jobs,
-            pod_disruption_budgets,
-            horizontal_pod_autoscalers,
-            service_monitors,
-            scaled_objects,
-            expected: _,
-        } = self;
-        fn push<T: serde::Serialize>(out: &mut Vec<serde_json::Value>, items: &[T]) {
-            out.extend(items.iter().filter_map(|i| serde_json::to_value(i).ok()));
-        }
-        let mut out = Vec::with_capacity(self.len());
-        // DynamicObjects carry their apiVersion and kind (`types`).
-        push(&mut out, issuers);
-        push(&mut out, certificates);
-        push(&mut out, service_accounts);
-        push(&mut out, roles);
-        push(&mut out, role_bindings);
-        push(&mut out, config_maps);
-        push(&mut out, persistent_volume_claims);
-        push(&mut out, services);
-        push(&mut out, network_policies);
-        push(&mut out, stateful_sets);
-        push(&mut out, deployments);
-        push(&mut out, jobs);
-        push(&mut out, pod_disruption_budgets);
-        push(&mut out, horizontal_pod_autoscalers);
-        push(&mut out, service_monitors);
-        push(&mut out, scaled_objects);
-        out
+        Kind::APPLY_ORDER
+            .into_iter()
+            .flat_map(|k| match self.of_kind(k) {
+                Listed::Secrets(_) => Vec::new(),
+                Listed::Objects(o) => o.values(),
+            })
+            .collect()
     }
 
     /// The whole desired state as a YAML stream (generated Secrets listed by
@@ -339,5 +536,27 @@ impl Desired {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apply_order_names_every_kind_once() {
+        let mut seen = BTreeSet::new();
+        for k in Kind::APPLY_ORDER {
+            assert!(seen.insert(k), "{k:?} twice");
+            if let Some(tp) = k.third_party() {
+                assert_eq!(k.name(), tp.kind());
+            }
+        }
+        assert_eq!(seen.len(), Kind::APPLY_ORDER.len());
+        // Secrets first (workloads mount them), what refers to workloads last.
+        assert_eq!(Kind::APPLY_ORDER[0], Kind::Secret);
+        let at = |k: Kind| Kind::APPLY_ORDER.iter().position(|x| *x == k);
+        assert!(at(Kind::ConfigMap) < at(Kind::StatefulSet));
+        assert!(at(Kind::Deployment) < at(Kind::HorizontalPodAutoscaler));
     }
 }

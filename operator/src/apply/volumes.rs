@@ -1,4 +1,5 @@
-//! Growing the volumes of a StatefulSet.
+//! Growing the volumes of a StatefulSet (the applier calls [`plan`] before
+//! applying a StatefulSet that exists, and [`grow`] when it says so).
 //!
 //! `volumeClaimTemplates` are immutable, so a larger size in the spec cannot simply be applied.
 //! The operator instead:
