@@ -488,7 +488,7 @@ async fn finish_cut_over(
     cp: &mut Checkpoint,
 ) -> anyhow::Result<()> {
     // The pointer never holds a password: every app instance connects to the target with its
-    // own (`LADDER_DB_PASSWORD`, the same Secret the operator gives the migration Job).
+    // own (`LADDER_DB_PASSWORD`; the operator must give the migration Job the same Secret).
     let pointer = args.to.without_passwords().to_string();
     for part in 0..src.partitions() {
         anyhow::ensure!(
