@@ -267,7 +267,24 @@ async fn seed(base: &str, n: usize) -> Vec<(String, String)> {
             let mut out = Vec::new();
             for i in 0..n / 8 {
                 let target = format!("https://example.com/seed/{t}/{i}");
-                out.push((create(&c, &base, &target, None).await, target));
+                // 503 means "retry" (a pool wait timed out on a busy machine); anything else
+                // but 201 fails the test.
+                let code = eventually("a seed write", Duration::from_secs(30), || async {
+                    let r = c
+                        .post(format!("{base}/api/v1/links"))
+                        .json(&serde_json::json!({ "url": target }))
+                        .send()
+                        .await
+                        .ok()?;
+                    if r.status() == 503 {
+                        return None;
+                    }
+                    assert_eq!(r.status(), 201, "seed write");
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    v["code"].as_str().map(str::to_owned)
+                })
+                .await;
+                out.push((code, target));
             }
             out
         }));
