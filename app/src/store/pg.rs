@@ -24,6 +24,11 @@
 //! retries in `ladder_db_transaction_retries_total`. CockroachDB is not available in the test
 //! environment: the tests exercise this path against PostgreSQL at SERIALIZABLE with real
 //! concurrent conflicts (see docs/storage.md).
+//!
+//! Why this file is long (~880 lines): one type serves three modes and implements both the
+//! serving [`Store`] and the [`MigrationStore`] (fence with lease, raw rows, checkpoints); each
+//! SQL statement differs per mode in small ways that are easier to check side by side. TODO:
+//! move the `MigrationStore` impl to `pg/migration.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
