@@ -30,6 +30,11 @@ pub enum ApiError {
     /// 503: the database is down or writes are fenced for a migration cut-over; retry shortly.
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
+    /// 503 (code `migration_stalled`): writes are fenced by a migration whose migrator stopped
+    /// renewing its lease; they stay refused until the migration is rerun or aborted. The
+    /// message says so (it names no host or credential).
+    #[error("{0}")]
+    MigrationStalled(#[source] StoreError),
     /// 503: the analytics store (ClickHouse) cannot answer a stats query; retry shortly.
     #[error("analytics temporarily unavailable")]
     AnalyticsUnavailable(#[source] anyhow::Error),
@@ -47,9 +52,9 @@ impl ApiError {
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::AnalyticsUnavailable(_)
+            | ApiError::MigrationStalled(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +69,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "too_large",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => "unavailable",
+            ApiError::MigrationStalled(_) => "migration_stalled",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -75,6 +81,7 @@ impl From<StoreError> for ApiError {
             StoreError::Duplicate => ApiError::Conflict,
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Fenced | StoreError::Unavailable(_) => ApiError::Unavailable(err),
+            StoreError::FenceExpired { .. } => ApiError::MigrationStalled(err),
             StoreError::Other(source) => ApiError::Internal(source),
         }
     }
@@ -96,6 +103,8 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => Some(1),
+            // Someone has to act (rerun the migration): no point in hammering.
+            ApiError::MigrationStalled(_) => Some(30),
             _ => None,
         };
         if let Some(secs) = retry_after {

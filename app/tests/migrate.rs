@@ -56,7 +56,9 @@ fn load(base: String, seeded: Vec<(String, String)>) -> Load {
                     let live: Vec<&String> = l
                         .links
                         .iter()
-                        .filter(|(_, t)| t.is_some())
+                        // An uncertain code (its last operation may or may not have happened)
+                        // is not operated on again: a 404 or 409 there would prove nothing.
+                        .filter(|(c, t)| t.is_some() && !l.uncertain.contains(*c))
                         .map(|(c, _)| c)
                         .collect();
                     (!live.is_empty() && roll < 2)
@@ -116,7 +118,11 @@ fn load(base: String, seeded: Vec<(String, String)>) -> Load {
                                 (None, _, None) => unreachable!("a create returns its code"),
                             }
                         }
-                        Ok(r) => panic!("load generator got {}", r.status()),
+                        Ok(r) => panic!(
+                            "load generator got {} for {existing:?} (roll {roll}): {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        ),
                         Err(_) => {
                             if let Some(code) = &existing {
                                 ledger
@@ -153,7 +159,7 @@ impl Load {
 
 /// Every acknowledged link exists exactly once in `spec`, with its acknowledged content.
 async fn check_ledger(spec: &StoreSpec, ledger: &Ledger) {
-    let s = store::open(
+    let s = store::open_for_migration(
         spec,
         &StoreOptions::default(),
         Arc::new(Metrics::new(Duration::from_secs(60))),
@@ -261,7 +267,24 @@ async fn seed(base: &str, n: usize) -> Vec<(String, String)> {
             let mut out = Vec::new();
             for i in 0..n / 8 {
                 let target = format!("https://example.com/seed/{t}/{i}");
-                out.push((create(&c, &base, &target, None).await, target));
+                // 503 means "retry" (a pool wait timed out on a busy machine); anything else
+                // but 201 fails the test.
+                let code = eventually("a seed write", Duration::from_secs(30), || async {
+                    let r = c
+                        .post(format!("{base}/api/v1/links"))
+                        .json(&serde_json::json!({ "url": target }))
+                        .send()
+                        .await
+                        .ok()?;
+                    if r.status() == 503 {
+                        return None;
+                    }
+                    assert_eq!(r.status(), 201, "seed write");
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    v["code"].as_str().map(str::to_owned)
+                })
+                .await;
+                out.push((code, target));
             }
             out
         }));
@@ -448,7 +471,7 @@ async fn postgres_shards_reshard_dsql_and_back_to_sqlite_under_load() {
     // The intermediate tiers are read-only now but held every write up to their cut-over:
     // each shard holds only its own slots (exactly once across the 3 shards is checked above
     // for the final tier; here for the resharded one, as of its cut-over).
-    let s3 = store::open(
+    let s3 = store::open_for_migration(
         &shards3,
         &StoreOptions::default(),
         Arc::new(Metrics::new(Duration::from_secs(60))),
@@ -481,7 +504,7 @@ async fn verification_failure_exits_non_zero_and_keeps_the_source() {
     seed(&base, 40).await;
     // A row only the target has: the copy cannot explain it, so verification must fail.
     drop(
-        store::open(
+        store::open_for_migration(
             &to,
             &StoreOptions::default(),
             Arc::new(Metrics::new(Duration::from_secs(60))),
@@ -496,14 +519,29 @@ async fn verification_failure_exits_non_zero_and_keeps_the_source() {
         .execute(&mut conn)
         .await
         .expect("stray row");
-    let status = migrate_cmd(&from, &to, &[])
-        .status()
+    // Killed right after the failed verification reset the checkpoint: the source is still
+    // fenced; the rerun fails the same way and gives the source back.
+    let (code, _) = migrate_run(&from, &to, &[], Some("verification-failed")).await;
+    assert_eq!(code, None);
+    let r = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&serde_json::json!({ "url": "https://example.com/x" }))
+        .send()
         .await
-        .expect("run migrate");
-    assert_eq!(
-        status.code(),
-        Some(2),
-        "verification failure exits with status 2"
+        .expect("post");
+    assert_eq!(r.status(), 503, "still fenced");
+    let (code, result) = migrate_run(&from, &to, &[], None).await;
+    assert_eq!(code, Some(2), "verification failure exits with status 2");
+    let result = result.expect("result");
+    assert_eq!(result["outcome"], "VerificationFailed", "{result}");
+    assert_eq!(result["verified"], false);
+    assert!(
+        result["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .any(|t| t["table"] == "links" && t["sourceRows"] != t["targetRows"]),
+        "{result}"
     );
     // The source was unfenced again: the app keeps taking writes on it.
     create(&c, &base, "https://example.com/still-writable", None).await;
@@ -540,8 +578,39 @@ async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
         let r = c.get(format!("{base}/{code}")).send().await.expect("click");
         assert_eq!(r.status(), 302);
     }
-    // Let the clicks reach the database before the copy.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the clicks reached the database (the app buffers them) before the copy.
+    let before = store::open_for_migration(
+        &two,
+        &StoreOptions {
+            password: local_pg_password(),
+            ..StoreOptions::default()
+        },
+        Arc::new(Metrics::new(Duration::from_secs(60))),
+    )
+    .await
+    .expect("open");
+    eventually(
+        "the clicks in the database",
+        Duration::from_secs(20),
+        || {
+            let before = before.clone();
+            async move {
+                let mut total = 0;
+                for part in 0..before.partitions() {
+                    total += before
+                        .scan_clicks(part)
+                        .await
+                        .ok()?
+                        .iter()
+                        .map(|c| c.clicks)
+                        .sum::<i64>();
+                }
+                (total >= 30).then_some(())
+            }
+        },
+    )
+    .await;
+    drop(before);
     migrate_ok(&two, &three).await;
     wait_tier(&c, &base, "shards", Some(2)).await;
 
@@ -550,7 +619,7 @@ async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
         ..StoreOptions::default()
     };
     let metrics = Arc::new(Metrics::new(Duration::from_secs(60)));
-    let old = store::open(&two, &opts, metrics.clone())
+    let old = store::open_for_migration(&two, &opts, metrics.clone())
         .await
         .expect("open");
     let pointer = old
@@ -564,7 +633,9 @@ async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
         "pointer holds a password: {pointer}"
     );
 
-    let live = store::open(&three, &opts, metrics).await.expect("open");
+    let live = store::open_for_migration(&three, &opts, metrics)
+        .await
+        .expect("open");
     let count_strays = || async {
         let mut n = 0;
         for part in 0..live.partitions() {
@@ -667,7 +738,7 @@ async fn the_copy_watermark_waits_for_writes_in_flight() {
         ..StoreOptions::default()
     };
     let metrics = Arc::new(Metrics::new(Duration::from_secs(60)));
-    let s = store::open(
+    let s = store::open_for_migration(
         &StoreSpec::Postgres {
             url: primary_url(&db),
         },
@@ -709,7 +780,28 @@ async fn the_copy_watermark_waits_for_writes_in_flight() {
         let s = s.clone();
         async move { s.watermark(0).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the watermark's transaction is blocked on the fence row's lock, then check
+    // that it did not finish past the write in flight.
+    let probe = sqlx::PgPool::connect_lazy(&primary_url(&db)).expect("pool");
+    eventually(
+        "the watermark waiting for the lock",
+        Duration::from_secs(10),
+        || {
+            let probe = probe.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'ladder-app'
+                       AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&probe)
+                .await
+                .ok()?;
+                (waiting > 0).then_some(())
+            }
+        },
+    )
+    .await;
     assert!(
         !wm.is_finished(),
         "the watermark must wait for the write in flight"
@@ -731,4 +823,363 @@ async fn the_copy_watermark_waits_for_writes_in_flight() {
         below.contains(&"in-flight".to_owned()) && below.contains(&"later".to_owned()),
         "every row up to the watermark is visible: {below:?} (w = {w})"
     );
+}
+
+// ---- crash safety, the fence's identity and lease, the result file, reversal ---------------
+
+/// Runs `migrate` to its end with a result file; returns the exit code (None: killed by a
+/// signal) and the parsed result (None when the process wrote none).
+async fn migrate_run(
+    from: &StoreSpec,
+    to: &StoreSpec,
+    extra: &[&str],
+    crash_at: Option<&str>,
+) -> (Option<i32>, Option<serde_json::Value>) {
+    let result = std::env::temp_dir().join(unique("migrate-result"));
+    let mut cmd = migrate_cmd(from, to, extra);
+    cmd.arg("--result-file")
+        .arg(&result)
+        .stderr(std::process::Stdio::null());
+    if let Some(point) = crash_at {
+        cmd.env(ladder_app::migrate::CRASH_AT_ENV, point);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(120), cmd.status())
+        .await
+        .expect("migrate finishes in time")
+        .expect("migrate runs");
+    let parsed = std::fs::read_to_string(&result).ok().map(|text| {
+        assert!(
+            text.len() < 4096,
+            "the result fits a termination message: {text}"
+        );
+        serde_json::from_str(&text).expect("the result file is JSON")
+    });
+    let _ = std::fs::remove_file(&result);
+    (status.code(), parsed)
+}
+
+fn mopts() -> StoreOptions {
+    StoreOptions {
+        password: local_pg_password(),
+        ..StoreOptions::default()
+    }
+}
+
+async fn open_m(spec: &StoreSpec) -> Arc<dyn store::MigrationStore> {
+    store::open_for_migration(
+        spec,
+        &mopts(),
+        Arc::new(Metrics::new(Duration::from_secs(60))),
+    )
+    .await
+    .expect("open")
+}
+
+/// After a cut-over from `old` to `new`: every partition of `old` is fenced and points away,
+/// a write to it is refused, and `new` takes writes: one writable tier.
+async fn assert_one_writable_tier(old: &StoreSpec, new: &StoreSpec) {
+    let o = open_m(old).await;
+    for (part, c) in o.controls().await.expect("controls").iter().enumerate() {
+        assert!(
+            c.fenced && c.moved_to.is_some(),
+            "old tier partition {part} must stay fenced and point away: {c:?}"
+        );
+    }
+    let probe = store::Link {
+        code: unique("probe").replace('_', "-"),
+        target: "https://example.com/probe".into(),
+        created_ms: 1,
+    };
+    assert!(
+        matches!(o.create_link(&probe).await, Err(store::StoreError::Fenced)),
+        "the old tier refuses writes"
+    );
+    let n = open_m(new).await;
+    for (part, c) in n.controls().await.expect("controls").iter().enumerate() {
+        assert!(
+            !c.fenced && c.moved_to.is_none(),
+            "new tier partition {part} takes writes: {c:?}"
+        );
+    }
+}
+
+fn check_result(v: &serde_json::Value, outcome: &str) {
+    assert_eq!(v["outcome"], outcome, "{v}");
+    if outcome == "CutOver" {
+        assert_eq!(v["verified"], true, "{v}");
+        let tables = v["tables"].as_array().expect("tables");
+        assert!(!tables.is_empty(), "{v}");
+        for t in tables {
+            assert_eq!(t["sourceRows"], t["targetRows"], "{t}");
+            assert_eq!(t["sourceChecksum"], t["targetChecksum"], "{t}");
+        }
+        assert!(v["fenceMillis"].is_u64(), "{v}");
+    }
+}
+
+/// Killed at every crash point (a loop over all of them, a sharded source so that a cut-over
+/// can stop half-way), under load: the rerun exits 0 and finishes the same migration, every
+/// acknowledged write is in the new tier, and exactly one tier is writable.
+#[tokio::test]
+async fn killed_at_every_point_the_rerun_finishes_the_same_migration() {
+    let points: Vec<&str> = ladder_app::migrate::CRASH_POINTS
+        .iter()
+        .copied()
+        .filter(|p| *p != "verification-failed")
+        .collect();
+    assert!(points.len() >= 10, "{points:?}");
+    let dir = std::env::temp_dir().join(unique("maps"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for point in points {
+        let a = [fresh_db("kill_s0").await, fresh_db("kill_s1").await];
+        let from = write_map(&dir, &format!("{point}.json"), &map(1, &a));
+        let to = StoreSpec::Postgres {
+            url: primary_url(&fresh_db("kill_pg").await),
+        };
+        let app = start(&args(from.clone())).await;
+        let (c, base) = (http(), app.url());
+        let seeded = seed(&base, 80).await;
+        let load_gen = load(base.clone(), seeded);
+        let (code, result) = migrate_run(&from, &to, &["--batch-size", "20"], Some(point)).await;
+        assert_eq!(
+            code, None,
+            "{point}: the run is killed there (exit {code:?})"
+        );
+        assert!(result.is_none(), "{point}: a killed run writes no result");
+
+        let (code, result) = migrate_run(&from, &to, &[], None).await;
+        assert_eq!(code, Some(0), "{point}: the rerun succeeds: {result:?}");
+        check_result(&result.expect("result"), "CutOver");
+        wait_tier(&c, &base, "postgres", None).await;
+        let after = load_gen.acked();
+        eventually(
+            &format!("{point}: writes after the cut-over"),
+            Duration::from_secs(10),
+            || async { (load_gen.acked() > after + 10).then_some(()) },
+        )
+        .await;
+        let ledger = load_gen.finish().await;
+        check_ledger(&to, &ledger).await;
+        assert_one_writable_tier(&from, &to).await;
+        // And once more: a finished migration reruns as a no-op.
+        let (code, result) = migrate_run(&from, &to, &[], None).await;
+        assert_eq!(code, Some(0), "{point}: {result:?}");
+        check_ledger(&to, &ledger).await;
+        eprintln!("{point}: ok ({} acknowledged writes)", ledger.acked);
+        app.stop();
+    }
+}
+
+/// The app writes through PgBouncer while the migrator reaches the same database directly:
+/// one fence. Without it, writes made through PgBouncer during the fence would be lost.
+#[tokio::test]
+async fn one_fence_per_database_whatever_the_access_path() {
+    let db = fresh_db("path").await;
+    let served = StoreSpec::PgBouncer {
+        url: bouncer_url(&db),
+    };
+    let direct = StoreSpec::Postgres {
+        url: primary_url(&db),
+    };
+    // The same database under two names is refused as a migration onto itself.
+    drop(open_m(&direct).await);
+    let (code, result) = migrate_run(&served, &direct, &[], None).await;
+    assert_eq!(code, Some(1));
+    let result = result.expect("result");
+    assert_eq!(result["outcome"], "Error");
+    assert!(
+        result["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("same database")),
+        "{result}"
+    );
+
+    let app = start(&args(served.clone())).await;
+    let (c, base) = (http(), app.url());
+    let seeded = seed(&base, 200).await;
+    let load_gen = load(base.clone(), seeded);
+    let sqlite = StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    };
+    let (code, result) = migrate_run(&direct, &sqlite, &["--batch-size", "50"], None).await;
+    assert_eq!(code, Some(0), "{result:?}");
+    check_result(&result.expect("result"), "CutOver");
+    wait_tier(&c, &base, "sqlite", None).await;
+    let after = load_gen.acked();
+    eventually(
+        "writes after the cut-over",
+        Duration::from_secs(10),
+        || async { (load_gen.acked() > after + 10).then_some(()) },
+    )
+    .await;
+    let ledger = load_gen.finish().await;
+    assert!(ledger.refused > 0, "the fence was hit through PgBouncer");
+    check_ledger(&sqlite, &ledger).await;
+    assert_one_writable_tier(&served, &sqlite).await;
+}
+
+/// A dead migrator's lease runs out into a clear error for writers; another migration is
+/// refused while the lease lives and takes the fence over once it has expired.
+#[tokio::test]
+async fn a_dead_migrators_lease_expires_into_a_clear_error_and_is_taken_over() {
+    let source = StoreSpec::Postgres {
+        url: primary_url(&fresh_db("lease_a").await),
+    };
+    let first = StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    };
+    let second = StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    };
+    let app = start(&args(source.clone())).await;
+    let (c, base) = (http(), app.url());
+    let seeded = seed(&base, 40).await;
+    let ttl = ["--lease-ttl-ms", "3000"];
+    let (code, _) = migrate_run(&source, &first, &ttl, Some("fenced-checkpoint")).await;
+    assert_eq!(code, None, "killed behind the fence");
+    // While the lease lives: writes get the plain 503, another migration is refused.
+    let r = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&serde_json::json!({ "url": "https://example.com/x" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 503);
+    let (code, result) = migrate_run(&source, &second, &ttl, None).await;
+    assert_eq!(code, Some(1), "{result:?}");
+    assert!(
+        result.expect("result")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("holds the fence")),
+    );
+    // Once it has expired: a clear, different error.
+    let body: serde_json::Value = eventually(
+        "the lease to expire into migration_stalled",
+        Duration::from_secs(20),
+        || {
+            let (c, base) = (c.clone(), base.clone());
+            async move {
+                let r = c
+                    .post(format!("{base}/api/v1/links"))
+                    .json(&serde_json::json!({ "url": "https://example.com/y" }))
+                    .send()
+                    .await
+                    .ok()?;
+                assert_eq!(r.status(), 503, "writes stay refused");
+                let v: serde_json::Value = r.json().await.ok()?;
+                (v["error"]["code"] == "migration_stalled").then_some(v)
+            }
+        },
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rerun the migration")),
+        "{body}"
+    );
+    // Another migration takes the expired fence over and cuts over.
+    let (code, result) = migrate_run(&source, &second, &ttl, None).await;
+    assert_eq!(code, Some(0), "{result:?}");
+    wait_tier(&c, &base, "sqlite", None).await;
+    let s = open_m(&second).await;
+    for (code, target) in &seeded {
+        let (link, _) = s
+            .get_link(code, store::ReadCtx::default())
+            .await
+            .expect("get");
+        assert_eq!(link.map(|l| l.target).as_deref(), Some(target.as_str()));
+    }
+    // The dead run's migration cannot resume onto its own target any more.
+    let (code, result) = migrate_run(&source, &first, &ttl, None).await;
+    assert_eq!(code, Some(1), "{result:?}");
+    assert_one_writable_tier(&source, &second).await;
+}
+
+/// `--abort` gives a migration up before its cut-over: the source takes writes again.
+#[tokio::test]
+async fn abort_drops_the_fence_of_a_migration_not_cut_over() {
+    let source = StoreSpec::Sqlite {
+        path: temp_sqlite(),
+    };
+    let target = StoreSpec::Postgres {
+        url: primary_url(&fresh_db("abort").await),
+    };
+    let app = start(&args(source.clone())).await;
+    let (c, base) = (http(), app.url());
+    seed(&base, 16).await;
+    let (code, _) = migrate_run(&source, &target, &[], Some("verified")).await;
+    assert_eq!(code, None);
+    let r = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&serde_json::json!({ "url": "https://example.com/x" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 503, "fenced");
+    let (code, result) = migrate_run(&source, &target, &["--abort"], None).await;
+    assert_eq!(code, Some(0), "{result:?}");
+    assert_eq!(result.expect("result")["outcome"], "Aborted");
+    create(&c, &base, "https://example.com/after-abort", None).await;
+    // Cut over, it cannot be aborted any more.
+    let (code, _) = migrate_run(&source, &target, &[], None).await;
+    assert_eq!(code, Some(0));
+    let (code, result) = migrate_run(&source, &target, &["--abort"], None).await;
+    assert_eq!(code, Some(1), "{result:?}");
+}
+
+/// Rollback: A → B, more writes on B, B → A moves them back and the app follows; then A → B
+/// again (an old `Done` checkpoint in B must not stop it). The ledger holds throughout.
+#[tokio::test]
+async fn reverse_migration_moves_the_writes_back_and_the_app_follows() {
+    let a = StoreSpec::Postgres {
+        url: primary_url(&fresh_db("rev_a").await),
+    };
+    let dir = std::env::temp_dir().join(unique("maps"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let b = write_map(
+        &dir,
+        "v1.json",
+        &map(1, &[fresh_db("rev_b0").await, fresh_db("rev_b1").await]),
+    );
+    let app = start(&args(a.clone())).await;
+    let (c, base) = (http(), app.url());
+    let seeded = seed(&base, 200).await;
+    let load_gen = load(base.clone(), seeded);
+
+    let (code, result) = migrate_run(&a, &b, &[], None).await;
+    assert_eq!(code, Some(0), "{result:?}");
+    wait_tier(&c, &base, "shards", Some(1)).await;
+    let on_b = load_gen.acked();
+    eventually("writes on B", Duration::from_secs(10), || async {
+        (load_gen.acked() > on_b + 30).then_some(())
+    })
+    .await;
+
+    let (code, result) = migrate_run(&b, &a, &[], None).await;
+    assert_eq!(code, Some(0), "{result:?}");
+    check_result(&result.expect("result"), "CutOver");
+    wait_tier(&c, &base, "postgres", None).await;
+    let on_a = load_gen.acked();
+    eventually("writes back on A", Duration::from_secs(10), || async {
+        (load_gen.acked() > on_a + 30).then_some(())
+    })
+    .await;
+    assert_one_writable_tier(&b, &a).await;
+
+    // Forward again, killed right after deciding the cut-over.
+    let (code, _) = migrate_run(&a, &b, &[], Some("cut-over")).await;
+    assert_eq!(code, None);
+    let (code, result) = migrate_run(&a, &b, &[], None).await;
+    assert_eq!(code, Some(0), "{result:?}");
+    wait_tier(&c, &base, "shards", Some(1)).await;
+    let ledger = load_gen.finish().await;
+    eprintln!(
+        "ledger: {} links, {} acknowledged, {} refused",
+        ledger.links.len(),
+        ledger.acked,
+        ledger.refused
+    );
+    check_ledger(&b, &ledger).await;
+    assert_one_writable_tier(&a, &b).await;
 }

@@ -1,6 +1,7 @@
 //! One storage interface, one implementation per tier of the roadmap.
 //!
-//! Handlers only see [`Store`]; the operator's configuration picks the tier through a
+//! Handlers only see [`Store`], the serving part; `ladder-app migrate` and `sweep` use
+//! [`MigrationStore`], which adds raw rows, partitions, checkpoints and the fence. The operator's configuration picks the tier through a
 //! [`StoreSpec`] string (`--store`), e.g. `sqlite:ladder.db` or `shards:/etc/ladder/shard-map.json`.
 //!
 //! | spec | phase | implementation |
@@ -13,7 +14,8 @@
 //! | `dsql:URL` | 4 | [`pg::PgStore`] at SERIALIZABLE, every write retried on SQLSTATE 40001 |
 //!
 //! Every tier keeps the same four tables (see `app/migrations/`): `links`, `clicks_daily`,
-//! `ladder_control` (write fence + cut-over pointer) and `ladder_migrate_checkpoint`.
+//! `ladder_control` (write fence with its lease + cut-over pointer, one row per data layout) and
+//! `ladder_migrate_checkpoint`.
 
 pub mod pg;
 pub mod replicas;
@@ -85,11 +87,81 @@ impl ReadFrom {
     }
 }
 
-/// The fence/cut-over state of a tier.
+/// The fence/cut-over state of a tier (of one partition, for the migrator).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Control {
+    /// Writes are refused (503).
     pub fenced: bool,
+    /// The tier was cut over: the spec of its successor, which every app instance opens.
     pub moved_to: Option<String>,
+    /// The migrator run holding the fence (`<migration id> <run id> <host>`); after a cut-over
+    /// it keeps naming the migration that moved the tier.
+    pub lease_holder: Option<String>,
+    /// When the holder's lease ends unless renewed (ms since the epoch, database clock).
+    pub lease_until_ms: Option<i64>,
+    /// As of this read: fenced by a migrator that stopped renewing its lease (not cut over).
+    pub lease_expired: bool,
+}
+
+impl Control {
+    /// True when the tier was cut over by the migration `migration` (a [`Holder::migration`]).
+    pub fn moved_by(&self, migration: &str) -> bool {
+        self.moved_to.is_some() && self.held_by(migration)
+    }
+
+    /// True when the fence row names a run of the migration `migration`.
+    pub fn held_by(&self, migration: &str) -> bool {
+        self.lease_holder
+            .as_deref()
+            .and_then(|h| h.split(' ').next())
+            .is_some_and(|m| m == migration)
+    }
+
+    /// The error a write refused by this fence gets.
+    pub fn refusal(&self) -> StoreError {
+        match (
+            &self.lease_holder,
+            self.lease_expired && self.moved_to.is_none(),
+        ) {
+            (Some(holder), true) => StoreError::FenceExpired {
+                holder: holder.clone(),
+                expired_at_ms: self.lease_until_ms.unwrap_or_default(),
+            },
+            _ => StoreError::Fenced,
+        }
+    }
+}
+
+/// Who holds a fence: one run of one migration. The migration id is derived from the
+/// identities of both tiers, so a rerun of the same migration (through any access path) may
+/// take the fence over at once; any other migration only once the lease has expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub migration: String,
+    pub run: String,
+}
+
+impl Holder {
+    /// The value stored in `lease_holder`.
+    pub fn as_stored(&self) -> String {
+        format!("{} {}", self.migration, self.run)
+    }
+
+    /// A `LIKE` pattern matching every run of this migration (ids are `[a-z0-9-]`).
+    pub fn migration_pattern(&self) -> String {
+        format!("{} %", self.migration)
+    }
+}
+
+/// The answer to [`MigrationStore::claim_fence`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The fence is up and ours (taken, renewed or taken over).
+    Granted,
+    /// The partition was cut over already (to this spec).
+    Moved(String),
+    /// Another migration holds a live lease.
+    HeldBy { holder: String, until_ms: i64 },
 }
 
 /// Storage failures, classified by what the caller should do about them.
@@ -104,6 +176,15 @@ pub enum StoreError {
     /// The tier is fenced for a cut-over; the client should retry shortly (HTTP 503).
     #[error("writes are fenced for a migration cut-over")]
     Fenced,
+    /// The tier is fenced by a migrator that stopped renewing its lease (it died or hangs): writes
+    /// stay refused, because the migrator may have copied the tier already, until a rerun of the
+    /// migration (which takes the fence over and finishes) or `ladder-app migrate --abort`.
+    #[error(
+        "writes are fenced by a migration whose migrator stopped renewing its lease at {expired_at_ms} ms \
+         since the epoch (holder {holder}); rerun the migration to finish it, or abort it with \
+         `ladder-app migrate --abort`"
+    )]
+    FenceExpired { holder: String, expired_at_ms: i64 },
     /// The database cannot be reached or is overloaded (HTTP 503).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -144,12 +225,15 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The storage interface every tier implements.
+/// The serving part of a tier: what the HTTP handlers use. Every tier also implements
+/// [`MigrationStore`], the part only `ladder-app migrate` and `sweep` use.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
     /// Short tier name (`sqlite`, `postgres`, `pgbouncer`, `replicas`, `shards`, `dsql`).
     fn tier(&self) -> &'static str;
-    /// The identity of this tier's fence row in `ladder_control`.
+    /// The key of this tier's fence row in `ladder_control`. It names the data layout, not the
+    /// access path: `postgres` for an unsharded PostgreSQL database however it is reached
+    /// (direct, PgBouncer, distributed SQL), `shards-vN` for shard map version N, `sqlite`.
     fn tier_id(&self) -> String;
 
     /// Inserts a link; `Duplicate` when the code is taken (a tombstone may be reused).
@@ -166,13 +250,21 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({ "tier": self.tier() })
     }
-
-    // ---- migration support -------------------------------------------------------------
-
-    /// The fence/cut-over state of this tier.
+    /// The fence/cut-over state of this tier (sharded: fenced if any shard is, the first
+    /// pointer found). The app polls it to follow a cut-over.
     async fn control(&self) -> StoreResult<Control>;
-    /// Sets the fence (waits for in-flight writes to finish) and the cut-over pointer.
-    async fn set_control(&self, control: &Control) -> StoreResult<()>;
+}
+
+/// The migration part of a tier: raw rows, partitions, checkpoints and the fence with its lease
+/// (see `crate::migrate`). Fence operations are per partition (shard); unsharded tiers have
+/// partition 0 only. Every fence change waits for the writes in flight on that partition.
+#[async_trait]
+pub trait MigrationStore: Store {
+    /// What the tier's data lives in, independent of the access path: for PostgreSQL the
+    /// server's system identifier and the database name (so `pgbouncer:` and `postgres:` URLs
+    /// of one database are one tier), for SQLite the file's canonical path, for shards the map
+    /// version and every shard's identity.
+    async fn identity(&self) -> StoreResult<String>;
     /// Number of independent partitions (shards); 1 for unsharded tiers.
     fn partitions(&self) -> usize {
         1
@@ -181,6 +273,38 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn partition_of(&self, _code: &str) -> usize {
         0
     }
+    /// The fence state of every partition, in partition order.
+    async fn controls(&self) -> StoreResult<Vec<Control>>;
+    /// Puts up the fence of one partition for `holder` with a lease of `ttl_ms`: granted when
+    /// the partition is unfenced, fenced without a holder, held by any run of the same
+    /// migration, or held under an expired lease. `clear_pointer` also drops a cut-over pointer
+    /// (a retained old tier becoming a migration's target again). Waits for writes in flight.
+    async fn claim_fence(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+        clear_pointer: bool,
+    ) -> StoreResult<Claim>;
+    /// Extends the lease of this exact run (true) or reports it lost (false).
+    async fn renew_fence(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Drops the fence if a run of `holder`'s migration holds it and the partition was not cut
+    /// over (true), else changes nothing (false).
+    async fn release_fence(&self, partition: usize, holder: &Holder) -> StoreResult<bool>;
+    /// The cut-over of one partition: keeps it fenced for good and sets `moved_to` (once: an
+    /// existing pointer of the same migration is kept). True when the partition is now cut over
+    /// by this migration; false when the fence is not this migration's (lost to another).
+    async fn cut_over(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        moved_to: &str,
+    ) -> StoreResult<bool>;
     /// Rows of one partition with `seq > after`, ordered by `seq`.
     async fn scan_links(
         &self,
@@ -366,12 +490,22 @@ impl Default for StoreOptions {
     }
 }
 
-/// Opens (and migrates) the tier a spec names.
+/// Opens (and migrates) the tier a spec names, for serving.
 pub async fn open(
     spec: &StoreSpec,
     opts: &StoreOptions,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = open_for_migration(spec, opts, metrics).await?;
+    Ok(store)
+}
+
+/// Opens (and migrates) the tier a spec names with its migration part (`migrate`, `sweep`).
+pub async fn open_for_migration(
+    spec: &StoreSpec,
+    opts: &StoreOptions,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn MigrationStore>> {
     Ok(match spec {
         StoreSpec::Sqlite { path } => {
             Arc::new(sqlite::SqliteStore::open(path, opts, metrics).await?)

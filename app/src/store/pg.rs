@@ -24,6 +24,11 @@
 //! retries in `ladder_db_transaction_retries_total`. CockroachDB is not available in the test
 //! environment: the tests exercise this path against PostgreSQL at SERIALIZABLE with real
 //! concurrent conflicts (see docs/storage.md).
+//!
+//! Why this file is long (~880 lines): one type serves three modes and implements both the
+//! serving [`Store`] and the [`MigrationStore`] (fence with lease, raw rows, checkpoints); each
+//! SQL statement differs per mode in small ways that are easier to check side by side. TODO:
+//! move the `MigrationStore` impl to `pg/migration.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +40,17 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 
 use super::{
-    ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreError, StoreOptions,
-    StoreResult, WriteAck,
+    Claim, ClickRow, Control, Holder, Link, LinkRow, MigrationStore, ReadCtx, ReadFrom, Store,
+    StoreError, StoreOptions, StoreResult, WriteAck,
 };
 use crate::metrics::Metrics;
+
+/// The database's clock in ms since the epoch: leases are written and read on one clock.
+macro_rules! now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
 
 /// How the tier talks to PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +144,9 @@ impl PgStore {
         metrics: Arc<Metrics>,
         tier_id: &str,
     ) -> anyhow::Result<Self> {
-        // The tier's identity follows the mode asked for; a `postgres+pgbouncer://` URL (how the
-        // operator names a database behind PgBouncer in replica lists and shard maps) only
-        // changes how statements are sent.
-        let requested = mode;
+        // A `postgres+pgbouncer://` URL (how the operator names a database behind PgBouncer in
+        // replica lists and shard maps) only changes how statements are sent. The fence row
+        // (`tier_id`) never depends on the mode: one database, one fence, however it is reached.
         let (url, mode) = match url
             .strip_prefix(ladder_crds::contract::PGBOUNCER_SCHEME)
             .and_then(|rest| rest.strip_prefix("://"))
@@ -158,15 +169,10 @@ impl PgStore {
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
             .connect_lazy_with(options);
-        let tier_id = match requested {
-            PgMode::Direct => tier_id.to_owned(),
-            PgMode::Bouncer => "pgbouncer".to_owned(),
-            PgMode::Distributed => "dsql".to_owned(),
-        };
         Ok(PgStore {
             pool,
             mode,
-            tier_id,
+            tier_id: tier_id.to_owned(),
             metrics,
         })
     }
@@ -223,6 +229,11 @@ impl PgStore {
         sqlx::raw_sql(include_str!("../../migrations/postgres/0001_init.sql"))
             .execute(&mut *tx)
             .await?;
+        sqlx::raw_sql(include_str!(
+            "../../migrations/postgres/0002_fence_lease.sql"
+        ))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.ensure_control_row().await?;
         Ok(())
@@ -260,6 +271,9 @@ impl PgStore {
         loop {
             attempt += 1;
             match self.try_write(fence, &body).await {
+                Ok(Err(StoreError::Fenced)) => {
+                    return Err(self.fenced_or(StoreError::Fenced).await);
+                }
                 Ok(outcome) => return outcome,
                 Err(err) if StoreError::is_retryable_conflict(&err) && attempt < MAX_ATTEMPTS => {
                     self.metrics.tx_retries.inc();
@@ -359,13 +373,21 @@ impl PgStore {
         }
     }
 
-    /// After a write changed nothing: was it the fence, or `otherwise`?
+    /// After a write changed nothing: was it the fence (and is its lease live), or `otherwise`?
     async fn fenced_or(&self, otherwise: StoreError) -> StoreError {
         match self.control().await {
-            Ok(c) if c.fenced => StoreError::Fenced,
+            Ok(c) if c.fenced => c.refusal(),
             Ok(_) => otherwise,
             Err(err) => err,
         }
+    }
+
+    /// Runs one statement on the fence row in its own transaction; returns the rows it changed.
+    async fn control_stmt(&self, query: Q<'static>) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await.map_err(e)?;
+        let n = query.execute(&mut *tx).await.map_err(e)?.rows_affected();
+        tx.commit().await.map_err(e)?;
+        Ok(n)
     }
 
     /// The primary's current WAL position (replica tier: read-your-writes token).
@@ -554,34 +576,165 @@ impl Store for PgStore {
     async fn control(&self) -> StoreResult<Control> {
         let rows = self
             .read_rows(
-                self.q("SELECT fenced, moved_to FROM ladder_control WHERE tier_id = $1")
-                    .bind(self.tier_id.clone()),
+                self.q(concat!(
+                    "SELECT fenced, moved_to, lease_holder, lease_until_ms, ",
+                    now_ms!(),
+                    " FROM ladder_control WHERE tier_id = $1"
+                ))
+                .bind(self.tier_id.clone()),
             )
             .await?;
         Ok(rows
             .first()
-            .map(|r| Control {
-                fenced: r.get(0),
-                moved_to: r.get(1),
+            .map(|r| {
+                let until: Option<i64> = r.get(3);
+                let now: i64 = r.get(4);
+                Control {
+                    fenced: r.get(0),
+                    moved_to: r.get(1),
+                    lease_holder: r.get(2),
+                    lease_until_ms: until,
+                    lease_expired: until.is_some_and(|u| u < now),
+                }
             })
             .unwrap_or_default())
     }
+}
 
-    async fn set_control(&self, control: &Control) -> StoreResult<()> {
+#[async_trait]
+impl MigrationStore for PgStore {
+    async fn identity(&self) -> StoreResult<String> {
+        // The cluster's system identifier survives renames and access paths; a dump restored
+        // elsewhere gets another. CockroachDB has no pg_control_system(): its cluster id instead
+        // (not exercised by the tests, see the module doc).
+        let sql = "SELECT (SELECT system_identifier::text FROM pg_control_system()) || '/' || current_database()";
+        match self.read_rows(self.q(sql)).await {
+            Ok(rows) => Ok(format!(
+                "pg:{}",
+                rows.first()
+                    .map(|r| r.get::<String, _>(0))
+                    .unwrap_or_default()
+            )),
+            Err(_) if self.mode == PgMode::Distributed => {
+                let rows = self
+                    .read_rows(
+                        self.q(
+                            "SELECT crdb_internal.cluster_id()::text || '/' || current_database()",
+                        ),
+                    )
+                    .await?;
+                Ok(format!(
+                    "crdb:{}",
+                    rows.first()
+                        .map(|r| r.get::<String, _>(0))
+                        .unwrap_or_default()
+                ))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn controls(&self) -> StoreResult<Vec<Control>> {
+        Ok(vec![self.control().await?])
+    }
+
+    async fn claim_fence(
+        &self,
+        _partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+        clear_pointer: bool,
+    ) -> StoreResult<Claim> {
         // The UPDATE waits for every writer holding FOR SHARE on the row: when it commits, every
         // write that committed before is in, and every later write sees the fence.
-        let mut tx = self.pool.begin().await.map_err(e)?;
-        self.q(
-            "INSERT INTO ladder_control (tier_id, fenced, moved_to) VALUES ($1, $2, $3)
-             ON CONFLICT (tier_id) DO UPDATE SET fenced = excluded.fenced, moved_to = excluded.moved_to",
-        )
-        .bind(self.tier_id.clone())
-        .bind(control.fenced)
-        .bind(control.moved_to.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(e)?;
-        tx.commit().await.map_err(e)
+        self.ensure_control_row().await?;
+        let n = self
+            .control_stmt(
+                self.q(concat!(
+                    "UPDATE ladder_control SET fenced = TRUE, lease_holder = $2, lease_until_ms = ",
+                    now_ms!(),
+                    " + $3, moved_to = CASE WHEN $5 THEN NULL ELSE moved_to END
+                     WHERE tier_id = $1 AND ($5 OR moved_to IS NULL)
+                       AND ($5 OR NOT fenced OR lease_holder IS NULL OR lease_holder LIKE $4
+                            OR lease_until_ms < ",
+                    now_ms!(),
+                    ")"
+                ))
+                .bind(self.tier_id.clone())
+                .bind(holder.as_stored())
+                .bind(ttl_ms)
+                .bind(holder.migration_pattern())
+                .bind(clear_pointer),
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Claim::Granted);
+        }
+        let c = self.control().await?;
+        Ok(match c.moved_to {
+            Some(to) => Claim::Moved(to),
+            None => Claim::HeldBy {
+                holder: c.lease_holder.unwrap_or_default(),
+                until_ms: c.lease_until_ms.unwrap_or_default(),
+            },
+        })
+    }
+
+    async fn renew_fence(
+        &self,
+        _partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        let n = self
+            .control_stmt(
+                self.q(concat!(
+                    "UPDATE ladder_control SET lease_until_ms = ",
+                    now_ms!(),
+                    " + $3 WHERE tier_id = $1 AND lease_holder = $2 AND moved_to IS NULL"
+                ))
+                .bind(self.tier_id.clone())
+                .bind(holder.as_stored())
+                .bind(ttl_ms),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release_fence(&self, _partition: usize, holder: &Holder) -> StoreResult<bool> {
+        let n = self
+            .control_stmt(
+                self.q(
+                    "UPDATE ladder_control SET fenced = FALSE, lease_holder = NULL, lease_until_ms = NULL
+                     WHERE tier_id = $1 AND moved_to IS NULL AND lease_holder LIKE $2",
+                )
+                .bind(self.tier_id.clone())
+                .bind(holder.migration_pattern()),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn cut_over(
+        &self,
+        _partition: usize,
+        holder: &Holder,
+        moved_to: &str,
+    ) -> StoreResult<bool> {
+        let n = self
+            .control_stmt(
+                self.q(
+                    "UPDATE ladder_control SET moved_to = COALESCE(moved_to, $3), lease_holder = $2,
+                       lease_until_ms = NULL
+                     WHERE tier_id = $1 AND fenced AND lease_holder LIKE $4",
+                )
+                .bind(self.tier_id.clone())
+                .bind(holder.as_stored())
+                .bind(moved_to.to_owned())
+                .bind(holder.migration_pattern()),
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn scan_links(

@@ -21,7 +21,8 @@ use async_trait::async_trait;
 
 use super::pg::{PgMode, PgStore};
 use super::{
-    ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreOptions, StoreResult, WriteAck,
+    Claim, ClickRow, Control, Holder, Link, LinkRow, MigrationStore, ReadCtx, ReadFrom, Store,
+    StoreOptions, StoreResult, WriteAck,
 };
 use crate::metrics::Metrics;
 
@@ -227,9 +228,51 @@ impl Store for ReplicaStore {
     async fn control(&self) -> StoreResult<Control> {
         self.primary.control().await
     }
+}
 
-    async fn set_control(&self, control: &Control) -> StoreResult<()> {
-        self.primary.set_control(control).await
+/// Migration goes to the primary only (the replicas follow it).
+#[async_trait]
+impl MigrationStore for ReplicaStore {
+    async fn identity(&self) -> StoreResult<String> {
+        self.primary.identity().await
+    }
+
+    async fn controls(&self) -> StoreResult<Vec<Control>> {
+        self.primary.controls().await
+    }
+
+    async fn claim_fence(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+        clear_pointer: bool,
+    ) -> StoreResult<Claim> {
+        self.primary
+            .claim_fence(partition, holder, ttl_ms, clear_pointer)
+            .await
+    }
+
+    async fn renew_fence(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        self.primary.renew_fence(partition, holder, ttl_ms).await
+    }
+
+    async fn release_fence(&self, partition: usize, holder: &Holder) -> StoreResult<bool> {
+        self.primary.release_fence(partition, holder).await
+    }
+
+    async fn cut_over(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        moved_to: &str,
+    ) -> StoreResult<bool> {
+        self.primary.cut_over(partition, holder, moved_to).await
     }
 
     async fn scan_links(

@@ -23,8 +23,8 @@ use async_trait::async_trait;
 
 use super::pg::{PgMode, PgStore};
 use super::{
-    ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreError, StoreOptions,
-    StoreResult, WriteAck,
+    Claim, ClickRow, Control, Holder, Link, LinkRow, MigrationStore, ReadCtx, ReadFrom, Store,
+    StoreError, StoreOptions, StoreResult, WriteAck,
 };
 use crate::metrics::Metrics;
 
@@ -246,12 +246,71 @@ impl Store for ShardedStore {
         }
         Ok(out)
     }
+}
 
-    async fn set_control(&self, control: &Control) -> StoreResult<()> {
-        for s in &self.current().stores {
-            s.set_control(control).await?;
+impl ShardedStore {
+    fn shard(&self, partition: usize) -> StoreResult<PgStore> {
+        self.current()
+            .stores
+            .get(partition)
+            .cloned()
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("no shard {partition}")))
+    }
+}
+
+/// Every shard is a partition with its own fence row (`shards-vN`, so that a resharding onto
+/// the same databases fences the old map's routing, not the new one's).
+#[async_trait]
+impl MigrationStore for ShardedStore {
+    async fn identity(&self) -> StoreResult<String> {
+        let r = self.current();
+        let mut ids = Vec::new();
+        for s in &r.stores {
+            ids.push(s.identity().await?);
         }
-        Ok(())
+        Ok(format!("shards-v{}[{}]", r.map.version, ids.join(",")))
+    }
+
+    async fn controls(&self) -> StoreResult<Vec<Control>> {
+        let mut out = Vec::new();
+        for s in &self.current().stores {
+            out.push(s.control().await?);
+        }
+        Ok(out)
+    }
+
+    async fn claim_fence(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+        clear_pointer: bool,
+    ) -> StoreResult<Claim> {
+        self.shard(partition)?
+            .claim_fence(0, holder, ttl_ms, clear_pointer)
+            .await
+    }
+
+    async fn renew_fence(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        self.shard(partition)?.renew_fence(0, holder, ttl_ms).await
+    }
+
+    async fn release_fence(&self, partition: usize, holder: &Holder) -> StoreResult<bool> {
+        self.shard(partition)?.release_fence(0, holder).await
+    }
+
+    async fn cut_over(
+        &self,
+        partition: usize,
+        holder: &Holder,
+        moved_to: &str,
+    ) -> StoreResult<bool> {
+        self.shard(partition)?.cut_over(0, holder, moved_to).await
     }
 
     fn partitions(&self) -> usize {

@@ -9,18 +9,28 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    ClickRow, Control, Link, LinkRow, ReadCtx, ReadFrom, Store, StoreError, StoreOptions,
-    StoreResult, WriteAck,
+    Claim, ClickRow, Control, Holder, Link, LinkRow, MigrationStore, ReadCtx, ReadFrom, Store,
+    StoreError, StoreOptions, StoreResult, WriteAck,
 };
 use crate::metrics::Metrics;
 
 const TIER_ID: &str = "sqlite";
 
+/// SQLite's clock in ms since the epoch (leases are written and read on it).
+macro_rules! now_ms {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
+}
+
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    path: String,
     metrics: Arc<Metrics>,
 }
+
+type Q = sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 
 fn e(err: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(err)
@@ -43,7 +53,11 @@ impl SqliteStore {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(options)
             .await?;
-        let store = SqliteStore { pool, metrics };
+        let store = SqliteStore {
+            pool,
+            path: path.to_owned(),
+            metrics,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -56,6 +70,17 @@ impl SqliteStore {
             .await;
         match res {
             Ok(_) => {
+                // The fence's lease (0002): SQLite has no ADD COLUMN IF NOT EXISTS.
+                let has_lease: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pragma_table_info('ladder_control') WHERE name = 'lease_holder'",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                if has_lease == 0 {
+                    sqlx::raw_sql(include_str!("../../migrations/sqlite/0002_fence_lease.sql"))
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 sqlx::raw_sql("INSERT OR IGNORE INTO ladder_control (tier_id, fenced) VALUES ('sqlite', 0); COMMIT")
                     .execute(&mut *conn)
                     .await?;
@@ -112,11 +137,35 @@ impl SqliteStore {
                 self.metrics.record_tx();
                 Ok(())
             }
+            Err(StoreError::Fenced) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                drop(conn);
+                Err(match self.control().await {
+                    Ok(c) => c.refusal(),
+                    Err(_) => StoreError::Fenced,
+                })
+            }
             Err(err) => {
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
                 Err(err)
             }
         }
+    }
+
+    /// Runs one statement on the fence row as a write transaction (`BEGIN IMMEDIATE` waits for
+    /// the one writer there can be); returns the rows it changed.
+    async fn control_stmt(&self, query: Q) -> StoreResult<u64> {
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let out = n.clone();
+        self.write(false, move |conn, _| {
+            Box::pin(async move {
+                let r = query.execute(&mut *conn).await.map_err(e)?;
+                out.store(r.rows_affected(), std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(n.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -267,39 +316,138 @@ impl Store for SqliteStore {
     }
 
     async fn control(&self) -> StoreResult<Control> {
-        let row = sqlx::query("SELECT fenced, moved_to FROM ladder_control WHERE tier_id = ?")
-            .bind(TIER_ID)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(e)?;
+        let row = sqlx::query(concat!(
+            "SELECT fenced, moved_to, lease_holder, lease_until_ms, ",
+            now_ms!(),
+            " FROM ladder_control WHERE tier_id = ?"
+        ))
+        .bind(TIER_ID)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(e)?;
         Ok(row
-            .map(|r| Control {
-                fenced: r.get(0),
-                moved_to: r.get(1),
+            .map(|r| {
+                let until: Option<i64> = r.get(3);
+                let now: i64 = r.get(4);
+                Control {
+                    fenced: r.get(0),
+                    moved_to: r.get(1),
+                    lease_holder: r.get(2),
+                    lease_until_ms: until,
+                    lease_expired: until.is_some_and(|u| u < now),
+                }
             })
             .unwrap_or_default())
     }
+}
 
-    async fn set_control(&self, control: &Control) -> StoreResult<()> {
-        // BEGIN IMMEDIATE waits for the current writer: once this commits, no write that has not
-        // committed yet can commit without seeing the fence.
-        let control = control.clone();
-        self.write(false, move |conn, _| {
-            Box::pin(async move {
+#[async_trait]
+impl MigrationStore for SqliteStore {
+    async fn identity(&self) -> StoreResult<String> {
+        // The file itself, however the path names it.
+        let path = std::fs::canonicalize(&self.path)
+            .map_err(|err| StoreError::Other(anyhow::anyhow!("{}: {err}", self.path)))?;
+        Ok(format!("sqlite:{}", path.display()))
+    }
+
+    async fn controls(&self) -> StoreResult<Vec<Control>> {
+        Ok(vec![self.control().await?])
+    }
+
+    async fn claim_fence(
+        &self,
+        _partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+        clear_pointer: bool,
+    ) -> StoreResult<Claim> {
+        let n = self
+            .control_stmt(
+                sqlx::query(concat!(
+                    "UPDATE ladder_control SET fenced = 1, lease_holder = ?2, lease_until_ms = ",
+                    now_ms!(),
+                    " + ?3, moved_to = CASE WHEN ?5 THEN NULL ELSE moved_to END
+                     WHERE tier_id = ?1 AND (?5 OR moved_to IS NULL)
+                       AND (?5 OR NOT fenced OR lease_holder IS NULL OR lease_holder LIKE ?4
+                            OR lease_until_ms < ",
+                    now_ms!(),
+                    ")"
+                ))
+                .bind(TIER_ID)
+                .bind(holder.as_stored())
+                .bind(ttl_ms)
+                .bind(holder.migration_pattern())
+                .bind(clear_pointer),
+            )
+            .await?;
+        if n == 1 {
+            return Ok(Claim::Granted);
+        }
+        let c = self.control().await?;
+        Ok(match c.moved_to {
+            Some(to) => Claim::Moved(to),
+            None => Claim::HeldBy {
+                holder: c.lease_holder.unwrap_or_default(),
+                until_ms: c.lease_until_ms.unwrap_or_default(),
+            },
+        })
+    }
+
+    async fn renew_fence(
+        &self,
+        _partition: usize,
+        holder: &Holder,
+        ttl_ms: i64,
+    ) -> StoreResult<bool> {
+        let n = self
+            .control_stmt(
+                sqlx::query(concat!(
+                    "UPDATE ladder_control SET lease_until_ms = ",
+                    now_ms!(),
+                    " + ?3 WHERE tier_id = ?1 AND lease_holder = ?2 AND moved_to IS NULL"
+                ))
+                .bind(TIER_ID)
+                .bind(holder.as_stored())
+                .bind(ttl_ms),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release_fence(&self, _partition: usize, holder: &Holder) -> StoreResult<bool> {
+        let n = self
+            .control_stmt(
                 sqlx::query(
-                    "INSERT INTO ladder_control (tier_id, fenced, moved_to) VALUES (?, ?, ?)
-                     ON CONFLICT (tier_id) DO UPDATE SET fenced = excluded.fenced, moved_to = excluded.moved_to",
+                    "UPDATE ladder_control SET fenced = 0, lease_holder = NULL, lease_until_ms = NULL
+                     WHERE tier_id = ?1 AND moved_to IS NULL AND lease_holder LIKE ?2",
                 )
                 .bind(TIER_ID)
-                .bind(control.fenced)
-                .bind(&control.moved_to)
-                .execute(&mut *conn)
-                .await
-                .map_err(e)?;
-                Ok(())
-            })
-        })
-        .await
+                .bind(holder.migration_pattern()),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn cut_over(
+        &self,
+        _partition: usize,
+        holder: &Holder,
+        moved_to: &str,
+    ) -> StoreResult<bool> {
+        let n = self
+            .control_stmt(
+                sqlx::query(
+                    "UPDATE ladder_control SET moved_to = COALESCE(moved_to, ?3), lease_holder = ?2,
+                       lease_until_ms = NULL
+                     WHERE tier_id = ?1 AND fenced AND lease_holder LIKE ?4",
+                )
+                .bind(TIER_ID)
+                .bind(holder.as_stored())
+                .bind(moved_to.to_owned())
+                .bind(holder.migration_pattern()),
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn watermark(&self, _partition: usize) -> StoreResult<i64> {
