@@ -19,6 +19,9 @@ use crate::promoter::{Policy, ceiling};
 /// sample, so a short spike stays visible.
 const MAX_BUCKETS: usize = 1500;
 
+/// Pixels right of the plot for the legend.
+const LEGEND_WIDTH: i32 = 180;
+
 const PROMOTE: RGBColor = RGBColor(200, 40, 40);
 const DEMOTE: RGBColor = RGBColor(30, 130, 60);
 const TRACE: RGBColor = RGBColor(30, 80, 200);
@@ -127,6 +130,8 @@ pub fn plot(path: &Path, p: &Policy, o: &Outcome) -> anyhow::Result<()> {
             ("sans-serif", 20),
         )
         .margin(16)
+        // Room for the legend right of the plot, where it hides nothing.
+        .margin_right(LEGEND_WIDTH + 10)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())?;
@@ -144,33 +149,27 @@ pub fn plot(path: &Path, p: &Policy, o: &Outcome) -> anyhow::Result<()> {
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
 
-    let mut labelled = (false, false);
+    // The legend: what is drawn, in the right margin.
+    let mut legend: Vec<(&str, RGBColor)> = vec![("TPS", TRACE)];
     for (v, label, promote) in &lines {
         if !(ylo..=yhi).contains(v) {
             continue;
         }
         let color = if *promote { PROMOTE } else { DEMOTE };
-        let series = chart.draw_series(DashedLineSeries::new(
+        let name = if *promote {
+            "promote thresholds"
+        } else {
+            "demote thresholds"
+        };
+        if !legend.iter().any(|l| l.0 == name) {
+            legend.push((name, color));
+        }
+        chart.draw_series(DashedLineSeries::new(
             [(0.0, *v), (xmax, *v)],
             8,
             5,
             color.stroke_width(1),
         ))?;
-        let first = if *promote {
-            &mut labelled.0
-        } else {
-            &mut labelled.1
-        };
-        if !*first {
-            *first = true;
-            series
-                .label(if *promote {
-                    "promote thresholds"
-                } else {
-                    "demote thresholds"
-                })
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-        }
         // Just above its line, so the dashes do not strike it through.
         chart.draw_series(std::iter::once(Text::new(
             label.clone(),
@@ -182,15 +181,8 @@ pub fn plot(path: &Path, p: &Policy, o: &Outcome) -> anyhow::Result<()> {
         )))?;
     }
 
-    let mut first_trace = true;
     for seg in segments(o, ylo) {
-        let series = chart.draw_series(LineSeries::new(seg, TRACE.stroke_width(2)))?;
-        if first_trace {
-            first_trace = false;
-            series
-                .label("TPS")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], TRACE.stroke_width(2)));
-        }
+        chart.draw_series(LineSeries::new(seg, TRACE.stroke_width(2)))?;
     }
 
     let marks = s
@@ -203,30 +195,39 @@ pub fn plot(path: &Path, p: &Policy, o: &Outcome) -> anyhow::Result<()> {
                 .iter()
                 .map(|c| (c, HELD, "held ", "held for approval")),
         );
-    let mut seen: Vec<&str> = Vec::new();
-    for (c, color, prefix, legend) in marks {
-        let x = hours(c.offset_seconds);
-        let series =
-            chart.draw_series(LineSeries::new([(x, ylo), (x, yhi)], color.stroke_width(2)))?;
-        if !seen.contains(&legend) {
-            seen.push(legend);
-            series
-                .label(legend)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    let mut marks: Vec<_> = marks.collect();
+    marks.sort_by_key(|m| m.0.offset_seconds);
+    for (i, (c, color, prefix, name)) in marks.into_iter().enumerate() {
+        if !legend.iter().any(|l| l.0 == name) {
+            legend.push((name, color));
         }
+        let x = hours(c.offset_seconds);
+        chart.draw_series(LineSeries::new([(x, ylo), (x, yhi)], color.stroke_width(2)))?;
         chart.draw_series(std::iter::once(Text::new(
             format!("{prefix}{}->{}", c.from, c.to),
-            (x, yhi / 1.15),
+            // Staggered on three rows, so close changes stay readable.
+            (x, yhi / [1.15, 1.6, 2.2][i % 3]),
             ("sans-serif", 13).into_font().color(&color),
         )))?;
     }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    let (x0, _) = root.dim_in_pixel();
+    let x0 = i32::try_from(x0).unwrap_or(1200) - LEGEND_WIDTH;
+    for ((name, color), row) in legend.into_iter().zip(0i32..) {
+        let y = 60 + row * 20;
+        root.draw(&PathElement::new(
+            [(x0, y), (x0 + 24, y)],
+            color.stroke_width(2),
+        ))?;
+        root.draw(&Text::new(
+            name,
+            (x0 + 32, y),
+            ("sans-serif", 13)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
+    }
     root.present()?;
     Ok(())
 }

@@ -193,8 +193,9 @@ fn parse_tps(s: &str) -> Result<Option<f64>, String> {
 /// The built-in synthetic shapes (see `ladder-operator simulate --help`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
-    /// 12 h growing exponentially from 1 to 1,000 TPS (×10 every 4 h):
-    /// crosses phase 0's, 1's and 2's promotion thresholds in turn.
+    /// 12 h (or `--duration`) growing exponentially from 1 to 1,000 TPS
+    /// (×10 every third of it): crosses phase 0's, 1's and 2's promotion
+    /// thresholds in turn.
     Ramp,
     /// 6 h at 5 TPS with two bursts to 40 TPS: 2 min at 1 h (shorter than
     /// the default promoteAfter, must not promote) and 15 min at 3 h.
