@@ -75,7 +75,8 @@ pub struct SimulateArgs {
     /// The phase active at the start (default: spec.phase).
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=4))]
     pub start_phase: Option<i32>,
-    /// Seconds between two samples.
+    /// Seconds between two samples (the operator samples every 10 s); a row
+    /// that lasts less than a step may fall between two samples.
     #[arg(long, default_value_t = DEFAULT_STEP_SECS, value_parser = clap::value_parser!(i64).range(1..=86_400))]
     pub step: i64,
     /// Simulate another mode than the manifest's (e.g. what Auto would do).
