@@ -1,4 +1,4 @@
-//! The command line: `ladder-operator crd` and `ladder-operator run`.
+//! The command line: `ladder-operator crd`, `run`, `render` and `simulate`.
 
 use std::io::Write;
 
@@ -40,6 +40,9 @@ pub enum Command {
         #[arg(long)]
         service_monitors: bool,
     },
+    /// Replay a load trace (CSV or a synthetic shape) through the promoter's
+    /// decision code and print each decision change.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 pub use ladder_crds::{crds, crds_yaml, yaml11_safe};
@@ -59,6 +62,7 @@ pub fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(crate::run::run(args))
         }
+        Command::Simulate(args) => crate::simulate::run(&args, &mut std::io::stdout().lock()),
         Command::Render {
             file,
             regions,

@@ -15,6 +15,7 @@ pub mod promoter;
 pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod simulate;
 pub mod status;
 pub mod telemetry;
 pub mod transition;
