@@ -329,6 +329,15 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
         AutoscaleMode::Auto => Some(i.target.unwrap_or(current)),
         _ => None,
     };
+    // A demotion decided earlier (perhaps held for approval) that the load
+    // no longer asks for is withdrawn, so nobody approves a step the load
+    // has since taken back.
+    if policy.mode == AutoscaleMode::Auto
+        && target.is_some_and(|t| t < current)
+        && recommended >= current
+    {
+        target = Some(current);
+    }
     if policy.mode == AutoscaleMode::Auto && recommended != current && target != Some(recommended) {
         let dwelled = i
             .phase_since
@@ -685,6 +694,33 @@ mod tests {
         // Older changes don't count.
         let changes = [ts(-200_000), ts(-100_000)];
         assert_eq!(decide(&p, &h, &inputs(600, 1, &changes)).target, Some(2));
+    }
+
+    #[test]
+    fn a_held_demotion_is_withdrawn_when_the_load_comes_back() {
+        let p = Policy {
+            min_dwell: 0,
+            ..auto()
+        };
+        let mut h = History::default();
+        for t in (0..=600).step_by(15) {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: Some(50.0),
+                },
+                p.horizon(),
+            );
+        }
+        // The stored target says 0 (a demotion held for approval); the load
+        // is back within phase 1's band.
+        let i = Inputs {
+            target: Some(0),
+            ..inputs(600, 1, &[])
+        };
+        let d = decide(&p, &h, &i);
+        assert_eq!(d.recommended, 1);
+        assert_eq!(d.target, Some(1));
     }
 
     #[test]

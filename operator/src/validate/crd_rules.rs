@@ -100,8 +100,28 @@ const RULES: &[(&str, Mirror)] = &[
         )]),
     ),
     (
-        "overrides.postgres.shards is immutable while in phase 3: resharding is a data migration",
+        "overrides.postgres.shards is immutable while in phase 3 (unset means 4): resharding is a data migration Ladder does not run yet",
         Mirror::Transition,
+    ),
+    (
+        "autoscale.minPhase must not be above autoscale.maxPhase",
+        Mirror::Refuses(&[breaks(
+            "phase: 0\nautoscale: {minPhase: 3, maxPhase: 2}",
+            "spec.autoscale.minPhase",
+        )]),
+    ),
+    (
+        "autoscale.demoteBelow must leave a gap of at least 0.1 under autoscale.promoteAt (hysteresis), or the phase would flap",
+        Mirror::Refuses(&[
+            breaks(
+                "phase: 0\nautoscale: {promoteAt: 0.5, demoteBelow: 0.45}",
+                "spec.autoscale.demoteBelow",
+            ),
+            breaks(
+                "phase: 0\nautoscale: {promoteAt: 0.3}",
+                "spec.autoscale.demoteBelow",
+            ),
+        ]),
     ),
     (
         "env names starting with LADDER_, and the OTEL_ variables the operator sets (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG), are reserved for the operator",

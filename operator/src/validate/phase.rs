@@ -52,6 +52,25 @@ pub(super) fn phase(sp: &ScalingPhase) -> Result<Phase, Invalid> {
             format!("must not be below spec.phase ({})", sp.spec.phase),
         ));
     }
+    let a = &sp.spec.autoscale;
+    if let (Some(min), Some(max)) = (a.min_phase, a.max_phase)
+        && min > max
+    {
+        return Err(Invalid::field(
+            "spec.autoscale.minPhase",
+            format!("must not be above autoscale.maxPhase ({max})"),
+        ));
+    }
+    // The same arithmetic as the CEL rule, so both refuse the same bands.
+    let (up, down) = (a.promote_at.unwrap_or(0.8), a.demote_below.unwrap_or(0.3));
+    if down * 10.0 > up * 10.0 - 1.0 {
+        return Err(Invalid::field(
+            "spec.autoscale.demoteBelow",
+            format!(
+                "must leave a gap of at least 0.1 under autoscale.promoteAt ({up}): without hysteresis the phase would flap"
+            ),
+        ));
+    }
     let number = effective_phase(sp);
     Phase::from_number(number)
         .ok_or_else(|| Invalid::field("spec.phase", format!("must be 0-4, got {number}")))
