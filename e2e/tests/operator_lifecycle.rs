@@ -391,11 +391,12 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result
     );
     assert!(first.log_text().contains("controller stopped"));
     second.wait_log("became leader", TIMEOUT).await?;
-    let patch = serde_json::json!({"spec": {"phase": 0}});
+    // 1 → 2 moves no data: the new leader walks it to Done by itself.
+    let patch = serde_json::json!({"spec": {"phase": 2}});
     ns.sps()
         .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    ns.wait_ready("shop", 0, TIMEOUT).await?;
+    ns.wait_ready("shop", 2, TIMEOUT).await?;
     assert!(second.log_text().contains("\"applied\""));
     ns.delete().await;
     Ok(())

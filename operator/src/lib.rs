@@ -11,6 +11,7 @@ pub mod cli;
 pub mod integrations;
 pub mod leader;
 pub mod metrics;
+pub mod promoter;
 pub mod reconcile;
 pub mod render;
 pub mod run;

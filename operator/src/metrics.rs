@@ -1,6 +1,6 @@
 //! Prometheus metrics, all prefixed `ladder_`.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +30,49 @@ pub struct VerbLabel {
     pub method: String,
 }
 
+/// Labels naming one ScalingPhase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabel {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Labels of a finished (or blocked) transition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabel {
+    /// Phase left.
+    pub from: String,
+    /// Phase entered.
+    pub to: String,
+    /// `completed`, or the blocking reason.
+    pub result: String,
+}
+
+/// Labels of a transition step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// The step (PrepareTarget, Migrate, ...).
+    pub step: String,
+}
+
+/// Labels of a promoter decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PromotionLabel {
+    /// `up` or `down`.
+    pub direction: String,
+    /// `recommended`, `applied`, or the reason it was refused.
+    pub result: String,
+}
+
+/// Labels of a rejected LoadReport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why it was not believed.
+    pub reason: String,
+}
+
 /// The operator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +87,13 @@ pub struct Metrics {
     api_requests: Family<VerbLabel, Counter>,
     /// 1 while this process holds the leader Lease.
     pub leader: Gauge<i64, AtomicI64>,
+    active_phase: Family<ObjectLabel, Gauge<i64, AtomicI64>>,
+    transitions: Family<TransitionLabel, Counter>,
+    step_seconds: Family<StepLabel, Histogram>,
+    observed_tps: Family<ObjectLabel, Gauge<f64, AtomicU64>>,
+    recommended_phase: Family<ObjectLabel, Gauge<i64, AtomicI64>>,
+    promotions: Family<PromotionLabel, Counter>,
+    rejected_reports: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,7 +145,58 @@ impl Default for Metrics {
             "1 while this process holds the leader Lease",
             leader.clone(),
         );
+        let active_phase = Family::<ObjectLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "active_phase",
+            "The phase each ScalingPhase runs (changes when a transition is Done)",
+            active_phase.clone(),
+        );
+        let transitions = Family::<TransitionLabel, Counter>::default();
+        registry.register(
+            "transitions",
+            "Phase transitions finished or blocked, by from, to and result",
+            transitions.clone(),
+        );
+        let step_seconds = Family::<StepLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 86_400.0])
+        });
+        registry.register(
+            "transition_step_seconds",
+            "Time spent in each transition step",
+            step_seconds.clone(),
+        );
+        let observed_tps = Family::<ObjectLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "observed_tps",
+            "Transactions per second the promoter observed (sum of fresh LoadReports)",
+            observed_tps.clone(),
+        );
+        let recommended_phase = Family::<ObjectLabel, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "recommended_phase",
+            "The phase the load suggests",
+            recommended_phase.clone(),
+        );
+        let promotions = Family::<PromotionLabel, Counter>::default();
+        registry.register(
+            "promotions",
+            "Promoter decisions, by direction and result",
+            promotions.clone(),
+        );
+        let rejected_reports = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "loadreports_rejected",
+            "LoadReports not believed, by reason",
+            rejected_reports.clone(),
+        );
         Self {
+            active_phase,
+            transitions,
+            step_seconds,
+            observed_tps,
+            recommended_phase,
+            promotions,
+            rejected_reports,
             registry,
             reconciles,
             errors,
@@ -147,10 +248,68 @@ impl Metrics {
             })
             .inc();
     }
+    /// The active phase of one ScalingPhase.
+    pub fn active_phase(&self, namespace: &str, name: &str, phase: i32) {
+        self.active_phase
+            .get_or_create(&object(namespace, name))
+            .set(i64::from(phase));
+    }
+    /// A transition finished (`completed`) or was blocked (the reason).
+    pub fn transition_finished(&self, from: i32, to: i32, result: &str) {
+        self.transitions
+            .get_or_create(&TransitionLabel {
+                from: from.to_string(),
+                to: to.to_string(),
+                result: result.into(),
+            })
+            .inc();
+    }
+    /// A transition step took `seconds`.
+    pub fn transition_step(&self, step: ladder_crds::scalingphase::TransitionStep, seconds: f64) {
+        self.step_seconds
+            .get_or_create(&StepLabel {
+                step: format!("{step:?}"),
+            })
+            .observe(seconds);
+    }
+    /// The promoter's view of one ScalingPhase.
+    pub fn promoter_view(&self, namespace: &str, name: &str, tps: Option<f64>, recommended: i32) {
+        let o = object(namespace, name);
+        if let Some(tps) = tps {
+            self.observed_tps.get_or_create(&o).set(tps);
+        }
+        self.recommended_phase
+            .get_or_create(&o)
+            .set(i64::from(recommended));
+    }
+    /// A promoter decision.
+    pub fn promotion(&self, direction: &str, result: &str) {
+        self.promotions
+            .get_or_create(&PromotionLabel {
+                direction: direction.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+    /// A LoadReport was not believed.
+    pub fn report_rejected(&self, reason: &str) {
+        self.rejected_reports
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn object(namespace: &str, name: &str) -> ObjectLabel {
+    ObjectLabel {
+        namespace: namespace.into(),
+        name: name.into(),
     }
 }

@@ -20,11 +20,13 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PartialObjectMeta;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+use ladder_crds::load_report::LoadReport;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -257,13 +259,52 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         instance: Some(identity.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        recorder,
-        nodes,
-        integrations.clone(),
-    ));
+    // The promoter reads LoadReports and the app pods that own them from
+    // reflector stores: no request per reconcile.
+    let (reports_api, pods_api): (Api<LoadReport>, Api<PartialObjectMeta<Pod>>) =
+        match &args.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let (reports, reports_writer) = reflector::store();
+    tokio::spawn(
+        reflector(
+            reports_writer,
+            watcher(reports_api.clone(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(())),
+    );
+    let (app_pods, pods_writer) = reflector::store();
+    tokio::spawn(
+        reflector(
+            pods_writer,
+            watcher(
+                pods_api,
+                watcher::Config::default().labels("app.kubernetes.io/component=app"),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(())),
+    );
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            recorder,
+            nodes,
+            integrations.clone(),
+        )
+        .with_load(reconcile::LoadSources {
+            reports,
+            pods: app_pods,
+        }),
+    );
 
     // Only what affects readiness is watched: workload status changes wake
     // the reconciler. Other children are repaired on the drift interval.
@@ -291,6 +332,11 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         .owns(deploys, children.clone())
         .owns(stss, children.clone())
         .owns(jobs, children)
+        // A new LoadReport is a new load sample for the ScalingPhase it names.
+        .watches(reports_api, watcher::Config::default(), |r: LoadReport| {
+            let ns = r.metadata.namespace.clone()?;
+            Some(ObjectRef::new(&r.spec.scaling_phase).within(&ns))
+        })
         // A CRD of an optional integration appeared or went away: every
         // ScalingPhase renders differently now.
         .reconcile_all_on(integrations::changes(integrations))

@@ -15,6 +15,13 @@ pub mod types {
     pub const PROGRESSING: &str = "Progressing";
     /// Something needs a human: invalid spec, over budget, failing apply.
     pub const DEGRADED: &str = "Degraded";
+    /// A phase transition (or a promotion) cannot go on by itself; the
+    /// reason says why (`ApprovalRequired`, `MigrationFailed`, ...).
+    pub const TRANSITION_BLOCKED: &str = "TransitionBlocked";
+    /// Whether the promoter has fresh load data.
+    pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
+    /// A promoter window or dwell time is running.
+    pub const COOLDOWN_ACTIVE: &str = "CooldownActive";
 }
 
 /// Condition reasons.
@@ -87,6 +94,32 @@ fn condition(
     }
 }
 
+/// Sets (adds or replaces) one condition of `s`, keeping its
+/// `lastTransitionTime` unless its status flips.
+pub fn set_condition(
+    s: &mut ScalingPhaseStatus,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let c = condition(
+        &s.conditions,
+        type_,
+        status,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    match s.conditions.iter_mut().find(|x| x.type_ == type_) {
+        Some(x) => *x = c,
+        None => s.conditions.push(c),
+    }
+}
+
 /// The next status. `now` is used only for fields that change (a flipped
 /// condition, a new history entry), so computing twice from the same
 /// observation gives the same status and causes no write.
@@ -98,6 +131,14 @@ pub fn compute(
 ) -> ScalingPhaseStatus {
     let mut s = old.cloned().unwrap_or_default();
     let prev = s.conditions.clone();
+    // Conditions of other writers (transitions, the promoter) are kept.
+    let others: Vec<Condition> = prev
+        .iter()
+        .filter(|c| {
+            ![types::READY, types::PROGRESSING, types::DEGRADED].contains(&c.type_.as_str())
+        })
+        .cloned()
+        .collect();
     s.observed_generation = generation;
     let cond =
         |t: &str, st: bool, r: &str, m: String| condition(&prev, t, st, r, m, generation, &now);
@@ -219,6 +260,7 @@ pub fn compute(
             ];
         }
     }
+    s.conditions.extend(others);
     s
 }
 

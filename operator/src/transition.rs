@@ -58,6 +58,9 @@ pub mod blocked {
     pub const MIGRATION_SLOW: &str = "MigrationTimedOut";
     /// The spec of a phase on the way does not validate.
     pub const INVALID_STEP: &str = "InvalidTargetPhase";
+    /// The tier a step returns to still has volumes a past transition
+    /// retired: starting on them would serve stale data.
+    pub const STALE_VOLUMES: &str = "StaleVolumes";
 }
 
 /// The data tier a phase keeps its rows in. Changing it moves data.
@@ -235,6 +238,33 @@ pub enum Shape {
         /// Render the migration Job `from` → `to`.
         job: Option<(i32, i32)>,
     },
+}
+
+/// The shape applied for a stored transition step: what the previous
+/// decision rendered, whose readiness [`Facts::shape_ready`] reports.
+pub fn current_shape(active: i32, t: Option<&TransitionStatus>) -> Shape {
+    let Some(t) = t else {
+        return Shape::Steady(active);
+    };
+    let job = t.moves_data.then_some((t.from, t.to));
+    match t.step {
+        TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady => Shape::Both {
+            serve: t.from,
+            other: t.to,
+            job: None,
+        },
+        TransitionStep::Migrate | TransitionStep::Verify => Shape::Both {
+            serve: t.from,
+            other: t.to,
+            job,
+        },
+        TransitionStep::CutOver | TransitionStep::Retain => Shape::Both {
+            serve: t.to,
+            other: t.from,
+            job,
+        },
+        TransitionStep::Retire | TransitionStep::Done => Shape::Steady(t.to),
+    }
 }
 
 /// A `TransitionBlocked` condition to show.

@@ -12,6 +12,7 @@
 mod components;
 pub mod config;
 mod integrations;
+pub mod migration;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,777 @@
+//! The promoter: decides from the observed load which phase a system should
+//! be in, and (in Auto mode) sets `status.targetPhase`.
+//!
+//! Pure, like the transition machine: [`decide`] reads the policy
+//! ([`Policy`], from `spec.autoscale`), a windowed load [`History`] and the
+//! clock, and returns a [`Decision`]. The reconciler feeds it samples built
+//! from fresh, believable LoadReports ([`sum_reports`]); the simulator
+//! (`ladder-operator simulate`) feeds it a recorded trace. Both run the same
+//! code.
+//!
+//! Rules (ROADMAP.md's thresholds):
+//! - phase N's ceiling is 10^(N+1) TPS;
+//! - promote when every sample over `promoteAfter` is at or above
+//!   `promoteAt` × ceiling(N); demote when every sample over `demoteAfter` is
+//!   below `demoteBelow` × ceiling(N-1);
+//! - a window counts only when the history covers all of it, so a restarted
+//!   operator (empty history) never decides anything before a full window;
+//! - a gap (no fresh data) in a window never demotes and never promotes;
+//! - Auto mode moves only after `minDwell` in the current phase, within
+//!   `maxTransitionsPerDay`, and never into a phase whose estimated cost is
+//!   above `spec.monthlyBudgetUsd`.
+
+use std::collections::VecDeque;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use ladder_crds::load_report::LoadReport;
+use ladder_crds::scalingphase::{AutoscaleMode, AutoscaleSpec, Recommendation};
+
+/// Reasons of the promoter's conditions and refusals.
+pub mod reasons {
+    /// Auto mode would promote, but the next phase costs more than the budget.
+    pub const OVER_BUDGET: &str = "OverBudget";
+    /// Auto mode would move, but the day's transitions are used up.
+    pub const FLAP_BUDGET: &str = "FlapBudgetExhausted";
+    /// Fresh load data is there.
+    pub const FRESH: &str = "LoadReportsFresh";
+    /// No fresh load data: the phase holds.
+    pub const NO_DATA: &str = "NoFreshLoadReports";
+    /// Autoscaling is off.
+    pub const OFF: &str = "AutoscaleOff";
+    /// The minimum dwell time in the phase is running.
+    pub const DWELL: &str = "MinimumDwell";
+    /// A stabilization window is running.
+    pub const WINDOW: &str = "StabilizationWindow";
+    /// Nothing is waiting.
+    pub const IDLE: &str = "NoCooldown";
+}
+
+/// The policy with its defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Off, Recommend or Auto.
+    pub mode: AutoscaleMode,
+    /// Lowest phase to recommend.
+    pub min_phase: i32,
+    /// Highest phase to recommend.
+    pub max_phase: i32,
+    /// Share of the current ceiling that promotes.
+    pub promote_at: f64,
+    /// Share of the lower ceiling that demotes.
+    pub demote_below: f64,
+    /// Promotion window, seconds.
+    pub promote_after: i64,
+    /// Demotion window, seconds.
+    pub demote_after: i64,
+    /// Minimum time in a phase before an automatic change, seconds.
+    pub min_dwell: i64,
+    /// Automatic changes allowed in any 24 hours.
+    pub max_per_day: usize,
+    /// Monthly budget in USD.
+    pub budget: Option<i64>,
+}
+
+fn secs(d: Option<&ladder_crds::scalingphase::Duration>, default: i64) -> i64 {
+    d.and_then(|d| d.seconds())
+        .and_then(|s| i64::try_from(s).ok())
+        .unwrap_or(default)
+}
+
+impl Policy {
+    /// From `spec.autoscale` and `spec.monthlyBudgetUsd`.
+    pub fn from_spec(a: &AutoscaleSpec, budget: Option<i64>) -> Policy {
+        Policy {
+            mode: a.mode,
+            min_phase: a.min_phase.unwrap_or(0).clamp(0, 4),
+            max_phase: a.max_phase.unwrap_or(4).clamp(0, 4),
+            promote_at: a.promote_at.unwrap_or(0.8),
+            demote_below: a.demote_below.unwrap_or(0.3),
+            promote_after: secs(a.promote_after.as_ref(), 300),
+            demote_after: secs(a.demote_after.as_ref(), 3600),
+            min_dwell: secs(a.min_dwell.as_ref(), 1800),
+            max_per_day: usize::try_from(a.max_transitions_per_day.unwrap_or(4)).unwrap_or(4),
+            budget,
+        }
+    }
+
+    /// The longest window the policy looks back over.
+    pub fn horizon(&self) -> i64 {
+        self.promote_after.max(self.demote_after)
+    }
+}
+
+/// Phase `n`'s TPS ceiling from the roadmap: 10, 100, 1,000, 10,000, 100,000.
+pub fn ceiling(phase: i32) -> f64 {
+    10f64.powi(phase.clamp(0, 4) + 1)
+}
+
+/// One observation: the summed TPS of fresh reports, or `None` when there
+/// was no fresh, believable report at that time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// When.
+    pub at: Timestamp,
+    /// Summed TPS, if any data was fresh.
+    pub tps: Option<f64>,
+}
+
+/// The windowed load history of one ScalingPhase, in memory. After a restart
+/// it starts empty, so no decision is made before a full window has been
+/// observed again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    samples: VecDeque<Sample>,
+}
+
+/// Samples closer together than this are merged (the newest wins), so a
+/// burst of reconciles does not grow the history.
+pub const MIN_SAMPLE_GAP_SECS: i64 = 5;
+
+impl History {
+    /// Adds a sample and forgets what is older than `horizon` seconds (plus
+    /// one sample before it, which proves the window is covered).
+    pub fn push(&mut self, s: Sample, horizon: i64) {
+        let len = self.samples.len();
+        if let Some(last) = self.samples.back_mut() {
+            if s.at <= last.at {
+                return;
+            }
+            if s.at.duration_since(last.at).as_secs() < MIN_SAMPLE_GAP_SECS && len > 1 {
+                *last = s;
+                return;
+            }
+        }
+        self.samples.push_back(s);
+        let cutoff = s.at - SignedDuration::from_secs(horizon);
+        while self.samples.len() > 2 && self.samples.get(1).is_some_and(|x| x.at <= cutoff) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The newest sample.
+    pub fn last(&self) -> Option<Sample> {
+        self.samples.back().copied()
+    }
+
+    /// The samples of the last `window` seconds, when the history covers the
+    /// whole window (its oldest sample is at or before the window's start).
+    fn window(&self, now: Timestamp, window: i64) -> Option<Vec<Sample>> {
+        let start = now - SignedDuration::from_secs(window);
+        let first = self.samples.front()?;
+        if first.at > start {
+            return None;
+        }
+        // The sample in force at the window's start, and every later one.
+        let from = self
+            .samples
+            .iter()
+            .rposition(|s| s.at <= start)
+            .unwrap_or(0);
+        Some(self.samples.iter().skip(from).copied().collect())
+    }
+
+    /// When the current run of samples that all satisfy `ok` began.
+    fn run_since(&self, ok: impl Fn(f64) -> bool) -> Option<Timestamp> {
+        let mut since = None;
+        for s in self.samples.iter().rev() {
+            match s.tps {
+                Some(t) if ok(t) => since = Some(s.at),
+                _ => break,
+            }
+        }
+        since
+    }
+}
+
+/// What the promoter looks at besides the policy and the history.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// The active phase.
+    pub active: i32,
+    /// `spec.phase`.
+    pub declared: i32,
+    /// The stored `status.targetPhase`.
+    pub target: Option<i32>,
+    /// When the active phase became active (the last history entry).
+    pub phase_since: Option<Timestamp>,
+    /// Times of the phase changes so far (status.history), for the flap budget.
+    pub changes: &'a [Timestamp],
+    /// Estimated monthly cost of each phase 0..=4.
+    pub cost: [i64; 5],
+}
+
+/// The promoter's decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The TPS to show (the newest fresh sample).
+    pub observed_tps: Option<f64>,
+    /// The phase the load suggests.
+    pub recommended: i32,
+    /// The evidence.
+    pub recommendation: Recommendation,
+    /// `status.targetPhase` to store (Auto mode only; `None` clears it).
+    pub target: Option<i32>,
+    /// MetricsAvailable: (status, reason, message).
+    pub metrics: (bool, &'static str, String),
+    /// CooldownActive: (status, reason, message).
+    pub cooldown: (bool, &'static str, String),
+    /// A move Auto mode refused: (reason, message).
+    pub refused: Option<(&'static str, String)>,
+}
+
+/// Decides. Pure: the same inputs give the same decision.
+pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
+    let current = i.active;
+    let observed_tps = history.last().and_then(|s| s.tps);
+    let metrics = match (policy.mode, observed_tps) {
+        (AutoscaleMode::Off, _) => (false, reasons::OFF, "autoscale.mode is Off".to_owned()),
+        (_, Some(t)) => (
+            true,
+            reasons::FRESH,
+            format!("{t:.1} TPS from fresh LoadReports"),
+        ),
+        (_, None) => (
+            false,
+            reasons::NO_DATA,
+            "no fresh, believable LoadReport: the phase holds (missing data never demotes)"
+                .to_owned(),
+        ),
+    };
+    let up_at = policy.promote_at * ceiling(current);
+    let down_below = policy.demote_below * ceiling(current - 1);
+    let hold = |reason: String, tps: f64| Recommendation {
+        phase: current,
+        reason,
+        tps,
+        threshold: None,
+        window_seconds: 0,
+        since: None,
+    };
+    let all = |w: &[Sample], ok: &dyn Fn(f64) -> bool| {
+        !w.is_empty() && w.iter().all(|s| s.tps.is_some_and(ok))
+    };
+    let mut recommendation = hold(
+        format!("load within phase {current}'s band ({down_below:.0}..{up_at:.0} TPS)"),
+        observed_tps.unwrap_or(0.0),
+    );
+    let mut waiting: Option<String> = None;
+    if current < policy.max_phase.min(4) {
+        match history.window(i.now, policy.promote_after) {
+            Some(w) if all(&w, &|t| t >= up_at) => {
+                let sustained = w.iter().filter_map(|s| s.tps).fold(f64::INFINITY, f64::min);
+                recommendation = Recommendation {
+                    phase: current + 1,
+                    reason: format!(
+                        "load stayed at or above {:.0}% of phase {current}'s ceiling ({up_at:.0} TPS) for {}s",
+                        policy.promote_at * 100.0,
+                        policy.promote_after
+                    ),
+                    tps: sustained,
+                    threshold: Some(up_at),
+                    window_seconds: policy.promote_after,
+                    since: history.run_since(|t| t >= up_at).map(Time),
+                };
+            }
+            _ => {
+                if observed_tps.is_some_and(|t| t >= up_at) {
+                    waiting = Some(format!(
+                        "load is above {up_at:.0} TPS; promoting once it stays there for {}s",
+                        policy.promote_after
+                    ));
+                }
+            }
+        }
+    }
+    if recommendation.phase == current && current > policy.min_phase.max(0) {
+        match history.window(i.now, policy.demote_after) {
+            Some(w) if all(&w, &|t| t < down_below) => {
+                let sustained = w.iter().filter_map(|s| s.tps).fold(0.0, f64::max);
+                recommendation = Recommendation {
+                    phase: current - 1,
+                    reason: format!(
+                        "load stayed below {:.0}% of phase {}'s ceiling ({down_below:.0} TPS) for {}s",
+                        policy.demote_below * 100.0,
+                        current - 1,
+                        policy.demote_after
+                    ),
+                    tps: sustained,
+                    threshold: Some(down_below),
+                    window_seconds: policy.demote_after,
+                    since: history.run_since(|t| t < down_below).map(Time),
+                };
+            }
+            _ => {
+                if observed_tps.is_some_and(|t| t < down_below) {
+                    waiting = Some(format!(
+                        "load is below {down_below:.0} TPS; recommending phase {} once it stays there for {}s",
+                        current - 1,
+                        policy.demote_after
+                    ));
+                }
+            }
+        }
+    }
+    let recommended = recommendation.phase;
+    let mut refused = None;
+    let mut cooldown = match &waiting {
+        Some(m) => (true, reasons::WINDOW, m.clone()),
+        None => (
+            false,
+            reasons::IDLE,
+            "no window or dwell time is running".to_owned(),
+        ),
+    };
+    // Auto mode: the target follows the recommendation through the gates.
+    let mut target = match policy.mode {
+        AutoscaleMode::Auto => Some(i.target.unwrap_or(current)),
+        _ => None,
+    };
+    if policy.mode == AutoscaleMode::Auto && recommended != current && target != Some(recommended) {
+        let dwelled = i
+            .phase_since
+            .is_none_or(|t| i.now.duration_since(t).as_secs() >= policy.min_dwell);
+        let day_ago = i.now - SignedDuration::from_secs(86_400);
+        let recent = i.changes.iter().filter(|t| **t > day_ago).count();
+        let next_cost = i.cost[usize::try_from(recommended.clamp(0, 4)).unwrap_or(0)];
+        if !dwelled {
+            cooldown = (
+                true,
+                reasons::DWELL,
+                format!(
+                    "phase {current} became active less than {}s ago (minDwell); phase {recommended} waits",
+                    policy.min_dwell
+                ),
+            );
+        } else if recent >= policy.max_per_day {
+            refused = Some((
+                reasons::FLAP_BUDGET,
+                format!(
+                    "{recent} phase changes in the last 24h reached maxTransitionsPerDay={}; phase {recommended} waits",
+                    policy.max_per_day
+                ),
+            ));
+        } else if recommended > current && policy.budget.is_some_and(|b| next_cost > b) {
+            refused = Some((
+                reasons::OVER_BUDGET,
+                format!(
+                    "phase {recommended} is estimated at ${next_cost}/month, above the budget of ${}/month",
+                    policy.budget.unwrap_or(0)
+                ),
+            ));
+        } else {
+            target = Some(recommended);
+        }
+    }
+    // Within the policy's bounds; the reconciler never goes below
+    // spec.phase whatever the target says (validate::effective_phase).
+    let target = target.map(|t| t.clamp(policy.min_phase, policy.max_phase.max(policy.min_phase)));
+    Decision {
+        observed_tps,
+        recommended,
+        recommendation,
+        target,
+        metrics,
+        cooldown,
+        refused,
+    }
+}
+
+/// Why a LoadReport was not believed.
+pub mod rejected {
+    /// Older than twice its window.
+    pub const STALE: &str = "stale";
+    /// Negative, NaN or infinite.
+    pub const ABSURD: &str = "absurd";
+    /// More TPS than one instance can plausibly serve in any phase.
+    pub const IMPLAUSIBLE: &str = "implausible";
+    /// Names another ScalingPhase.
+    pub const OTHER_SCALINGPHASE: &str = "otherScalingPhase";
+    /// Its owner is not a Pod of this ScalingPhase's app.
+    pub const NOT_OUR_POD: &str = "notOwnedByOurPod";
+    /// Its time does not parse.
+    pub const BAD_TIME: &str = "badTime";
+}
+
+/// The most TPS one app instance may claim: twice the top phase's ceiling.
+/// Anything above is a lie or a bug, never a reason to climb.
+pub const MAX_INSTANCE_TPS: f64 = 2.0 * 100_000.0;
+
+/// Sums the TPS of the reports that may be believed for ScalingPhase `sp`,
+/// whose app pods are `our_pods`. Returns the sum (when at least one report
+/// was fresh) and the rejected reports' reasons.
+pub fn sum_reports<'a>(
+    sp: &str,
+    reports: impl IntoIterator<Item = &'a LoadReport>,
+    our_pods: &dyn Fn(&str) -> bool,
+    now: Timestamp,
+) -> (Option<f64>, Vec<&'static str>) {
+    let mut sum: Option<f64> = None;
+    let mut rejected = Vec::new();
+    for r in reports {
+        let s = &r.spec;
+        if s.scaling_phase != sp {
+            rejected.push(rejected::OTHER_SCALINGPHASE);
+            continue;
+        }
+        let owner = r
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Pod")
+            .map(|o| o.name.as_str());
+        if !owner.is_some_and(our_pods) {
+            rejected.push(rejected::NOT_OUR_POD);
+            continue;
+        }
+        let Ok(at) = s.reported_at.parse::<Timestamp>() else {
+            rejected.push(rejected::BAD_TIME);
+            continue;
+        };
+        let max_age = i64::from(s.window_seconds.max(1)) * 2;
+        if now.duration_since(at).as_secs() > max_age || at > now + SignedDuration::from_secs(60) {
+            rejected.push(rejected::STALE);
+            continue;
+        }
+        let t = s.transactions_per_second;
+        if !t.is_finite() || t < 0.0 || !s.requests_per_second.is_finite() {
+            rejected.push(rejected::ABSURD);
+            continue;
+        }
+        if t > MAX_INSTANCE_TPS {
+            rejected.push(rejected::IMPLAUSIBLE);
+            continue;
+        }
+        sum = Some(sum.unwrap_or(0.0) + t);
+    }
+    (sum, rejected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ladder_crds::load_report::LoadReportSpec;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("valid")
+    }
+
+    fn auto() -> Policy {
+        Policy {
+            mode: AutoscaleMode::Auto,
+            min_phase: 0,
+            max_phase: 4,
+            promote_at: 0.8,
+            demote_below: 0.3,
+            promote_after: 300,
+            demote_after: 3600,
+            min_dwell: 1800,
+            max_per_day: 4,
+            budget: None,
+        }
+    }
+
+    const COST: [i64; 5] = [0, 25, 800, 8000, 50_000];
+
+    fn inputs<'a>(now: i64, active: i32, changes: &'a [Timestamp]) -> Inputs<'a> {
+        Inputs {
+            now: ts(now),
+            active,
+            declared: 0,
+            target: None,
+            phase_since: None,
+            changes,
+            cost: COST,
+        }
+    }
+
+    /// Feeds `f(t)` every 15 s from 0 to `until` and decides at `until`.
+    fn run(policy: &Policy, active: i32, until: i64, f: impl Fn(i64) -> Option<f64>) -> Decision {
+        let mut h = History::default();
+        let mut t = 0;
+        while t <= until {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: f(t),
+                },
+                policy.horizon(),
+            );
+            t += 15;
+        }
+        decide(policy, &h, &inputs(until, active, &[]))
+    }
+
+    #[test]
+    fn ceilings_follow_the_roadmap() {
+        assert_eq!(
+            (0..5).map(ceiling).collect::<Vec<_>>(),
+            vec![10.0, 100.0, 1_000.0, 10_000.0, 100_000.0]
+        );
+    }
+
+    #[test]
+    fn a_sustained_step_promotes_after_the_window() {
+        let p = auto();
+        // 9 TPS on phase 0 (ceiling 10, promote at 8) since t=0.
+        let d = run(&p, 0, 290, |_| Some(9.0));
+        assert_eq!(d.recommended, 0, "before the window is full");
+        assert!(d.cooldown.0);
+        let d = run(&p, 0, 300, |_| Some(9.0));
+        assert_eq!(d.recommended, 1);
+        assert_eq!(d.target, Some(1));
+        assert_eq!(d.recommendation.threshold, Some(8.0));
+        assert_eq!(d.recommendation.window_seconds, 300);
+    }
+
+    #[test]
+    fn a_spike_shorter_than_the_window_does_not_promote() {
+        let p = auto();
+        let d = run(&p, 1, 600, |t| {
+            Some(if (300..400).contains(&t) { 500.0 } else { 20.0 })
+        });
+        assert_eq!(d.recommended, 1);
+        assert_eq!(d.target, Some(1));
+    }
+
+    #[test]
+    fn a_ramp_promotes_once_past_the_threshold_for_the_window() {
+        let p = auto();
+        // 0.1 TPS more per second: 80 at t=800 on phase 1 (promote at 80).
+        let d = run(&p, 1, 1099, |t| Some(t as f64 / 10.0));
+        assert_eq!(d.recommended, 1);
+        let d = run(&p, 1, 1110, |t| Some(t as f64 / 10.0));
+        assert_eq!(d.recommended, 2);
+    }
+
+    #[test]
+    fn noise_around_each_threshold_never_flaps() {
+        for phase in 0..4 {
+            let p = auto();
+            let up = 0.8 * ceiling(phase);
+            // Alternates 5% above and below the promotion threshold.
+            let d = run(&p, phase, 7200, |t| {
+                Some(if (t / 15) % 2 == 0 {
+                    up * 1.05
+                } else {
+                    up * 0.95
+                })
+            });
+            assert_eq!(d.recommended, phase, "phase {phase}");
+        }
+        for phase in 1..5 {
+            let p = auto();
+            let down = 0.3 * ceiling(phase - 1);
+            let d = run(&p, phase, 7200, |t| {
+                Some(if (t / 15) % 2 == 0 {
+                    down * 1.05
+                } else {
+                    down * 0.95
+                })
+            });
+            assert_eq!(d.recommended, phase, "phase {phase}");
+        }
+    }
+
+    #[test]
+    fn gaps_never_demote_and_say_why() {
+        let p = auto();
+        // Idle load, but one gap in the last hour.
+        let d = run(&p, 2, 7200, |t| if t == 6000 { None } else { Some(0.0) });
+        assert_eq!(d.recommended, 2);
+        // No data at all now.
+        let d = run(&p, 2, 7200, |t| if t > 7000 { None } else { Some(0.0) });
+        assert_eq!(d.recommended, 2);
+        assert!(!d.metrics.0);
+        assert_eq!(d.metrics.1, reasons::NO_DATA);
+        assert_eq!(d.observed_tps, None);
+    }
+
+    #[test]
+    fn sustained_idle_demotes_after_the_longer_window() {
+        let p = auto();
+        let d = run(&p, 2, 3500, |_| Some(1.0));
+        assert_eq!(d.recommended, 2);
+        let d = run(&p, 2, 3615, |_| Some(1.0));
+        assert_eq!(d.recommended, 1);
+    }
+
+    #[test]
+    fn restart_in_the_middle_of_a_window_waits_a_full_window() {
+        let p = auto();
+        // The old process saw 250 s of high load; the new one starts empty.
+        let mut h = History::default();
+        for t in (250..=500).step_by(15) {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: Some(9.0),
+                },
+                p.horizon(),
+            );
+        }
+        let d = decide(&p, &h, &inputs(500, 0, &[]));
+        assert_eq!(
+            d.recommended, 0,
+            "a restart never triggers a transition by itself"
+        );
+        for t in (515..=560).step_by(15) {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: Some(9.0),
+                },
+                p.horizon(),
+            );
+        }
+        assert_eq!(decide(&p, &h, &inputs(560, 0, &[])).recommended, 1);
+    }
+
+    #[test]
+    fn recommend_mode_sets_no_target() {
+        let p = Policy {
+            mode: AutoscaleMode::Recommend,
+            ..auto()
+        };
+        let d = run(&p, 0, 600, |_| Some(9.5));
+        assert_eq!(d.recommended, 1);
+        assert_eq!(d.target, None);
+        let p = Policy {
+            mode: AutoscaleMode::Off,
+            ..auto()
+        };
+        let d = run(&p, 0, 600, |_| Some(9.5));
+        assert_eq!(d.target, None);
+        assert!(!d.metrics.0);
+    }
+
+    #[test]
+    fn budget_dwell_and_flap_budget_gate_auto_mode() {
+        let p = Policy {
+            budget: Some(500),
+            ..auto()
+        };
+        let d = run(&p, 1, 600, |_| Some(95.0));
+        assert_eq!(d.recommended, 2);
+        assert_eq!(d.target, Some(1));
+        assert_eq!(d.refused.as_ref().map(|r| r.0), Some(reasons::OVER_BUDGET));
+
+        let p = auto();
+        let mut h = History::default();
+        for t in (0..=600).step_by(15) {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: Some(95.0),
+                },
+                p.horizon(),
+            );
+        }
+        let i = Inputs {
+            phase_since: Some(ts(0)),
+            ..inputs(600, 1, &[])
+        };
+        let d = decide(&p, &h, &i);
+        assert_eq!(d.target, Some(1));
+        assert_eq!(d.cooldown.1, reasons::DWELL);
+
+        let changes = [ts(-80_000), ts(-60_000), ts(-40_000), ts(-20_000)];
+        let d = decide(&p, &h, &inputs(600, 1, &changes));
+        assert_eq!(d.target, Some(1));
+        assert_eq!(d.refused.as_ref().map(|r| r.0), Some(reasons::FLAP_BUDGET));
+        // Older changes don't count.
+        let changes = [ts(-200_000), ts(-100_000)];
+        assert_eq!(decide(&p, &h, &inputs(600, 1, &changes)).target, Some(2));
+    }
+
+    #[test]
+    fn max_and_min_phase_bound_the_recommendation() {
+        let p = Policy {
+            max_phase: 1,
+            ..auto()
+        };
+        assert_eq!(run(&p, 1, 600, |_| Some(1e6)).recommended, 1);
+        let p = Policy {
+            min_phase: 2,
+            ..auto()
+        };
+        assert_eq!(run(&p, 2, 7200, |_| Some(0.0)).recommended, 2);
+    }
+
+    fn report(sp: &str, owner: &str, tps: f64, at: i64) -> LoadReport {
+        let mut r = LoadReport::new(
+            owner,
+            LoadReportSpec {
+                scaling_phase: sp.into(),
+                phase: 0,
+                tier: "sqlite".into(),
+                instance: owner.into(),
+                window_seconds: 60,
+                requests_per_second: tps,
+                transactions_per_second: tps,
+                p99_latency_ms: 1.0,
+                error_rate: 0.0,
+                reported_at: ts(at).to_string(),
+            },
+        );
+        r.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: owner.into(),
+                uid: "u".into(),
+                ..Default::default()
+            },
+        ]);
+        r
+    }
+
+    #[test]
+    fn only_fresh_believable_reports_of_our_pods_are_summed() {
+        let ours = |p: &str| p.starts_with("shop-app-");
+        let reports = [
+            report("shop", "shop-app-a", 4.0, 0),
+            report("shop", "shop-app-b", 5.5, -30),
+            report("shop", "shop-app-c", 7.0, -500), // stale
+            report("other", "shop-app-d", 7.0, 0),   // names another
+            report("shop", "intruder", 1000.0, 0),   // not our pod
+            report("shop", "shop-app-e", f64::NAN, 0), // absurd
+            report("shop", "shop-app-f", -3.0, 0),   // absurd
+            report("shop", "shop-app-g", 9e9, 0),    // a lying instance
+        ];
+        let (sum, rejected) = sum_reports("shop", reports.iter(), &ours, ts(0));
+        assert_eq!(sum, Some(9.5));
+        assert_eq!(
+            rejected,
+            vec![
+                rejected::STALE,
+                rejected::OTHER_SCALINGPHASE,
+                rejected::NOT_OUR_POD,
+                rejected::ABSURD,
+                rejected::ABSURD,
+                rejected::IMPLAUSIBLE
+            ]
+        );
+        let (sum, _) = sum_reports("shop", reports[2..3].iter(), &ours, ts(0));
+        assert_eq!(sum, None, "only stale reports: no data, not zero");
+    }
+
+    #[test]
+    fn history_stays_bounded() {
+        let p = auto();
+        let mut h = History::default();
+        for t in (0..100_000).step_by(15) {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: Some(1.0),
+                },
+                p.horizon(),
+            );
+        }
+        assert!(h.samples.len() <= 3600 / 15 + 3, "{}", h.samples.len());
+    }
+}
