@@ -1,10 +1,16 @@
 //! Helpers for Ladder's end-to-end tests: a client for the local control
 //! plane, one temporary namespace per test, the operator binary scoped to
-//! that namespace, and waits on conditions (never fixed sleeps).
+//! that namespace, and waits on conditions (never fixed sleeps); and
+//! [`runner`], which really runs the operator's migration Job pods (kwok runs
+//! no containers) against the local services.
 //!
 //! Every connection goes to the local apiserver (127.0.0.1) or to the
 //! operator's own metrics endpoint on 127.0.0.1; pod and Service IPs are
-//! never contacted.
+//! never contacted (the migration runner maps Service names to the local
+//! services on loopback).
+
+pub mod app;
+pub mod runner;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -29,8 +35,27 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A local service's setting: the environment variable, else the line of
+/// `.ladder/services.env` (written by `hack/services.sh up`).
+pub fn service_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().or_else(|| {
+        let text = std::fs::read_to_string(repo_root().join(".ladder/services.env")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            // Values with shell metacharacters (`&`) are single-quoted in the file.
+            .map(|v| v.trim_matches('\'').to_owned())
+    })
+}
+
+/// Selects rustls' ring provider for the process (kube and reqwest both
+/// use rustls; with more than one provider compiled in, none is chosen).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client for the cluster of `KUBECONFIG` (the local control plane).
 pub async fn client() -> anyhow::Result<Client> {
+    install_crypto_provider();
     if std::env::var_os("KUBECONFIG").is_none() {
         let local = repo_root().join(".ladder/cluster/kubeconfig");
         bail!(
@@ -332,6 +357,32 @@ pub fn operator_bin() -> anyhow::Result<PathBuf> {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target"));
         Ok(target.join("debug/ladder-operator"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// The `ladder-app` binary (the app image's entrypoint, which the migration
+/// runner runs): `LADDER_APP_BIN`, or built once with cargo.
+pub fn app_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("LADDER_APP_BIN") {
+            return Ok(PathBuf::from(bin));
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "ladder-app", "--bin", "ladder-app"])
+            .current_dir(repo_root())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err("cargo build -p ladder-app failed".into());
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        Ok(target.join("debug/ladder-app"))
     })
     .clone()
     .map_err(anyhow::Error::msg)

@@ -236,3 +236,81 @@ async fn job_completes() {
     assert_eq!(done.status.and_then(|s| s.succeeded), Some(1));
     delete_namespace(&client, &ns).await;
 }
+
+/// kwok leaves migration pods (label `ladder.dev/job=migrate`) alone: they are scheduled but
+/// never made Running nor completed, so only the e2e runner (e2e/src/runner.rs) can finish
+/// them. An ordinary Job created *after* the labelled pod was scheduled completes, so kwok had
+/// its chance at the labelled pod and let it be.
+#[tokio::test]
+async fn kwok_leaves_migration_pods_to_the_runner() {
+    let client = client().await;
+    let ns = namespace(&client, "smoke-migrate").await;
+    let job = |name: &str, labels: serde_json::Value| -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {"metadata": {"labels": labels},
+                    "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "migrate", "image": "ladder-app", "args": ["migrate"]}]}}
+            }
+        }))
+        .expect("job")
+    };
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    jobs.create(
+        &PostParams::default(),
+        &job("labelled", json!({"ladder.dev/job": "migrate"})),
+    )
+    .await
+    .expect("create labelled job");
+    let scheduled = ladder_e2e::wait_for(
+        "the labelled job's pod to be scheduled",
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("job-name=labelled"))
+                    .await?;
+                Ok(list
+                    .items
+                    .into_iter()
+                    .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()))
+            }
+        },
+    )
+    .await
+    .expect("scheduled");
+
+    jobs.create(
+        &PostParams::default(),
+        &job("plain", json!({"app": "plain"})),
+    )
+    .await
+    .expect("create plain job");
+    wait(
+        await_condition(jobs.clone(), "plain", conditions::is_job_completed()),
+        120,
+        "the plain job to complete",
+    )
+    .await;
+
+    let pod = pods.get(&scheduled.name_any()).await.expect("get pod");
+    let status = pod.status.unwrap_or_default();
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Pending"),
+        "kwok must not run a migration pod: {status:?}"
+    );
+    assert!(
+        status.container_statuses.unwrap_or_default().is_empty(),
+        "kwok must not report container states of a migration pod"
+    );
+    let labelled = jobs.get("labelled").await.expect("get job");
+    let st = labelled.status.unwrap_or_default();
+    assert_eq!(st.succeeded.unwrap_or(0), 0, "{st:?}");
+    assert_eq!(st.failed.unwrap_or(0), 0, "{st:?}");
+    delete_namespace(&client, &ns).await;
+}

@@ -1,0 +1,335 @@
+//! The app on loopback for transition tests: `ladder-app serve` on phase 0
+//! (SQLite in a directory the migration runner maps the app's data claim
+//! to), a bounded load generator keeping a ledger of *acknowledged* writes,
+//! and the check that every acknowledged write is in a PostgreSQL database.
+//!
+//! The app follows the migration's cut-over pointer by itself (it polls its
+//! tier's control row), so the same process ends up serving from the new
+//! tier: the test watches that through `/readyz`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// `ladder-app serve` on a loopback port; killed on drop.
+#[derive(Debug)]
+pub struct LoopbackApp {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl Drop for LoopbackApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The local PostgreSQL password (from `LADDER_PG_PRIMARY_URL`).
+pub fn local_pg_password() -> anyhow::Result<String> {
+    let url = crate::service_env("LADDER_PG_PRIMARY_URL")
+        .context("LADDER_PG_PRIMARY_URL is not set: run hack/services.sh up")?;
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, r)| r.split_once('@'))
+        .map(|(u, _)| u)
+        .context("no credentials in LADDER_PG_PRIMARY_URL")?;
+    Ok(userinfo
+        .split_once(':')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default())
+}
+
+impl LoopbackApp {
+    /// Starts the app on phase 0 with its SQLite file in `data_dir`, and
+    /// waits until it is ready. It gets the local PostgreSQL password, as the
+    /// phase-1 wiring would give it, so it can follow a cut-over to a
+    /// PostgreSQL tier whose URL carries none.
+    pub async fn start_phase0(data_dir: &Path) -> anyhow::Result<Self> {
+        let bin = crate::app_bin()?;
+        let port = free_port();
+        let log = data_dir.join("app.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .env_clear()
+            .env(
+                "LADDER_STORE",
+                format!("sqlite:{}", data_dir.join("ladder.db").display()),
+            )
+            .env("LADDER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("LADDER_DB_PASSWORD", local_pg_password()?)
+            .env("LADDER_POLL_INTERVAL_MS", "100")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("start ladder-app serve")?;
+        let mut app = LoopbackApp {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let c = http();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = app.child.try_wait()? {
+                bail!("ladder-app exited ({status}):\n{}", app.log_text());
+            }
+            if app.tier(&c).await.is_some() {
+                return Ok(app);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("ladder-app never became ready:\n{}", app.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The tier it serves from (`/readyz`'s `store.tier`), when ready.
+    pub async fn tier(&self, c: &reqwest::Client) -> Option<String> {
+        let r = c.get(format!("{}/readyz", self.base)).send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let v: serde_json::Value = r.json().await.ok()?;
+        v["store"]["tier"].as_str().map(str::to_owned)
+    }
+}
+
+/// A plain HTTP client with a short timeout and no redirects.
+pub fn http() -> reqwest::Client {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// code → last acknowledged target (`None`: an acknowledged delete). A code
+/// whose last operation got no answer (transport error) is `uncertain`: it
+/// must still exist, but its content is not checked.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// The acknowledged state of each code.
+    pub links: HashMap<String, Option<String>>,
+    /// Codes whose last write has an unknown outcome.
+    pub uncertain: HashSet<String>,
+    /// Acknowledged writes.
+    pub acked: u64,
+    /// Writes refused with 503 (fenced), then retried.
+    pub refused: u64,
+}
+
+/// A bounded load: one client, at most ~100 writes/s, stopped by
+/// [`Load::finish`] or after `limit`.
+#[derive(Debug)]
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Load {
+    /// Starts creating, updating and deleting links through `base`.
+    pub fn start(base: String, limit: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let task = tokio::spawn(run_load(base, limit, stop.clone(), ledger.clone()));
+        Load { stop, ledger, task }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> u64 {
+        self.ledger.lock().expect("ledger").acked
+    }
+
+    /// Stops the load and returns the ledger.
+    pub async fn finish(self) -> anyhow::Result<Ledger> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.context("load generator panicked")??;
+        let ledger = std::mem::take(&mut *self.ledger.lock().expect("ledger"));
+        Ok(ledger)
+    }
+}
+
+async fn run_load(
+    base: String,
+    limit: Duration,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) -> anyhow::Result<()> {
+    let c = http();
+    let deadline = Instant::now() + limit;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        i += 1;
+        let roll = rand::random::<u8>() % 10;
+        let existing: Option<String> = {
+            let l = ledger.lock().expect("ledger");
+            let live: Vec<&String> = l
+                .links
+                .iter()
+                .filter(|(_, t)| t.is_some())
+                .map(|(c, _)| c)
+                .collect();
+            (!live.is_empty() && roll < 3)
+                .then(|| live[rand::random::<u32>() as usize % live.len()].clone())
+        };
+        // Retry until acknowledged: 503 is the fence (or the cut-over) refusing writes.
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let target = format!("https://example.com/{i}");
+            let result = match &existing {
+                Some(code) if roll == 0 => {
+                    c.delete(format!("{base}/api/v1/links/{code}")).send().await
+                }
+                Some(code) => {
+                    c.put(format!("{base}/api/v1/links/{code}"))
+                        .json(&serde_json::json!({ "url": target }))
+                        .send()
+                        .await
+                }
+                None => {
+                    c.post(format!("{base}/api/v1/links"))
+                        .json(&serde_json::json!({ "url": target }))
+                        .send()
+                        .await
+                }
+            };
+            match result {
+                Ok(r) if r.status() == 503 => {
+                    ledger.lock().expect("ledger").refused += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Ok(r) if r.status().is_success() => {
+                    let created = match existing {
+                        None => {
+                            let v: serde_json::Value = r.json().await?;
+                            Some(v["code"].as_str().context("a created code")?.to_owned())
+                        }
+                        Some(_) => None,
+                    };
+                    let mut l = ledger.lock().expect("ledger");
+                    l.acked += 1;
+                    match (&existing, created) {
+                        (Some(code), _) if roll == 0 => {
+                            l.links.insert(code.clone(), None);
+                        }
+                        (Some(code), _) => {
+                            l.links.insert(code.clone(), Some(target));
+                        }
+                        (None, Some(code)) => {
+                            l.links.insert(code, Some(target));
+                        }
+                        (None, None) => bail!("a create returned no code"),
+                    }
+                    l.uncertain.remove(existing.as_deref().unwrap_or_default());
+                }
+                Ok(r) => bail!("the load generator got {}", r.status()),
+                Err(_) => {
+                    if let Some(code) = &existing {
+                        ledger
+                            .lock()
+                            .expect("ledger")
+                            .uncertain
+                            .insert(code.clone());
+                    }
+                }
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Creates a fresh database on the local PostgreSQL primary; returns its name.
+pub async fn fresh_db(prefix: &str) -> anyhow::Result<String> {
+    let admin = crate::service_env("LADDER_PG_PRIMARY_URL").context("LADDER_PG_PRIMARY_URL")?;
+    let name = format!("{prefix}_{:08x}", rand::random::<u32>());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await?;
+    Ok(name)
+}
+
+/// The URL of database `db` on the local primary.
+pub fn primary_db_url(db: &str) -> anyhow::Result<String> {
+    let admin = crate::service_env("LADDER_PG_PRIMARY_URL").context("LADDER_PG_PRIMARY_URL")?;
+    let (base, _) = admin.rsplit_once('/').context("a database in the URL")?;
+    Ok(format!("{base}/{db}"))
+}
+
+/// Checks that every acknowledged write of `ledger` is in the `links` table
+/// of the PostgreSQL database at `url`, with its acknowledged content.
+/// Returns how many live links were checked.
+pub async fn check_ledger_pg(url: &str, ledger: &Ledger) -> anyhow::Result<usize> {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+    let rows: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT code, target, deleted FROM links")
+            .fetch_all(&mut conn)
+            .await
+            .context("read links")?;
+    let seen: HashMap<String, (String, bool)> = rows
+        .into_iter()
+        .map(|(code, target, deleted)| (code, (target, deleted)))
+        .collect();
+    if ledger.links.is_empty() {
+        bail!("the ledger is empty: the load acknowledged nothing");
+    }
+    let mut live = 0;
+    let mut problems = Vec::new();
+    for (code, expected) in &ledger.links {
+        let Some((target, deleted)) = seen.get(code) else {
+            problems.push(format!("{code}: acknowledged, missing"));
+            continue;
+        };
+        if ledger.uncertain.contains(code) {
+            continue;
+        }
+        match expected {
+            Some(t) if *deleted => problems.push(format!("{code}: deleted, expected {t}")),
+            Some(t) if t != target => problems.push(format!("{code}: {target}, expected {t}")),
+            Some(_) => live += 1,
+            None if !deleted => problems.push(format!("{code}: acknowledged delete lost")),
+            None => {}
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} of {} acknowledged links wrong in PostgreSQL: {:?}",
+            problems.len(),
+            ledger.links.len(),
+            &problems[..problems.len().min(10)]
+        );
+    }
+    Ok(live)
+}
