@@ -11,7 +11,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::AppState;
@@ -20,23 +19,25 @@ use crate::metrics::HttpLabels;
 use crate::ratelimit::Decision;
 
 /// Hard cap on any request body; the (reloadable) rules apply a lower limit per route.
-const HARD_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
 
-/// Builds the whole application.
+/// Builds the whole application from the route table ([`crate::routes::ROUTES`]).
+///
+/// Layers, outermost first: `observe` → the request timeout → (resources only) the
+/// concurrency limit → `limit` → (management only) `authenticate` → handler. Operational
+/// endpoints sit outside the limits so a kubelet probe gets through an overloaded app.
 pub fn app(state: AppState) -> Router {
-    let ops = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/load", get(load))
-        .route("/api/v1/openapi.json", get(openapi));
+    use crate::routes::{Access, router};
+    let management = router(Access::Management)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let resources = management
+        .merge(router(Access::Public))
+        .layer(middleware::from_fn_with_state(state.clone(), limit));
     Router::new()
-        .merge(
-            crate::links::router()
-                .layer(middleware::from_fn_with_state(state.clone(), limit))
-                .layer(middleware::from_fn_with_state(state.clone(), authenticate)),
-        )
-        .merge(ops)
+        .merge(resources)
+        .merge(router(Access::Operational))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -137,9 +138,6 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
     let Some(auth) = &state.config.auth else {
         return next.run(req).await;
     };
-    if !req.uri().path().starts_with("/api/") {
-        return next.run(req).await;
-    }
     let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -157,53 +155,26 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
         None => Err(crate::auth::AuthError::Missing),
         Some(t) => auth.role(t).await,
     };
-    let refused = |status: StatusCode, code: &str, message: String, challenge: &'static str| {
-        let mut r = (
-            status,
-            Json(serde_json::json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
-        r.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static(challenge),
-        );
-        r
-    };
-    match outcome {
-        Ok(crate::auth::Role::Admin) => next.run(req).await,
-        Ok(crate::auth::Role::Viewer) if read => next.run(req).await,
-        Ok(crate::auth::Role::Viewer) | Err(crate::auth::AuthError::Forbidden) => refused(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token's groups do not allow the request".into(),
-            "Bearer error=\"insufficient_scope\"",
-        ),
-        Err(e @ crate::auth::AuthError::Missing) => refused(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            e.to_string(),
-            "Bearer realm=\"ladder\"",
-        ),
-        Err(e @ crate::auth::AuthError::Invalid(_)) => refused(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            e.to_string(),
-            "Bearer error=\"invalid_token\"",
-        ),
-        Err(crate::auth::AuthError::Unavailable) => {
-            let mut r = refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the identity provider's keys are not available yet".into(),
-                "Bearer realm=\"ladder\"",
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-            r
+    use crate::auth::{AuthError, Role};
+    let refusal = match outcome {
+        Ok(Role::Admin) => return next.run(req).await,
+        Ok(Role::Viewer) if read => return next.run(req).await,
+        Ok(Role::Viewer) | Err(AuthError::Forbidden) => {
+            ApiError::Forbidden("this token's groups do not allow the request")
         }
-    }
+        Err(e @ AuthError::Missing) => ApiError::Unauthenticated {
+            code: "unauthorized",
+            message: e.to_string(),
+            challenge: "Bearer realm=\"ladder\"",
+        },
+        Err(e @ AuthError::Invalid(_)) => ApiError::Unauthenticated {
+            code: "invalid_token",
+            message: e.to_string(),
+            challenge: "Bearer error=\"invalid_token\"",
+        },
+        Err(AuthError::Unavailable) => ApiError::AuthUnavailable,
+    };
+    refusal.into_response()
 }
 
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -212,27 +183,15 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
         return next.run(req).await;
     }
     if rules.method_blocked(req.method().as_str()) {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            Json(serde_json::json!({"error": {"code": "method_blocked", "message": "method refused by the WAF rules"}})),
-        )
-            .into_response();
+        return ApiError::MethodBlocked.into_response();
     }
     if rules.path_blocked(req.uri().path()) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": {"code": "path_blocked", "message": "path refused by the WAF rules"}})),
-        )
-            .into_response();
+        return ApiError::PathBlocked.into_response();
     }
     let (parts, body) = req.into_parts();
     let client = client_key(&parts, &state);
     if rules.blocked_clients.contains(&client.addr) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": {"code": "forbidden", "message": "client blocked"}})),
-        )
-            .into_response();
+        return ApiError::ClientBlocked.into_response();
     }
     if let Decision::Deny { retry_after_secs } = state.limiter.check(&client.addr).await {
         state.metrics.rate_limited.inc();
@@ -241,11 +200,11 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
     next.run(Request::from_parts(parts, body)).await
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.get();
     let ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
@@ -274,7 +233,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     resp
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -285,7 +244,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn load(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn load(State(state): State<AppState>) -> Json<serde_json::Value> {
     let snap = state.metrics.window.snapshot();
     let mut v = serde_json::to_value(snap).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
@@ -296,6 +255,9 @@ async fn load(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(v)
 }
 
-async fn openapi() -> Json<serde_json::Value> {
+pub(crate) async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
+
+#[cfg(test)]
+mod tests;
