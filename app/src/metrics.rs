@@ -30,6 +30,14 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// What was re-read: `rules`, `shard_map`, `tls_certificate`.
+    pub source: String,
+    /// `applied` or `refused` (the current one is kept).
+    pub outcome: String,
+}
+
 /// Every metric the app exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +52,13 @@ pub struct Metrics {
     pub clicks: Family<OutcomeLabels, Counter>,
     pub rate_limited: Counter,
     pub purges: Family<OutcomeLabels, Counter>,
+    /// Re-read configuration files by source and outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the data tier answers its health query, 0 while it does not.
+    pub store_up: Gauge,
+    /// 1 while the app serves in a degraded state (the data tier is down, cached redirects are
+    /// still served), else 0.
+    pub degraded: Gauge,
     pub load_rps: Gauge<f64, AtomicU64>,
     pub load_tps: Gauge<f64, AtomicU64>,
     pub load_p99_ms: Gauge<f64, AtomicU64>,
@@ -104,6 +119,24 @@ impl Metrics {
             "edge (Varnish) purges by outcome",
             purges.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "configuration files re-read, by source and outcome (applied, refused)",
+            reloads.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the data tier answers its health query",
+            store_up.clone(),
+        );
+        let degraded = Gauge::default();
+        registry.register(
+            "degraded",
+            "1 while only cached redirects can be served (the data tier is down)",
+            degraded.clone(),
+        );
         let load_rps = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "load_requests_per_second",
@@ -138,6 +171,9 @@ impl Metrics {
             clicks,
             rate_limited,
             purges,
+            reloads,
+            store_up,
+            degraded,
             load_rps,
             load_tps,
             load_p99_ms,
@@ -160,6 +196,16 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc_by(by);
+    }
+
+    /// Counts one re-read of a configuration file.
+    pub fn reloaded(&self, source: &str, applied: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                source: source.to_owned(),
+                outcome: if applied { "applied" } else { "refused" }.to_owned(),
+            })
+            .inc();
     }
 
     /// Records a committed write transaction.

@@ -55,6 +55,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         limiter.watch(
             p.clone(),
             args.poll_interval().max(Duration::from_millis(200)),
+            metrics.clone(),
         );
     }
     let flush = Duration::from_millis(args.click_flush_ms.max(10));
@@ -218,7 +219,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if args.report_load {
         crate::report::spawn(state.clone(), args);
     }
-    let listener = Listener::bind(args).await?;
+    let listener = Listener::bind(args, state.metrics.clone()).await?;
     let (addr, tls) = (listener.local_addr()?, listener.is_tls());
     let router = crate::app(state.clone());
     let task = tokio::spawn(async move {
@@ -240,7 +241,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.report_load {
         crate::report::spawn(state.clone(), &args);
     }
-    let listener = Listener::bind(&args).await?;
+    let listener = Listener::bind(&args, state.metrics.clone()).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = listener.is_tls(), store = %args.store.redacted(), phase = args.phase, "serving");
     listener.serve(crate::app(state), shutdown_signal()).await?;
     Ok(())
@@ -253,13 +254,14 @@ enum Listener {
 }
 
 impl Listener {
-    async fn bind(args: &ServeArgs) -> anyhow::Result<Listener> {
+    async fn bind(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Listener> {
         // Read the certificate before binding: a bad one fails the start, not the first client.
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::server_config_reloading(
                 cert,
                 key,
                 Duration::from_millis(args.tls_reload_ms.max(100)),
+                Some(metrics),
             )?),
             _ => None,
         };

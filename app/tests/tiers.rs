@@ -227,43 +227,14 @@ async fn operational_endpoints() {
     }))
     .await;
     let (c, base) = (http(), app.url());
-    assert_eq!(
-        c.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
-    let ready: serde_json::Value = c
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(ready["status"], "ready");
-    let doc: serde_json::Value = c
-        .get(format!("{base}/api/v1/openapi.json"))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    assert_eq!(status(&c, &format!("{base}/healthz")).await, 200);
+    assert_eq!(ready(&c, &base).await["status"], "ready");
+    let (_, doc) = get_json(&c, &format!("{base}/api/v1/openapi.json")).await;
     assert_eq!(doc["openapi"], "3.1.0");
     for _ in 0..5 {
         create(&c, &base, "https://example.com/", None).await;
     }
-    let load: serde_json::Value = c
-        .get(format!("{base}/load"))
-        .send()
-        .await
-        .expect("load")
-        .json()
-        .await
-        .expect("json");
+    let (_, load) = get_json(&c, &format!("{base}/load")).await;
     assert!(
         load["requestsPerSecond"].as_f64().expect("rps") > 0.0,
         "{load}"
@@ -363,10 +334,13 @@ async fn database_down_answers_503_and_recovers() {
     );
 
     proxy.restore();
-    eventually("the pool to recover", Duration::from_secs(15), || {
-        let (c, url) = (c.clone(), format!("{base}/api/v1/links/{code}"));
-        async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
-    })
+    poll_json(
+        &c,
+        &format!("{base}/api/v1/links/{code}"),
+        "the pool to recover",
+        Duration::from_secs(15),
+        |s, _| s == 200,
+    )
     .await;
     create(&c, &base, "https://example.com/after", None).await;
 }
@@ -479,6 +453,25 @@ async fn the_serving_certificate_is_reloaded_when_renewed() {
 
     // A half-written or broken pair is not taken: the server keeps presenting b.
     install(&a.cert.pem(), "not a key");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let c = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(roots.as_bytes()).expect("PEM"))
+        .build()
+        .expect("client");
+    let base = format!("https://localhost:{}", app.addr.port());
+    eventually(
+        "the broken pair to be refused",
+        Duration::from_secs(10),
+        || async {
+            let refused = metric(
+                &c,
+                &base,
+                "ladder_config_reloads_total",
+                "outcome=\"refused\"",
+            )
+            .await;
+            (refused >= 1.0).then_some(())
+        },
+    )
+    .await;
     assert_eq!(presented().await.as_deref(), Some(b.cert.der().as_ref()));
 }
