@@ -13,6 +13,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 
+use axum::error_handling::HandleErrorLayer;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+
 use crate::AppState;
 use crate::error::ApiError;
 use crate::metrics::HttpLabels;
@@ -23,24 +27,51 @@ pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Builds the whole application from the route table ([`crate::routes::ROUTES`]).
 ///
-/// Layers, outermost first: `observe` → the request timeout → (resources only) the
-/// concurrency limit → `limit` → (management only) `authenticate` → handler. Operational
-/// endpoints sit outside the limits so a kubelet probe gets through an overloaded app.
+/// Layers, outermost first: `observe` → the request timeout (503 `timeout`) → for resources
+/// only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
+/// the management API only: `authenticate` → handler. Operational endpoints sit outside the
+/// concurrency limit so a kubelet probe gets through an overloaded app. Timeout and limit are
+/// tower's, behind `HandleErrorLayer`, as in axum's examples: their refusals are [`ApiError`]s
+/// like every other.
 pub fn app(state: AppState) -> Router {
     use crate::routes::{Access, router};
     let management = router(Access::Management)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let resources = management
         .merge(router(Access::Public))
-        .layer(middleware::from_fn_with_state(state.clone(), limit));
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(refusal))
+                .load_shed()
+                // Global: `Router::layer` applies a layer per route, and one budget must cover
+                // them all.
+                .layer(GlobalConcurrencyLimitLayer::new(state.config.max_in_flight)),
+        );
     Router::new()
         .merge(resources)
         .merge(router(Access::Operational))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(refusal))
+                .timeout(state.config.request_timeout),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The errors of tower's timeout and load-shedding layers, as API errors.
+async fn refusal(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else {
+        ApiError::Internal(anyhow::anyhow!(err))
+    }
 }
 
 /// Who the client is: the peer address, or the first `X-Forwarded-For` hop when trusted.
@@ -98,6 +129,22 @@ pub(crate) fn client_key(parts: &Parts, state: &AppState) -> ClientKey {
     }
 }
 
+/// One request counted in `ladder_http_requests_in_flight` while it lives.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();
@@ -106,13 +153,15 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = next.run(req).await;
-    let elapsed = start.elapsed();
-    let status = resp.status();
     let operational = matches!(
         route.as_str(),
         "/metrics" | "/healthz" | "/readyz" | "/load"
     );
+    // Dropped (and the gauge decremented) however the request ends.
+    let _in_flight = (!operational).then(|| InFlight::enter(&state.metrics.in_flight));
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let status = resp.status();
     if !operational {
         state
             .metrics
@@ -204,19 +253,64 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+/// How long the readiness probe waits for the data tier: well inside a kubelet probe's
+/// default one-second timeout, so a blackholed database makes the app degraded, not unready.
+const READY_PING: Duration = Duration::from_millis(500);
+
+/// What the app can serve right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Health {
+    /// The data tier answers.
+    pub store: bool,
+    /// Cached redirects can be served (in-process cache, or Redis answers).
+    pub cache: bool,
+}
+
+impl Health {
+    /// `ready`, `degraded` (only cached redirects can be served) or `unavailable`.
+    pub fn status(self) -> &'static str {
+        match (self.store, self.cache) {
+            (true, _) => "ready",
+            (false, true) => "degraded",
+            (false, false) => "unavailable",
+        }
+    }
+}
+
+/// Checks the data tier and the cache (concurrently) and records the outcome in
+/// `ladder_store_up` and `ladder_degraded` (which `/load` reports).
+pub(crate) async fn probe(state: &AppState) -> Health {
     let store = state.store.get();
-    let ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
-        Ok(Ok(()))
+    let (store, cache) = tokio::join!(
+        tokio::time::timeout(READY_PING, store.ping()),
+        state.cache.healthy()
     );
+    let health = Health {
+        store: matches!(store, Ok(Ok(()))),
+        cache,
+    };
+    state.metrics.store_up.set(i64::from(health.store));
+    state
+        .metrics
+        .degraded
+        .set(i64::from(health.status() == "degraded"));
+    health
+}
+
+/// Ready while redirects can be served: from the data tier, or (`degraded`) from the cache
+/// alone. A database outage must not take every instance out of rotation while Redis or the
+/// in-process cache can still answer the hot redirects; writes answer 503 meanwhile.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let health = probe(&state).await;
+    let store = state.store.get();
     let body = serde_json::json!({
-        "status": if ok { "ready" } else { "unavailable" },
+        "status": health.status(),
         "phase": state.config.phase,
         "store": store.describe(),
         "cache": state.cache.kind(),
         "clicks": state.clicks.kind(),
     });
+    let ok = health.status() != "unavailable";
     let mut resp = (
         if ok {
             StatusCode::OK
@@ -251,6 +345,12 @@ pub(crate) async fn load(State(state): State<AppState>) -> Json<serde_json::Valu
         o.insert("phase".into(), state.config.phase.into());
         o.insert("tier".into(), state.store.get().tier().into());
         o.insert("instance".into(), state.config.instance.clone().into());
+        // Kept current by the background probe (`server`) and every `/readyz`.
+        o.insert(
+            "degraded".into(),
+            (state.metrics.degraded.get() == 1).into(),
+        );
+        o.insert("storeUp".into(), (state.metrics.store_up.get() == 1).into());
     }
     Json(v)
 }

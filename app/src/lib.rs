@@ -62,6 +62,10 @@ pub struct AppConfig {
     pub instance: String,
     /// OIDC bearer tokens on the management API (phase 4); None: open.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Longest a request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Link API and redirect requests served at once; beyond it: 503 at once.
+    pub max_in_flight: usize,
 }
 
 /// Everything a handler can reach. Cheap to clone.

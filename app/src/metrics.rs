@@ -44,6 +44,8 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Histogram,
+    /// Link API and redirect requests being served now (what the concurrency limit counts).
+    pub in_flight: Gauge,
     /// Committed write transactions.
     pub tx: Counter,
     /// Write transactions retried after SQLSTATE 40001/40P01.
@@ -82,6 +84,12 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency",
             http_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "link API and redirect requests being served",
+            in_flight.clone(),
         );
         let tx = Counter::default();
         registry.register(
@@ -126,6 +134,8 @@ impl Metrics {
             reloads.clone(),
         );
         let store_up = Gauge::default();
+        // Up until a probe says otherwise (a fresh app has not failed yet).
+        store_up.set(1);
         registry.register(
             "store_up",
             "1 while the data tier answers its health query",
@@ -165,6 +175,7 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            in_flight,
             tx,
             tx_retries,
             cache,

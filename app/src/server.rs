@@ -137,11 +137,47 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             trust_forwarded_for: args.trust_forwarded_for,
             instance,
             auth,
+            request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+            max_in_flight: args.max_in_flight.max(1),
         },
     );
     watch_cutover(&state, args);
+    watch_health(&state, args);
     Ok(state)
 }
+
+/// Probes the data tier and the cache in the background, so `ladder_store_up`,
+/// `ladder_degraded` and `/load` follow an outage even when nobody calls `/readyz`.
+fn watch_health(state: &AppState, args: &ServeArgs) {
+    let weak = Arc::downgrade(&state.0);
+    let every = args.poll_interval().max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            let was_up = inner.metrics.store_up.get() == 1;
+            let health = crate::api::probe(&AppState(inner)).await;
+            if was_up != health.store {
+                tracing::warn!(
+                    status = health.status(),
+                    "data tier {}",
+                    if health.store {
+                        "back"
+                    } else {
+                        "not answering"
+                    }
+                );
+            }
+        }
+    });
+}
+
+/// How long one read of the cut-over pointer may take.
+const CONTROL_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the clicks of the last flush interval may take to flush on SIGTERM (the kubelet's
+/// default grace period is 30 s).
+const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Follows the cut-over pointer of the current tier (see `crate::migrate`): when a migration has
 /// fenced this tier and named its successor, open the successor and switch to it. Until the
@@ -156,7 +192,9 @@ fn watch_cutover(state: &AppState, args: &ServeArgs) {
             tick.tick().await;
             let Some(inner) = weak.upgrade() else { return };
             let current = inner.store.get();
-            let Ok(control) = current.control().await else {
+            // Bounded: a database that never answers must not stall the watcher for good.
+            let Ok(Ok(control)) = tokio::time::timeout(CONTROL_DEADLINE, current.control()).await
+            else {
                 continue;
             };
             let Some(next) = control.moved_to else {
@@ -243,7 +281,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = Listener::bind(&args, state.metrics.clone()).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = listener.is_tls(), store = %args.store.redacted(), phase = args.phase, "serving");
-    listener.serve(crate::app(state), shutdown_signal()).await?;
+    listener
+        .serve(crate::app(state.clone()), shutdown_signal())
+        .await?;
+    // Every request has been answered: what they recorded is all there is to flush.
+    match tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, state.clicks.flush()).await {
+        Ok(Ok(())) => tracing::info!("clicks flushed"),
+        Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "clicks lost at shutdown"),
+        Err(_) => tracing::error!("clicks lost at shutdown: the flush did not finish in time"),
+    }
     Ok(())
 }
 

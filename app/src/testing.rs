@@ -25,6 +25,8 @@ pub fn config() -> AppConfig {
         trust_forwarded_for: false,
         instance: "unit".into(),
         auth: None,
+        request_timeout: Duration::from_secs(5),
+        max_in_flight: 64,
     }
 }
 

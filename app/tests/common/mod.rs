@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod oidc;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
