@@ -181,12 +181,15 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     resp
 }
 
-/// With OIDC configured (phase 4): the management API needs a bearer token; reads need the
-/// viewer or admin role, writes the admin role. Redirects stay public.
+/// The management API's authentication (see `crate::auth`): with an API key hash and/or OIDC
+/// configured, a bearer credential is required. A valid API key may do everything; an OIDC
+/// token's groups decide (viewer reads, admin writes). Redirects and operational endpoints
+/// never pass through here (see `crate::routes::Access`).
 async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(auth) = &state.config.auth else {
+    let (oidc, key) = (&state.config.auth, &state.config.api_key);
+    if oidc.is_none() && key.is_none() {
         return next.run(req).await;
-    };
+    }
     let token = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -195,7 +198,28 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let (Some(k), Some(t)) = (key, token)
+        && k.matches(t)
+    {
+        return next.run(req).await;
+    }
+    let Some(auth) = oidc else {
+        return match token {
+            None => ApiError::Unauthenticated {
+                code: "unauthorized",
+                message: "the management API needs `Authorization: Bearer <API key>`".into(),
+                challenge: "Bearer realm=\"ladder\"",
+            },
+            Some(_) => ApiError::Unauthenticated {
+                code: "invalid_token",
+                message: "invalid API key".into(),
+                challenge: "Bearer error=\"invalid_token\"",
+            },
+        }
+        .into_response();
+    };
     let read = matches!(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD

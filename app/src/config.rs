@@ -197,6 +197,12 @@ pub struct ServeArgs {
     #[arg(long, env = env::OIDC_CONFIG)]
     pub oidc_config: Option<PathBuf>,
 
+    /// `sha256:<lowercase hex of SHA-256(key)>`: the management API then requires
+    /// `Authorization: Bearer <key>` (every phase; with OIDC too, either is accepted). Without
+    /// it or OIDC, the app refuses to listen on a non-loopback address.
+    #[arg(long, env = env::API_KEY_HASH, hide_env_values = true)]
+    pub api_key_hash: Option<crate::auth::ApiKeyHash>,
+
     /// CA certificate (PEM) trusted for Redis and ClickHouse TLS (PostgreSQL URLs name theirs
     /// with `sslrootcert`).
     #[arg(long, env = env::TLS_CA)]

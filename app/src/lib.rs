@@ -60,8 +60,10 @@ pub struct AppConfig {
     pub public_url: String,
     pub trust_forwarded_for: bool,
     pub instance: String,
-    /// OIDC bearer tokens on the management API (phase 4); None: open.
+    /// OIDC bearer tokens on the management API (phase 4).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The management API key's hash. With neither this nor `auth`: open.
+    pub api_key: Option<crate::auth::ApiKeyHash>,
     /// Longest a request may take before it is answered 503.
     pub request_timeout: Duration,
     /// Link API and redirect requests served at once; beyond it: 503 at once.

@@ -19,6 +19,11 @@ use crate::{AppConfig, AppState};
 
 /// Opens the data tier and every optional service named in `args`.
 pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+    crate::auth::check_exposure(
+        args.listen,
+        args.api_key_hash.is_some(),
+        args.oidc_config.is_some(),
+    )?;
     let metrics = Arc::new(Metrics::new(Duration::from_secs(args.load_window_secs)));
     let opened = store::open(&args.store, &args.store_options(), metrics.clone())
         .await
@@ -137,6 +142,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             trust_forwarded_for: args.trust_forwarded_for,
             instance,
             auth,
+            api_key: args.api_key_hash.clone(),
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
             max_in_flight: args.max_in_flight.max(1),
         },

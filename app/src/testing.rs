@@ -25,6 +25,7 @@ pub fn config() -> AppConfig {
         trust_forwarded_for: false,
         instance: "unit".into(),
         auth: None,
+        api_key: None,
         request_timeout: Duration::from_secs(5),
         max_in_flight: 64,
     }

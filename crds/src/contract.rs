@@ -56,6 +56,10 @@ pub mod env {
     pub const NAMESPACE: &str = "LADDER_NAMESPACE";
     /// OIDC settings for enterprise auth (phase 4).
     pub const OIDC_CONFIG: &str = "LADDER_OIDC_CONFIG";
+    /// `sha256:<lowercase hex of SHA-256(key)>`: the management API then requires
+    /// `Authorization: Bearer <key>`. The app holds only the hash; the key itself lives in a
+    /// Secret for the API's clients.
+    pub const API_KEY_HASH: &str = "LADDER_API_KEY_HASH";
 }
 
 /// URL scheme naming a PostgreSQL database behind PgBouncer in transaction mode

@@ -215,3 +215,64 @@ async fn operational_endpoints() {
     let load = call(&s, "GET", "/load", None, &[]).await;
     assert_eq!(load.json["tier"], "sqlite");
 }
+
+#[tokio::test]
+async fn an_api_key_guards_the_management_api_only() {
+    let mut config = crate::testing::config();
+    config.api_key = Some(crate::auth::ApiKeyHash::of("s3cret-key"));
+    let s = crate::testing::state_with(config).await;
+    let body = || Some(json!({"url": "https://example.com/k", "code": "keyed"}));
+
+    let none = call(&s, "POST", "/api/v1/links", body(), &[]).await;
+    assert_error(&none, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(none.headers["www-authenticate"], "Bearer realm=\"ladder\"");
+    for bad in [
+        "Bearer wrong",
+        "Bearer s3cret-ke",
+        "Basic czNjcmV0LWtleQ==",
+        "Bearer ",
+    ] {
+        let a = call(
+            &s,
+            "POST",
+            "/api/v1/links",
+            body(),
+            &[("authorization", bad)],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert!(
+            !a.json.to_string().contains("s3cret"),
+            "the key is never echoed"
+        );
+    }
+    // Reads need the key too; nothing was written by the refused requests.
+    let read = call(&s, "GET", "/api/v1/links/keyed", None, &[]).await;
+    assert_eq!(read.status, StatusCode::UNAUTHORIZED);
+    let ok = [("authorization", "Bearer s3cret-key")];
+    let shown = call(&s, "GET", "/api/v1/links/keyed", None, &ok).await;
+    assert_error(&shown, StatusCode::NOT_FOUND, "not_found");
+
+    let made = call(&s, "POST", "/api/v1/links", body(), &ok).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.json);
+    // Redirects, probes and the API document stay public.
+    assert_eq!(
+        call(&s, "GET", "/keyed", None, &[]).await.status,
+        StatusCode::FOUND
+    );
+    for open in [
+        "/healthz",
+        "/readyz",
+        "/load",
+        "/metrics",
+        "/api/v1/openapi.json",
+    ] {
+        assert_eq!(
+            call(&s, "GET", open, None, &[]).await.status,
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+    let gone = call(&s, "DELETE", "/api/v1/links/keyed", None, &ok).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+}
