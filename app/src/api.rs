@@ -11,8 +11,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
+
+use axum::error_handling::HandleErrorLayer;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -20,26 +23,55 @@ use crate::metrics::HttpLabels;
 use crate::ratelimit::Decision;
 
 /// Hard cap on any request body; the (reloadable) rules apply a lower limit per route.
-const HARD_BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
 
-/// Builds the whole application.
+/// Builds the whole application from the route table ([`crate::routes::ROUTES`]).
+///
+/// Layers, outermost first: `observe` → the request timeout (503 `timeout`) → for resources
+/// only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
+/// the management API only: `authenticate` → handler. Operational endpoints sit outside the
+/// concurrency limit so a kubelet probe gets through an overloaded app. Timeout and limit are
+/// tower's, behind `HandleErrorLayer`, as in axum's examples: their refusals are [`ApiError`]s
+/// like every other.
 pub fn app(state: AppState) -> Router {
-    let ops = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/load", get(load))
-        .route("/api/v1/openapi.json", get(openapi));
+    use crate::routes::{Access, router};
+    let management = router(Access::Management)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let resources = management
+        .merge(router(Access::Public))
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(refusal))
+                .load_shed()
+                // Global: `Router::layer` applies a layer per route, and one budget must cover
+                // them all.
+                .layer(GlobalConcurrencyLimitLayer::new(state.config.max_in_flight)),
+        );
     Router::new()
-        .merge(
-            crate::links::router()
-                .layer(middleware::from_fn_with_state(state.clone(), limit))
-                .layer(middleware::from_fn_with_state(state.clone(), authenticate)),
-        )
-        .merge(ops)
+        .merge(resources)
+        .merge(router(Access::Operational))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(refusal))
+                .timeout(state.config.request_timeout),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// The errors of tower's timeout and load-shedding layers, as API errors.
+async fn refusal(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else {
+        ApiError::Internal(anyhow::anyhow!(err))
+    }
 }
 
 /// Who the client is: the peer address, or the first `X-Forwarded-For` hop when trusted.
@@ -97,6 +129,22 @@ pub(crate) fn client_key(parts: &Parts, state: &AppState) -> ClientKey {
     }
 }
 
+/// One request counted in `ladder_http_requests_in_flight` while it lives.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();
@@ -105,13 +153,15 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let resp = next.run(req).await;
-    let elapsed = start.elapsed();
-    let status = resp.status();
     let operational = matches!(
         route.as_str(),
         "/metrics" | "/healthz" | "/readyz" | "/load"
     );
+    // Dropped (and the gauge decremented) however the request ends.
+    let _in_flight = (!operational).then(|| InFlight::enter(&state.metrics.in_flight));
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let status = resp.status();
     if !operational {
         state
             .metrics
@@ -131,13 +181,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     resp
 }
 
-/// With OIDC configured (phase 4): the management API needs a bearer token; reads need the
-/// viewer or admin role, writes the admin role. Redirects stay public.
+/// The management API's authentication (see `crate::auth`): with an API key hash and/or OIDC
+/// configured, a bearer credential is required. A valid API key may do everything; an OIDC
+/// token's groups decide (viewer reads, admin writes). Redirects and operational endpoints
+/// never pass through here (see `crate::routes::Access`).
 async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(auth) = &state.config.auth else {
-        return next.run(req).await;
-    };
-    if !req.uri().path().starts_with("/api/") {
+    let (oidc, key) = (&state.config.auth, &state.config.api_key);
+    if oidc.is_none() && key.is_none() {
         return next.run(req).await;
     }
     let token = req
@@ -148,7 +198,28 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    if let (Some(k), Some(t)) = (key, token)
+        && k.matches(t)
+    {
+        return next.run(req).await;
+    }
+    let Some(auth) = oidc else {
+        return match token {
+            None => ApiError::Unauthenticated {
+                code: "unauthorized",
+                message: "the management API needs `Authorization: Bearer <API key>`".into(),
+                challenge: "Bearer realm=\"ladder\"",
+            },
+            Some(_) => ApiError::Unauthenticated {
+                code: "invalid_token",
+                message: "invalid API key".into(),
+                challenge: "Bearer error=\"invalid_token\"",
+            },
+        }
+        .into_response();
+    };
     let read = matches!(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
@@ -157,53 +228,26 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
         None => Err(crate::auth::AuthError::Missing),
         Some(t) => auth.role(t).await,
     };
-    let refused = |status: StatusCode, code: &str, message: String, challenge: &'static str| {
-        let mut r = (
-            status,
-            Json(serde_json::json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
-        r.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static(challenge),
-        );
-        r
-    };
-    match outcome {
-        Ok(crate::auth::Role::Admin) => next.run(req).await,
-        Ok(crate::auth::Role::Viewer) if read => next.run(req).await,
-        Ok(crate::auth::Role::Viewer) | Err(crate::auth::AuthError::Forbidden) => refused(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token's groups do not allow the request".into(),
-            "Bearer error=\"insufficient_scope\"",
-        ),
-        Err(e @ crate::auth::AuthError::Missing) => refused(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            e.to_string(),
-            "Bearer realm=\"ladder\"",
-        ),
-        Err(e @ crate::auth::AuthError::Invalid(_)) => refused(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            e.to_string(),
-            "Bearer error=\"invalid_token\"",
-        ),
-        Err(crate::auth::AuthError::Unavailable) => {
-            let mut r = refused(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the identity provider's keys are not available yet".into(),
-                "Bearer realm=\"ladder\"",
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-            r
+    use crate::auth::{AuthError, Role};
+    let refusal = match outcome {
+        Ok(Role::Admin) => return next.run(req).await,
+        Ok(Role::Viewer) if read => return next.run(req).await,
+        Ok(Role::Viewer) | Err(AuthError::Forbidden) => {
+            ApiError::Forbidden("this token's groups do not allow the request")
         }
-    }
+        Err(e @ AuthError::Missing) => ApiError::Unauthenticated {
+            code: "unauthorized",
+            message: e.to_string(),
+            challenge: "Bearer realm=\"ladder\"",
+        },
+        Err(e @ AuthError::Invalid(_)) => ApiError::Unauthenticated {
+            code: "invalid_token",
+            message: e.to_string(),
+            challenge: "Bearer error=\"invalid_token\"",
+        },
+        Err(AuthError::Unavailable) => ApiError::AuthUnavailable,
+    };
+    refusal.into_response()
 }
 
 async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -212,27 +256,15 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
         return next.run(req).await;
     }
     if rules.method_blocked(req.method().as_str()) {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            Json(serde_json::json!({"error": {"code": "method_blocked", "message": "method refused by the WAF rules"}})),
-        )
-            .into_response();
+        return ApiError::MethodBlocked.into_response();
     }
     if rules.path_blocked(req.uri().path()) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": {"code": "path_blocked", "message": "path refused by the WAF rules"}})),
-        )
-            .into_response();
+        return ApiError::PathBlocked.into_response();
     }
     let (parts, body) = req.into_parts();
     let client = client_key(&parts, &state);
     if rules.blocked_clients.contains(&client.addr) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": {"code": "forbidden", "message": "client blocked"}})),
-        )
-            .into_response();
+        return ApiError::ClientBlocked.into_response();
     }
     if let Decision::Deny { retry_after_secs } = state.limiter.check(&client.addr).await {
         state.metrics.rate_limited.inc();
@@ -241,23 +273,68 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
     next.run(Request::from_parts(parts, body)).await
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// How long the readiness probe waits for the data tier: well inside a kubelet probe's
+/// default one-second timeout, so a blackholed database makes the app degraded, not unready.
+const READY_PING: Duration = Duration::from_millis(500);
+
+/// What the app can serve right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Health {
+    /// The data tier answers.
+    pub store: bool,
+    /// Cached redirects can be served (in-process cache, or Redis answers).
+    pub cache: bool,
+}
+
+impl Health {
+    /// `ready`, `degraded` (only cached redirects can be served) or `unavailable`.
+    pub fn status(self) -> &'static str {
+        match (self.store, self.cache) {
+            (true, _) => "ready",
+            (false, true) => "degraded",
+            (false, false) => "unavailable",
+        }
+    }
+}
+
+/// Checks the data tier and the cache (concurrently) and records the outcome in
+/// `ladder_store_up` and `ladder_degraded` (which `/load` reports).
+pub(crate) async fn probe(state: &AppState) -> Health {
     let store = state.store.get();
-    let ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
-        Ok(Ok(()))
+    let (store, cache) = tokio::join!(
+        tokio::time::timeout(READY_PING, store.ping()),
+        state.cache.healthy()
     );
+    let health = Health {
+        store: matches!(store, Ok(Ok(()))),
+        cache,
+    };
+    state.metrics.store_up.set(i64::from(health.store));
+    state
+        .metrics
+        .degraded
+        .set(i64::from(health.status() == "degraded"));
+    health
+}
+
+/// Ready while redirects can be served: from the data tier, or (`degraded`) from the cache
+/// alone. A database outage must not take every instance out of rotation while Redis or the
+/// in-process cache can still answer the hot redirects; writes answer 503 meanwhile.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let health = probe(&state).await;
+    let store = state.store.get();
     let body = serde_json::json!({
-        "status": if ok { "ready" } else { "unavailable" },
+        "status": health.status(),
         "phase": state.config.phase,
         "store": store.describe(),
         "cache": state.cache.kind(),
         "clicks": state.clicks.kind(),
     });
+    let ok = health.status() != "unavailable";
     let mut resp = (
         if ok {
             StatusCode::OK
@@ -274,7 +351,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     resp
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -285,17 +362,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn load(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn load(State(state): State<AppState>) -> Json<serde_json::Value> {
     let snap = state.metrics.window.snapshot();
     let mut v = serde_json::to_value(snap).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("phase".into(), state.config.phase.into());
         o.insert("tier".into(), state.store.get().tier().into());
         o.insert("instance".into(), state.config.instance.clone().into());
+        // Kept current by the background probe (`server`) and every `/readyz`.
+        o.insert(
+            "degraded".into(),
+            (state.metrics.degraded.get() == 1).into(),
+        );
+        o.insert("storeUp".into(), (state.metrics.store_up.get() == 1).into());
     }
     Json(v)
 }
 
-async fn openapi() -> Json<serde_json::Value> {
+pub(crate) async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,16 @@
-//! Enterprise auth (phase 4): OIDC bearer tokens guard the management API (`/api/v1/links…`);
-//! redirects, health and metrics stay public.
+//! Authentication of the management API (`/api/v1/links…`); redirects, health and metrics
+//! stay public.
 //!
+//! Two kinds of bearer credentials, either or both configured:
+//! - an **API key** (every phase; [`ApiKeyHash`], `LADDER_API_KEY_HASH`): the app holds only
+//!   `sha256:<hex>` of the key, hashes what a client presents and compares the digests in
+//!   constant time. A valid key may do everything. Keys are never logged;
+//! - **OIDC** (phase 4, below).
+//!
+//! With neither, the API is open; `crate::server` refuses to start that way on anything but a
+//! loopback address ([`check_exposure`]).
+//!
+//! ## OIDC
 //! The operator mounts the settings (`ladder_crds::contract::OidcConfig`). The app reads
 //! the issuer's discovery document and its JWKS, and checks every token itself:
 //! - the signature, with the issuer's key named by `kid` (ES256 or RS256 only; `none` and
@@ -23,6 +33,75 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ladder_crds::contract::OidcConfig;
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use serde::Deserialize;
+
+/// The SHA-256 of the management API key, parsed from `sha256:<64 lowercase hex digits>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyHash([u8; 32]);
+
+impl std::fmt::Debug for ApiKeyHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKeyHash(sha256:…)")
+    }
+}
+
+impl std::str::FromStr for ApiKeyHash {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const FORMAT: &str = "expected sha256:<64 lowercase hex digits> (the SHA-256 of the key, \
+                              e.g. `printf %s \"$KEY\" | sha256sum`)";
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("API key hash: {FORMAT}"))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!("API key hash: {FORMAT}"));
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("API key hash: {FORMAT}"))?;
+        }
+        Ok(ApiKeyHash(out))
+    }
+}
+
+impl ApiKeyHash {
+    /// The hash of `key` (what the operator computes for the Secret it generates).
+    pub fn of(key: &str) -> Self {
+        use sha2::Digest;
+        ApiKeyHash(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Whether `presented` is the key. The digests are compared without an early exit, so the
+    /// time taken says nothing about how much of them matched.
+    pub fn matches(&self, presented: &str) -> bool {
+        let other = ApiKeyHash::of(presented);
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// Refuses an open management API on a non-loopback address: without a key hash or OIDC,
+/// anyone who can reach the port could rewrite every link. Loopback stays open so the
+/// README's `curl` examples work on a laptop.
+pub fn check_exposure(
+    listen: std::net::SocketAddr,
+    api_key: bool,
+    oidc: bool,
+) -> anyhow::Result<()> {
+    if listen.ip().is_loopback() || api_key || oidc {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve an unauthenticated management API on {listen}: set {} \
+         (sha256:<hex of the key's SHA-256>) or {}, or listen on a loopback address",
+        ladder_crds::contract::env::API_KEY_HASH,
+        ladder_crds::contract::env::OIDC_CONFIG
+    )
+}
 
 const LEEWAY_SECS: i64 = 60;
 const MIN_REFRESH: Duration = Duration::from_secs(10);
@@ -368,6 +447,47 @@ mod tests {
             None,
         )
         .expect("auth")
+    }
+
+    #[test]
+    fn api_key_hashes() {
+        let h: ApiKeyHash = format!("sha256:{}", "ab".repeat(32))
+            .parse()
+            .expect("parses");
+        assert_eq!(h.0, [0xab; 32]);
+        for bad in [
+            "",
+            "ab".repeat(32).as_str(),
+            &format!("sha256:{}", "AB".repeat(32)),
+            &format!("sha256:{}", "ab".repeat(31)),
+            &format!("sha512:{}", "ab".repeat(32)),
+            &format!("sha256:{}", "zz".repeat(32)),
+        ] {
+            assert!(bad.parse::<ApiKeyHash>().is_err(), "{bad}");
+        }
+        // The documented recipe: sha256sum of the key (no newline).
+        let known: ApiKeyHash =
+            "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                .parse()
+                .expect("parses");
+        assert!(known.matches("foo"));
+        assert!(!known.matches("fop"));
+        assert!(!known.matches(""));
+        assert!(
+            !format!("{known:?}").contains("2c26"),
+            "Debug hides the hash"
+        );
+    }
+
+    #[test]
+    fn an_open_api_only_on_loopback() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        assert!(check_exposure(at("127.0.0.1:8080"), false, false).is_ok());
+        assert!(check_exposure(at("[::1]:8080"), false, false).is_ok());
+        let err = check_exposure(at("0.0.0.0:8080"), false, false).expect_err("refused");
+        assert!(err.to_string().contains("LADDER_API_KEY_HASH"), "{err}");
+        assert!(check_exposure(at("0.0.0.0:8080"), true, false).is_ok());
+        assert!(check_exposure(at("10.0.0.5:8080"), false, true).is_ok());
     }
 
     #[test]

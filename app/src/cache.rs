@@ -355,6 +355,18 @@ impl RedirectCache {
         }
     }
 
+    /// Whether cached redirects can be served now: always for the in-process cache; for Redis,
+    /// whether it answers a PING (within the usual Redis timeout).
+    pub async fn healthy(&self) -> bool {
+        match self {
+            RedirectCache::Local(_) => true,
+            RedirectCache::Redis(r) => r
+                .call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+                .await
+                .is_some(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RedirectCache::Local(_) => "local",

@@ -9,7 +9,8 @@
 //!
 //! Neither sink can fail a redirect: the buffer is bounded (`--click-buffer`); while the sink is
 //! down batches are kept for retry up to that bound, then the oldest clicks are dropped and counted
-//! in `ladder_clicks_total{outcome="dropped"}`.
+//! in `ladder_clicks_total{outcome="dropped"}`. On SIGTERM the server flushes once more after
+//! the last request ([`ClickSink::flush`]), so a rolling restart loses no clicks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -196,63 +197,148 @@ fn day_string(day: i32) -> String {
 #[derive(Debug)]
 pub enum ClickSink {
     Off,
-    Db(DbClicks),
-    ClickHouse(ChClicks),
+    Db(Arc<DbClicks>),
+    ClickHouse(Arc<ChClicks>),
 }
+
+/// How long one flush may wait for its sink (a database that never answers must not hold
+/// the flusher, or shutdown, forever); the batch is kept for the next flush.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct DbClicks {
     pending: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    store: StoreHandle,
+    metrics: Arc<Metrics>,
+    cap: usize,
+    /// One flush at a time: the shutdown flush waits for a periodic one in progress, so the
+    /// process does not exit while that one still holds clicks.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl DbClicks {
+    /// Writes what is pending in one transaction; on failure puts it back (up to `cap` keys).
+    async fn flush(&self) -> anyhow::Result<()> {
+        let _one = self.flushing.lock().await;
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<ClickRow> = batch
+            .iter()
+            .map(|((code, day), n)| ClickRow {
+                code: code.clone(),
+                day: day_string(*day),
+                clicks: *n,
+            })
+            .collect();
+        let total: i64 = rows.iter().map(|r| r.clicks).sum();
+        let store = self.store.get();
+        let outcome = match tokio::time::timeout(FLUSH_DEADLINE, store.add_clicks(&rows)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(anyhow::Error::new(err)),
+            Err(_) => Err(anyhow::anyhow!("no answer within {FLUSH_DEADLINE:?}")),
+        };
+        match outcome {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.clicks, "stored", total as u64);
+                Ok(())
+            }
+            Err(err) => {
+                // A timed-out transaction may still commit: counts could be stored twice. A
+                // click count is not worth a two-phase protocol; losing them all is worse.
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, n) in batch {
+                    if p.len() >= self.cap && !p.contains_key(&k) {
+                        Metrics::inc(&self.metrics.clicks, "dropped", n as u64);
+                        continue;
+                    }
+                    *p.entry(k).or_default() += n;
+                }
+                Err(err.context(format!("{total} clicks kept for retry")))
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct ChClicks {
     tx: mpsc::Sender<(String, DateTime<Utc>)>,
     pub client: ClickHouse,
+    buffer: Arc<tokio::sync::Mutex<ChBuffer>>,
+    metrics: Arc<Metrics>,
+    cap: usize,
+}
+
+/// What the ClickHouse flusher holds between flushes.
+#[derive(Debug)]
+struct ChBuffer {
+    rx: mpsc::Receiver<(String, DateTime<Utc>)>,
+    /// Clicks not inserted yet, oldest first; bounded by `cap`.
+    retry: VecDeque<(String, DateTime<Utc>)>,
+    schema_ready: bool,
+}
+
+impl ChClicks {
+    /// Inserts everything received so far, in batches; stops at the first failure (the rest
+    /// stays for the next flush).
+    async fn flush(&self) -> anyhow::Result<()> {
+        let mut b = self.buffer.lock().await;
+        let b = &mut *b;
+        while let Ok(c) = b.rx.try_recv() {
+            b.retry.push_back(c);
+        }
+        if b.retry.len() > self.cap {
+            let drop = b.retry.len() - self.cap;
+            b.retry.drain(..drop);
+            Metrics::inc(&self.metrics.clicks, "dropped", drop as u64);
+        }
+        if b.retry.is_empty() {
+            return Ok(());
+        }
+        if !b.schema_ready {
+            self.client
+                .ensure_schema()
+                .await
+                .context("ClickHouse schema not ready")?;
+            b.schema_ready = true;
+        }
+        while !b.retry.is_empty() {
+            let n = b.retry.len().min(50_000);
+            let batch: Vec<_> = b.retry.iter().take(n).cloned().collect();
+            if let Err(err) = self.client.insert(&batch).await {
+                Metrics::inc(&self.metrics.clicks, "retried", n as u64);
+                return Err(err.context(format!("{} clicks kept for retry", b.retry.len())));
+            }
+            b.retry.drain(..n);
+            Metrics::inc(&self.metrics.clicks, "stored", n as u64);
+        }
+        Ok(())
+    }
 }
 
 impl ClickSink {
     /// Starts the database sink and its flusher.
     pub fn db(store: StoreHandle, metrics: Arc<Metrics>, every: Duration, cap: usize) -> Self {
-        let pending: Arc<Mutex<HashMap<(String, i32), i64>>> = Arc::default();
-        tokio::spawn({
-            let pending = pending.clone();
-            async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let batch =
-                        std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let rows: Vec<ClickRow> = batch
-                        .iter()
-                        .map(|((code, day), n)| ClickRow {
-                            code: code.clone(),
-                            day: day_string(*day),
-                            clicks: *n,
-                        })
-                        .collect();
-                    let total: i64 = rows.iter().map(|r| r.clicks).sum();
-                    match store.get().add_clicks(&rows).await {
-                        Ok(()) => Metrics::inc(&metrics.clicks, "stored", total as u64),
-                        Err(err) => {
-                            tracing::warn!(error = %err, clicks = total, "click flush failed; keeping them for retry");
-                            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                            for (k, n) in batch {
-                                if p.len() >= cap && !p.contains_key(&k) {
-                                    Metrics::inc(&metrics.clicks, "dropped", n as u64);
-                                    continue;
-                                }
-                                *p.entry(k).or_default() += n;
-                            }
-                        }
-                    }
+        let sink = Arc::new(DbClicks {
+            pending: Arc::default(),
+            store,
+            metrics,
+            cap,
+            flushing: tokio::sync::Mutex::new(()),
+        });
+        let weak = Arc::downgrade(&sink);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(sink) = weak.upgrade() else { return };
+                if let Err(err) = sink.flush().await {
+                    tracing::warn!(error = %format!("{err:#}"), "click flush failed");
                 }
             }
         });
-        ClickSink::Db(DbClicks { pending })
+        ClickSink::Db(sink)
     }
 
     /// Starts the ClickHouse sink and its flusher.
@@ -262,55 +348,40 @@ impl ClickSink {
         every: Duration,
         cap: usize,
     ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(String, DateTime<Utc>)>(cap.max(1));
-        tokio::spawn({
-            let client = client.clone();
-            async move {
-                // Clicks that failed to insert, oldest first; bounded by `cap`.
-                let mut retry: VecDeque<(String, DateTime<Utc>)> = VecDeque::new();
-                let mut schema_ready = false;
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    while let Ok(c) = rx.try_recv() {
-                        retry.push_back(c);
-                    }
-                    if retry.len() > cap {
-                        let drop = retry.len() - cap;
-                        retry.drain(..drop);
-                        Metrics::inc(&metrics.clicks, "dropped", drop as u64);
-                    }
-                    if retry.is_empty() {
-                        continue;
-                    }
-                    if !schema_ready {
-                        match client.ensure_schema().await {
-                            Ok(()) => schema_ready = true,
-                            Err(err) => {
-                                tracing::warn!(error = %format!("{err:#}"), "ClickHouse schema not ready");
-                                continue;
-                            }
-                        }
-                    }
-                    while !retry.is_empty() {
-                        let n = retry.len().min(50_000);
-                        let batch: Vec<_> = retry.iter().take(n).cloned().collect();
-                        match client.insert(&batch).await {
-                            Ok(()) => {
-                                retry.drain(..n);
-                                Metrics::inc(&metrics.clicks, "stored", n as u64);
-                            }
-                            Err(err) => {
-                                tracing::warn!(error = %format!("{err:#}"), buffered = retry.len(), "ClickHouse insert failed; will retry");
-                                Metrics::inc(&metrics.clicks, "retried", n as u64);
-                                break;
-                            }
-                        }
-                    }
+        let (tx, rx) = mpsc::channel::<(String, DateTime<Utc>)>(cap.max(1));
+        let sink = Arc::new(ChClicks {
+            tx,
+            client,
+            buffer: Arc::new(tokio::sync::Mutex::new(ChBuffer {
+                rx,
+                retry: VecDeque::new(),
+                schema_ready: false,
+            })),
+            metrics,
+            cap,
+        });
+        let weak = Arc::downgrade(&sink);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(sink) = weak.upgrade() else { return };
+                if let Err(err) = sink.flush().await {
+                    tracing::warn!(error = %format!("{err:#}"), "ClickHouse flush failed; will retry");
                 }
             }
         });
-        ClickSink::ClickHouse(ChClicks { tx, client })
+        ClickSink::ClickHouse(sink)
+    }
+
+    /// Flushes what is buffered now (at shutdown: SIGTERM must not lose the clicks of the last
+    /// flush interval). Bounded by the sink's own timeouts.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        match self {
+            ClickSink::Off => Ok(()),
+            ClickSink::Db(d) => d.flush().await,
+            ClickSink::ClickHouse(c) => c.flush().await,
+        }
     }
 
     /// Records one click; never blocks, never fails the redirect.

@@ -72,6 +72,23 @@ pub struct ServeArgs {
     #[arg(long, env = "LADDER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
     pub db_acquire_timeout_ms: u64,
 
+    /// PostgreSQL `statement_timeout` of the app's sessions (0: none): the server cancels a
+    /// query that runs longer. Through PgBouncer (transaction pooling) startup parameters do
+    /// not reach the server: PgBouncer's own `query_timeout` takes this role there.
+    #[arg(long, env = "LADDER_DB_STATEMENT_TIMEOUT_MS", default_value_t = 3000)]
+    pub db_statement_timeout_ms: u64,
+
+    /// Longest a request may take, database waits included, before it is answered 503 (the
+    /// answer for a database that accepts connections but never replies).
+    #[arg(long, env = "LADDER_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+
+    /// Requests served at once on the link API and redirects; beyond it requests are refused
+    /// at once with 503 (load shedding), so a slow database cannot pile up work.
+    /// Operational endpoints (probes, metrics) are not counted.
+    #[arg(long, env = "LADDER_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
     /// Replicas lagging further than this many WAL bytes leave read rotation.
     #[arg(long, env = "LADDER_MAX_REPLICA_LAG_BYTES", default_value_t = 1024 * 1024)]
     pub max_replica_lag_bytes: u64,
@@ -180,6 +197,12 @@ pub struct ServeArgs {
     #[arg(long, env = env::OIDC_CONFIG)]
     pub oidc_config: Option<PathBuf>,
 
+    /// `sha256:<lowercase hex of SHA-256(key)>`: the management API then requires
+    /// `Authorization: Bearer <key>` (every phase; with OIDC too, either is accepted). Without
+    /// it or OIDC, the app refuses to listen on a non-loopback address.
+    #[arg(long, env = env::API_KEY_HASH, hide_env_values = true)]
+    pub api_key_hash: Option<crate::auth::ApiKeyHash>,
+
     /// CA certificate (PEM) trusted for Redis and ClickHouse TLS (PostgreSQL URLs name theirs
     /// with `sslrootcert`).
     #[arg(long, env = env::TLS_CA)]
@@ -213,6 +236,8 @@ impl ServeArgs {
         StoreOptions {
             max_connections: self.db_max_connections,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            statement_timeout: (self.db_statement_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.db_statement_timeout_ms)),
             max_replica_lag_bytes: self.max_replica_lag_bytes,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             password: self.db_password.clone(),

@@ -24,6 +24,29 @@ pub enum ApiError {
     /// 413: the body is larger than the configured limit.
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// 401: the management API needs credentials and none, or invalid ones, came. `challenge`
+    /// is the `WWW-Authenticate` header (RFC 6750).
+    #[error("{message}")]
+    Unauthenticated {
+        code: &'static str,
+        message: String,
+        challenge: &'static str,
+    },
+    /// 403: the credentials are valid but do not allow this request.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 403: the WAF rules refuse this path.
+    #[error("path refused by the WAF rules")]
+    PathBlocked,
+    /// 403: the WAF rules block this client.
+    #[error("client blocked")]
+    ClientBlocked,
+    /// 405: the WAF rules refuse this method.
+    #[error("method refused by the WAF rules")]
+    MethodBlocked,
+    /// 405: the route exists but not with this method.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
     /// 429: the client's token bucket is empty; retry after the given seconds.
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
@@ -35,6 +58,15 @@ pub enum ApiError {
     /// message says so (it names no host or credential).
     #[error("{0}")]
     MigrationStalled(#[source] StoreError),
+    /// 503: the request did not finish within the request timeout; retry shortly.
+    #[error("request timed out")]
+    Timeout,
+    /// 503: the app is at its concurrency limit; retry shortly.
+    #[error("too many requests in flight; retry shortly")]
+    Overloaded,
+    /// 503: the identity provider's keys are not available yet; retry shortly.
+    #[error("the identity provider's keys are not available yet")]
+    AuthUnavailable,
     /// 503: the analytics store (ClickHouse) cannot answer a stats query; retry shortly.
     #[error("analytics temporarily unavailable")]
     AnalyticsUnavailable(#[source] anyhow::Error),
@@ -51,9 +83,17 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::PathBlocked | ApiError::ClientBlocked => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::MethodBlocked | ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_)
             | ApiError::AnalyticsUnavailable(_)
+            | ApiError::Timeout
+            | ApiError::Overloaded
+            | ApiError::AuthUnavailable
             | ApiError::MigrationStalled(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -67,9 +107,19 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Conflict => "conflict",
             ApiError::TooLarge { .. } => "too_large",
+            ApiError::Unauthenticated { code, .. } => code,
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::PathBlocked => "path_blocked",
+            ApiError::ClientBlocked => "client_blocked",
+            ApiError::MethodBlocked => "method_blocked",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => "unavailable",
             ApiError::MigrationStalled(_) => "migration_stalled",
+            ApiError::Timeout => "timeout",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Unavailable(_)
+            | ApiError::AnalyticsUnavailable(_)
+            | ApiError::AuthUnavailable => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -102,14 +152,23 @@ impl IntoResponse for ApiError {
             .into_response();
         let retry_after = match &self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            ApiError::Unavailable(_) | ApiError::AnalyticsUnavailable(_) => Some(1),
             // Someone has to act (rerun the migration): no point in hammering.
             ApiError::MigrationStalled(_) => Some(30),
+            e if e.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        let challenge = match &self {
+            ApiError::Unauthenticated { challenge, .. } => Some(*challenge),
+            ApiError::Forbidden(_) => Some("Bearer error=\"insufficient_scope\""),
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         resp
     }

@@ -3,8 +3,9 @@
 //! its load (`/load`, `/metrics`, LoadReport objects).
 //!
 //! Layout:
-//! - [`api`]: the router (`app(state)`), middlewares and operational endpoints; [`links`]: the
-//!   link resource and redirects; [`error`]: the one API error type.
+//! - [`api`]: the router (`app(state)`), middlewares and operational endpoints; [`routes`]: the
+//!   one route table the router, reserved codes and [`openapi`] document derive from;
+//!   [`links`]: the link resource and redirects; [`error`]: the one API error type.
 //! - [`store`]: one storage trait, one implementation per tier; [`cache`]: redirect cache and
 //!   edge purge; [`clicks`]: analytics sinks; [`ratelimit`]: token buckets and WAF rules.
 //! - [`server`]: builds the state from [`config`] and runs it; [`migrate`]: tier-to-tier copy,
@@ -22,9 +23,13 @@ pub mod migrate;
 pub mod openapi;
 pub mod ratelimit;
 pub mod report;
+pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,8 +60,14 @@ pub struct AppConfig {
     pub public_url: String,
     pub trust_forwarded_for: bool,
     pub instance: String,
-    /// OIDC bearer tokens on the management API (phase 4); None: open.
+    /// OIDC bearer tokens on the management API (phase 4).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The management API key's hash. With neither this nor `auth`: open.
+    pub api_key: Option<crate::auth::ApiKeyHash>,
+    /// Longest a request may take before it is answered 503.
+    pub request_timeout: Duration,
+    /// Link API and redirect requests served at once; beyond it: 503 at once.
+    pub max_in_flight: usize,
 }
 
 /// Everything a handler can reach. Cheap to clone.

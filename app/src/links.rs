@@ -1,11 +1,11 @@
-//! The link resource: `/api/v1/links…` and the redirect `GET /{code}`.
+//! The link resource: `/api/v1/links…` and the redirect `GET /{code}` (routed by
+//! [`crate::routes::ROUTES`]), and the extractors that turn bad input into [`ApiError`]s.
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -15,24 +15,54 @@ use crate::clicks::ClickSink;
 use crate::error::ApiError;
 use crate::store::{Link, ReadCtx, StoreError};
 
-/// Paths that can never be codes (they are routes).
-const RESERVED: &[&str] = &[
-    "api",
-    "healthz",
-    "readyz",
-    "metrics",
-    "load",
-    "openapi.json",
-];
 const GENERATED_LEN: usize = 7;
 const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/links", axum::routing::post(create))
-        .route("/api/v1/links/{code}", get(show).put(update).delete(remove))
-        .route("/api/v1/links/{code}/stats", get(stats))
-        .route("/{code}", get(redirect))
+/// The `{code}` of a path. Anything that could not have been created (too long, other
+/// characters, not UTF-8) is simply unknown: 404, never axum's plain-text rejection.
+#[derive(Debug)]
+pub struct CodePath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CodePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(code) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        if code.len() > 32 || !valid_code_chars(&code) {
+            return Err(ApiError::NotFound);
+        }
+        Ok(CodePath(code))
+    }
+}
+
+/// A JSON request body, within the (reloadable) rules' size limit. Every failure is an
+/// [`ApiError`]: 413 over the limit, 400 for anything that is not the expected JSON.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.limiter.rules().max_body_bytes;
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge {
+                    limit: limit.min(crate::api::HARD_BODY_LIMIT),
+                }
+            } else {
+                ApiError::MalformedJson(e.body_text())
+            }
+        })?;
+        if body.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        serde_json::from_slice(&body)
+            .map(JsonBody)
+            .map_err(|e| ApiError::MalformedJson(e.to_string()))
+    }
 }
 
 /// `POST /api/v1/links` body.
@@ -87,19 +117,10 @@ fn validate_code(code: &str) -> Result<(), ApiError> {
             "code must be 3-32 characters of [A-Za-z0-9_-]".into(),
         ));
     }
-    if RESERVED.contains(&code) {
+    if crate::routes::reserved(code) {
         return Err(ApiError::Invalid(format!("code {code:?} is reserved")));
     }
     Ok(())
-}
-
-/// A code from the path: anything that could not have been created is simply unknown.
-fn path_code(code: &str) -> Result<(), ApiError> {
-    if code.len() > 32 || !valid_code_chars(code) {
-        Err(ApiError::NotFound)
-    } else {
-        Ok(())
-    }
 }
 
 fn validate_target(state: &AppState, raw: &str) -> Result<String, ApiError> {
@@ -131,17 +152,6 @@ fn validate_target(state: &AppState, raw: &str) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    body: &Bytes,
-) -> Result<T, ApiError> {
-    let limit = state.limiter.rules().max_body_bytes;
-    if body.len() > limit {
-        return Err(ApiError::TooLarge { limit });
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))
-}
-
 fn view(state: &AppState, link: &Link) -> LinkView {
     let created = chrono::DateTime::from_timestamp_millis(link.created_ms).unwrap_or_default();
     LinkView {
@@ -163,12 +173,11 @@ fn generate_code() -> String {
         .collect()
 }
 
-async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     client: ClientKey,
-    body: Bytes,
+    JsonBody(req): JsonBody<CreateLink>,
 ) -> Result<Response, ApiError> {
-    let req: CreateLink = parse_body(&state, &body)?;
     let target = validate_target(&state, &req.url)?;
     if let Some(code) = &req.code {
         validate_code(code)?;
@@ -203,13 +212,12 @@ async fn create(
     Ok(resp)
 }
 
-async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     client: ClientKey,
     headers: HeaderMap,
-    Path(code): Path<String>,
+    CodePath(code): CodePath,
 ) -> Result<Response, ApiError> {
-    path_code(&code)?;
     let ctx = state.read_ctx(&client, &headers);
     let (link, from) = state.store.get().get_link(&code, ctx).await?;
     let mut resp = match link {
@@ -223,14 +231,12 @@ async fn show(
     Ok(resp)
 }
 
-async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     client: ClientKey,
-    Path(code): Path<String>,
-    body: Bytes,
+    CodePath(code): CodePath,
+    JsonBody(req): JsonBody<UpdateLink>,
 ) -> Result<Response, ApiError> {
-    path_code(&code)?;
-    let req: UpdateLink = parse_body(&state, &body)?;
     let target = validate_target(&state, &req.url)?;
     let store = state.store.get();
     let ack = store.update_link(&code, &target).await?;
@@ -242,12 +248,11 @@ async fn update(
     Ok(resp)
 }
 
-async fn remove(
+pub(crate) async fn remove(
     State(state): State<AppState>,
     client: ClientKey,
-    Path(code): Path<String>,
+    CodePath(code): CodePath,
 ) -> Result<Response, ApiError> {
-    path_code(&code)?;
     let ack = state.store.get().delete_link(&code).await?;
     state.invalidate_everywhere(&code).await;
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -255,13 +260,12 @@ async fn remove(
     Ok(resp)
 }
 
-async fn stats(
+pub(crate) async fn stats(
     State(state): State<AppState>,
     client: ClientKey,
     headers: HeaderMap,
-    Path(code): Path<String>,
+    CodePath(code): CodePath,
 ) -> Result<Response, ApiError> {
-    path_code(&code)?;
     let ctx = state.read_ctx(&client, &headers);
     let store = state.store.get();
     let (link, _) = store.get_link(&code, ctx).await?;
@@ -291,12 +295,11 @@ async fn stats(
 ///
 /// This is the hot path: it borrows the request's headers instead of extracting a copy, and
 /// works out the client (for read-your-writes) only on a cache miss.
-async fn redirect(
+pub(crate) async fn redirect(
     State(state): State<AppState>,
-    Path(code): Path<String>,
-    req: axum::extract::Request,
+    CodePath(code): CodePath,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    path_code(&code)?;
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let (target, hit) = match state.cache.get(&code, &state.metrics).await {
         Some(t) => (t, true),

@@ -30,12 +30,22 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// What was re-read: `rules`, `shard_map`, `tls_certificate`.
+    pub source: String,
+    /// `applied` or `refused` (the current one is kept).
+    pub outcome: String,
+}
+
 /// Every metric the app exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Histogram,
+    /// Link API and redirect requests being served now (what the concurrency limit counts).
+    pub in_flight: Gauge,
     /// Committed write transactions.
     pub tx: Counter,
     /// Write transactions retried after SQLSTATE 40001/40P01.
@@ -44,6 +54,13 @@ pub struct Metrics {
     pub clicks: Family<OutcomeLabels, Counter>,
     pub rate_limited: Counter,
     pub purges: Family<OutcomeLabels, Counter>,
+    /// Re-read configuration files by source and outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the data tier answers its health query, 0 while it does not.
+    pub store_up: Gauge,
+    /// 1 while the app serves in a degraded state (the data tier is down, cached redirects are
+    /// still served), else 0.
+    pub degraded: Gauge,
     pub load_rps: Gauge<f64, AtomicU64>,
     pub load_tps: Gauge<f64, AtomicU64>,
     pub load_p99_ms: Gauge<f64, AtomicU64>,
@@ -67,6 +84,12 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency",
             http_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "link API and redirect requests being served",
+            in_flight.clone(),
         );
         let tx = Counter::default();
         registry.register(
@@ -104,6 +127,26 @@ impl Metrics {
             "edge (Varnish) purges by outcome",
             purges.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "configuration files re-read, by source and outcome (applied, refused)",
+            reloads.clone(),
+        );
+        let store_up = Gauge::default();
+        // Up until a probe says otherwise (a fresh app has not failed yet).
+        store_up.set(1);
+        registry.register(
+            "store_up",
+            "1 while the data tier answers its health query",
+            store_up.clone(),
+        );
+        let degraded = Gauge::default();
+        registry.register(
+            "degraded",
+            "1 while only cached redirects can be served (the data tier is down)",
+            degraded.clone(),
+        );
         let load_rps = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "load_requests_per_second",
@@ -132,12 +175,16 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            in_flight,
             tx,
             tx_retries,
             cache,
             clicks,
             rate_limited,
             purges,
+            reloads,
+            store_up,
+            degraded,
             load_rps,
             load_tps,
             load_p99_ms,
@@ -160,6 +207,16 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc_by(by);
+    }
+
+    /// Counts one re-read of a configuration file.
+    pub fn reloaded(&self, source: &str, applied: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                source: source.to_owned(),
+                outcome: if applied { "applied" } else { "refused" }.to_owned(),
+            })
+            .inc();
     }
 
     /// Records a committed write transaction.

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::ConnectionManager;
 
+use crate::metrics::Metrics;
+
 pub use ladder_crds::contract::Rules;
 
 /// Outcome of a rate-limit check.
@@ -96,7 +98,7 @@ impl Limiter {
     }
 
     /// Re-reads the rules file whenever its modification time changes.
-    pub fn watch(self: &Arc<Self>, path: PathBuf, every: Duration) {
+    pub fn watch(self: &Arc<Self>, path: PathBuf, every: Duration, metrics: Arc<Metrics>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut seen: Option<SystemTime> =
@@ -114,8 +116,10 @@ impl Limiter {
                     Ok(rules) => {
                         tracing::info!(?rules, "rules reloaded");
                         me.set_rules(rules);
+                        metrics.reloaded("rules", true);
                     }
                     Err(err) => {
+                        metrics.reloaded("rules", false);
                         tracing::error!(error = %err, "rules file invalid; keeping the current rules")
                     }
                 }

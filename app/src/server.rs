@@ -19,6 +19,11 @@ use crate::{AppConfig, AppState};
 
 /// Opens the data tier and every optional service named in `args`.
 pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+    crate::auth::check_exposure(
+        args.listen,
+        args.api_key_hash.is_some(),
+        args.oidc_config.is_some(),
+    )?;
     let metrics = Arc::new(Metrics::new(Duration::from_secs(args.load_window_secs)));
     let opened = store::open(&args.store, &args.store_options(), metrics.clone())
         .await
@@ -55,6 +60,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         limiter.watch(
             p.clone(),
             args.poll_interval().max(Duration::from_millis(200)),
+            metrics.clone(),
         );
     }
     let flush = Duration::from_millis(args.click_flush_ms.max(10));
@@ -136,11 +142,48 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             trust_forwarded_for: args.trust_forwarded_for,
             instance,
             auth,
+            api_key: args.api_key_hash.clone(),
+            request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+            max_in_flight: args.max_in_flight.max(1),
         },
     );
     watch_cutover(&state, args);
+    watch_health(&state, args);
     Ok(state)
 }
+
+/// Probes the data tier and the cache in the background, so `ladder_store_up`,
+/// `ladder_degraded` and `/load` follow an outage even when nobody calls `/readyz`.
+fn watch_health(state: &AppState, args: &ServeArgs) {
+    let weak = Arc::downgrade(&state.0);
+    let every = args.poll_interval().max(Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            let was_up = inner.metrics.store_up.get() == 1;
+            let health = crate::api::probe(&AppState(inner)).await;
+            if was_up != health.store {
+                tracing::warn!(
+                    status = health.status(),
+                    "data tier {}",
+                    if health.store {
+                        "back"
+                    } else {
+                        "not answering"
+                    }
+                );
+            }
+        }
+    });
+}
+
+/// How long one read of the cut-over pointer may take.
+const CONTROL_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the clicks of the last flush interval may take to flush on SIGTERM (the kubelet's
+/// default grace period is 30 s).
+const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Follows the cut-over pointer of the current tier (see `crate::migrate`): when a migration has
 /// fenced this tier and named its successor, open the successor and switch to it. Until the
@@ -155,7 +198,9 @@ fn watch_cutover(state: &AppState, args: &ServeArgs) {
             tick.tick().await;
             let Some(inner) = weak.upgrade() else { return };
             let current = inner.store.get();
-            let Ok(control) = current.control().await else {
+            // Bounded: a database that never answers must not stall the watcher for good.
+            let Ok(Ok(control)) = tokio::time::timeout(CONTROL_DEADLINE, current.control()).await
+            else {
                 continue;
             };
             let Some(next) = control.moved_to else {
@@ -218,7 +263,7 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if args.report_load {
         crate::report::spawn(state.clone(), args);
     }
-    let listener = Listener::bind(args).await?;
+    let listener = Listener::bind(args, state.metrics.clone()).await?;
     let (addr, tls) = (listener.local_addr()?, listener.is_tls());
     let router = crate::app(state.clone());
     let task = tokio::spawn(async move {
@@ -240,9 +285,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.report_load {
         crate::report::spawn(state.clone(), &args);
     }
-    let listener = Listener::bind(&args).await?;
+    let listener = Listener::bind(&args, state.metrics.clone()).await?;
     tracing::info!(addr = %listener.local_addr()?, tls = listener.is_tls(), store = %args.store.redacted(), phase = args.phase, "serving");
-    listener.serve(crate::app(state), shutdown_signal()).await?;
+    listener
+        .serve(crate::app(state.clone()), shutdown_signal())
+        .await?;
+    // Every request has been answered: what they recorded is all there is to flush.
+    match tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, state.clicks.flush()).await {
+        Ok(Ok(())) => tracing::info!("clicks flushed"),
+        Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "clicks lost at shutdown"),
+        Err(_) => tracing::error!("clicks lost at shutdown: the flush did not finish in time"),
+    }
     Ok(())
 }
 
@@ -253,13 +306,14 @@ enum Listener {
 }
 
 impl Listener {
-    async fn bind(args: &ServeArgs) -> anyhow::Result<Listener> {
+    async fn bind(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Listener> {
         // Read the certificate before binding: a bad one fails the start, not the first client.
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::server_config_reloading(
                 cert,
                 key,
                 Duration::from_millis(args.tls_reload_ms.max(100)),
+                Some(metrics),
             )?),
             _ => None,
         };

@@ -86,14 +86,16 @@ impl ResolvesServerCert for Reloading {
 /// The serving configuration from a PEM certificate chain and key, re-read every
 /// [`RELOAD_EVERY`] (must be called inside a Tokio runtime).
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    server_config_reloading(cert, key, RELOAD_EVERY)
+    server_config_reloading(cert, key, RELOAD_EVERY, None)
 }
 
-/// [`server_config`] with a chosen reload interval.
+/// [`server_config`] with a chosen reload interval; each change seen is counted in
+/// `ladder_config_reloads_total{source="tls_certificate"}` when `metrics` is given.
 pub fn server_config_reloading(
     cert: &Path,
     key: &Path,
     every: Duration,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     install_crypto_provider();
     let (ck, mut stamp) = certified_key(cert, key)?;
@@ -103,18 +105,36 @@ pub fn server_config_reloading(
     let (weak, cert, key): (_, PathBuf, PathBuf) =
         (Arc::downgrade(&resolver), cert.to_owned(), key.to_owned());
     tokio::spawn(async move {
+        // The files of the last pair refused, so a broken pair is reported once.
+        let mut refused: Vec<u8> = Vec::new();
         loop {
             tokio::time::sleep(every).await;
             let Some(r) = weak.upgrade() else { return };
+            let count = |applied| {
+                if let Some(m) = &metrics {
+                    m.reloaded("tls_certificate", applied);
+                }
+            };
             match certified_key(&cert, &key) {
                 Ok((_, s)) if s == stamp => {}
                 Ok((ck, s)) => {
                     *r.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
                     stamp = s;
+                    count(true);
                     tracing::info!(cert = %cert.display(), "serving certificate reloaded");
                 }
                 Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "serving certificate not reloaded; keeping the current one")
+                    // Counted once per broken pair, not once per poll.
+                    let seen = std::fs::read(&cert)
+                        .into_iter()
+                        .chain(std::fs::read(&key))
+                        .flatten()
+                        .collect::<Vec<u8>>();
+                    if seen != refused {
+                        refused = seen;
+                        count(false);
+                        tracing::warn!(error = %format!("{err:#}"), "serving certificate not reloaded; keeping the current one")
+                    }
                 }
             }
         }

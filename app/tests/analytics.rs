@@ -20,49 +20,24 @@ async fn clicks_go_to_clickhouse_and_back_as_stats() {
     a.clickhouse_database = unique("ladder_test");
     let app = start(&a).await;
     let (c, base) = (http(), app.url());
-    let ready: serde_json::Value = c
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
     assert_eq!(
-        ready["clicks"], "clickhouse",
+        ready(&c, &base).await["clicks"],
+        "clickhouse",
         "phase 3 with a ClickHouse URL sends clicks there"
     );
     let code = create(&c, &base, "https://example.com/", None).await;
     let other = create(&c, &base, "https://example.org/", None).await;
     for _ in 0..7 {
-        assert_eq!(
-            c.get(format!("{base}/{code}"))
-                .send()
-                .await
-                .expect("redirect")
-                .status(),
-            302
-        );
+        assert_eq!(status(&c, &format!("{base}/{code}")).await, 302);
     }
-    assert_eq!(
-        c.get(format!("{base}/{other}"))
-            .send()
-            .await
-            .expect("redirect")
-            .status(),
-        302
-    );
-    let stats = eventually("clicks in ClickHouse", Duration::from_secs(15), || async {
-        let v: serde_json::Value = c
-            .get(format!("{base}/api/v1/links/{code}/stats"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["total"] == 7).then_some(v)
-    })
+    assert_eq!(status(&c, &format!("{base}/{other}")).await, 302);
+    let stats = poll_json(
+        &c,
+        &format!("{base}/api/v1/links/{code}/stats"),
+        "clicks in ClickHouse",
+        Duration::from_secs(15),
+        |_, v| v["total"] == 7,
+    )
     .await;
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert_eq!(stats["days"][0]["day"], today);
@@ -97,14 +72,7 @@ async fn clickhouse_outage_never_fails_a_redirect() {
     let code = create(&c, &base, "https://example.com/", None).await;
     let started = Instant::now();
     for _ in 0..30 {
-        assert_eq!(
-            c.get(format!("{base}/{code}"))
-                .send()
-                .await
-                .expect("redirect")
-                .status(),
-            302
-        );
+        assert_eq!(status(&c, &format!("{base}/{code}")).await, 302);
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -140,3 +140,42 @@ async fn the_management_api_needs_a_token_with_a_role_and_redirects_stay_public(
     let rotated = k2.sign(&claims(&idp.url, "shop-app", &["ladder-admins"], 300), None);
     assert_eq!(post(Some(rotated), "yes-2").await.status(), 201);
 }
+
+/// The real binary refuses to serve an open management API on a non-loopback address, before
+/// it binds anything, and says what to set.
+#[tokio::test]
+async fn an_unauthenticated_api_is_refused_off_loopback() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder-app"))
+        .arg("serve")
+        .env_clear()
+        .env("LADDER_LISTEN", format!("0.0.0.0:{}", free_port()))
+        .env("LADDER_STORE", format!("sqlite:{}", temp_sqlite()))
+        .output()
+        .await
+        .expect("run ladder-app");
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("refusing to serve an unauthenticated management API")
+            && text.contains("LADDER_API_KEY_HASH"),
+        "{text}"
+    );
+    // A malformed hash is refused with the expected format.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ladder-app"))
+        .arg("serve")
+        .env_clear()
+        .env("LADDER_API_KEY_HASH", "md5:abc")
+        .output()
+        .await
+        .expect("run ladder-app");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sha256:<64 lowercase hex digits>"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

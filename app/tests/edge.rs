@@ -44,13 +44,11 @@ async fn cache_header(c: &reqwest::Client, base: &str, code: &str) -> (u16, Stri
         .send()
         .await
         .expect("redirect");
-    let h = |n: &str| {
-        r.headers()
-            .get(n)
-            .map(|v| v.to_str().unwrap_or("").to_owned())
-            .unwrap_or_default()
-    };
-    (r.status().as_u16(), h("x-ladder-cache"), h("location"))
+    (
+        r.status().as_u16(),
+        header(&r, "x-ladder-cache"),
+        header(&r, "location"),
+    )
 }
 
 #[tokio::test]
@@ -277,33 +275,20 @@ async fn rate_limit_is_shared_across_instances_and_reloadable() {
         "allowed {allowed}, limited {limited}"
     );
     // Operational endpoints are never limited.
-    assert_eq!(
-        c.get(format!("{}/healthz", app1.url()))
-            .send()
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
+    assert_eq!(status(&c, &format!("{}/healthz", app1.url())).await, 200);
 
     // Reload: rate limiting off.
     std::fs::write(&rules, r#"{"ratePerSecond": 0}"#).expect("rules");
-    eventually("rules reloaded", Duration::from_secs(10), || async {
-        let s1 = c
-            .get(format!("{}/nosuchcode", app1.url()))
-            .send()
-            .await
-            .ok()?
-            .status();
-        let s2 = c
-            .get(format!("{}/nosuchcode", app2.url()))
-            .send()
-            .await
-            .ok()?
-            .status();
-        (s1 == 404 && s2 == 404).then_some(())
-    })
-    .await;
+    for app in [&app1, &app2] {
+        poll_json(
+            &c,
+            &format!("{}/nosuchcode", app.url()),
+            "rules reloaded",
+            Duration::from_secs(10),
+            |s, _| s == 404,
+        )
+        .await;
+    }
     // WAF rules reload too: a blocked target host.
     std::fs::write(
         &rules,

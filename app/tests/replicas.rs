@@ -24,16 +24,6 @@ async fn replica_conn(db: &str) -> sqlx::PgConnection {
     .await
 }
 
-async fn ready(c: &reqwest::Client, base: &str) -> serde_json::Value {
-    c.get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json")
-}
-
 async fn in_rotation(c: &reqwest::Client, base: &str) -> bool {
     ready(c, base).await["store"]["replicas"][0]["inRotation"]
         .as_bool()
@@ -47,12 +37,7 @@ async fn get_as(c: &reqwest::Client, base: &str, client: &str, code: &str) -> (u
         .send()
         .await
         .expect("get");
-    let from = r
-        .headers()
-        .get("x-ladder-read-from")
-        .map(|v| v.to_str().unwrap_or("").to_owned())
-        .unwrap_or_default();
-    (r.status().as_u16(), from)
+    (r.status().as_u16(), header(&r, "x-ladder-read-from"))
 }
 
 #[tokio::test]

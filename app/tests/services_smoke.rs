@@ -1,7 +1,7 @@
 //! Smoke tests of the real data services that `make services-up` starts
 //! (hack/services.sh): they prove the test bed itself works before the app's
-//! own tests lean on it. Connection URLs come from `.ladder/services.env`,
-//! which the Makefile exports.
+//! own tests lean on it. Connection URLs come from `.ladder/services.env`
+//! (see `common::env`).
 
 use std::time::{Duration, Instant};
 
@@ -9,20 +9,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, raw_sql};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `make services-up` and source .ladder/services.env")
-    })
-}
+mod common;
 
-/// A name no other run of this test shares, so reruns never collide.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
+use common::{env, unique};
 
 #[tokio::test]
 async fn row_written_through_pgbouncer_is_read_on_the_streaming_replica() {

@@ -106,28 +106,17 @@ async fn routes_by_map_and_follows_a_live_map_change() {
         ..v1.clone()
     };
     write_map(&path, &v2);
-    eventually("map v2 in force", Duration::from_secs(10), || async {
-        let r: serde_json::Value = c
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (r["store"]["shardMapVersion"] == 2).then_some(())
-    })
+    poll_json(
+        &c,
+        &format!("{base}/readyz"),
+        "map v2 in force",
+        Duration::from_secs(10),
+        |_, r| r["store"]["shardMapVersion"] == 2,
+    )
     .await;
     // Old links still resolve; new links in free slots land on s2.
     for code in &codes {
-        assert_eq!(
-            c.get(format!("{base}/{code}"))
-                .send()
-                .await
-                .expect("redirect")
-                .status(),
-            302
-        );
+        assert_eq!(status(&c, &format!("{base}/{code}")).await, 302);
     }
     let mut on_s2 = Vec::new();
     for i in 0..20 {
@@ -141,11 +130,7 @@ async fn routes_by_map_and_follows_a_live_map_change() {
     for code in &on_s2 {
         assert!(in2.contains(code), "{code} should be on the new shard s2");
         assert_eq!(
-            c.get(format!("{base}/api/v1/links/{code}"))
-                .send()
-                .await
-                .expect("get")
-                .status(),
+            status(&c, &format!("{base}/api/v1/links/{code}")).await,
             200
         );
     }
@@ -155,15 +140,21 @@ async fn routes_by_map_and_follows_a_live_map_change() {
         r#"{"version": 3, "slots": 64, "shards": [], "ranges": []}"#,
     )
     .expect("write");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let r: serde_json::Value = c
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(r["store"]["shardMapVersion"], 2);
+    eventually(
+        "the invalid map to be refused",
+        Duration::from_secs(10),
+        || async {
+            let refused = metric(
+                &c,
+                &base,
+                "ladder_config_reloads_total",
+                "source=\"shard_map\",outcome=\"refused\"",
+            )
+            .await;
+            (refused >= 1.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(ready(&c, &base).await["store"]["shardMapVersion"], 2);
     crud_round(&base).await;
 }

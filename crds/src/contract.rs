@@ -82,6 +82,10 @@ pub mod env {
     pub fn is_reserved(name: &str) -> bool {
         name.starts_with(RESERVED_PREFIX) || OTEL_SET_BY_OPERATOR.contains(&name)
     }
+    /// `sha256:<lowercase hex of SHA-256(key)>`: the management API then requires
+    /// `Authorization: Bearer <key>`. The app holds only the hash; the key itself lives in a
+    /// Secret for the API's clients.
+    pub const API_KEY_HASH: &str = "LADDER_API_KEY_HASH";
 }
 
 /// URL scheme naming a PostgreSQL database behind PgBouncer in transaction mode

@@ -458,6 +458,9 @@ pub use ladder_crds::contract::redact_url;
 pub struct StoreOptions {
     pub max_connections: u32,
     pub acquire_timeout: std::time::Duration,
+    /// The server-side `statement_timeout` of PostgreSQL sessions (not through PgBouncer: see
+    /// `pg`); None: the server's default.
+    pub statement_timeout: Option<std::time::Duration>,
     /// Replicas whose replay position is further behind the primary than this leave rotation.
     pub max_replica_lag_bytes: u64,
     /// How often replica health and shard-map files are checked.
@@ -471,6 +474,7 @@ impl fmt::Debug for StoreOptions {
         f.debug_struct("StoreOptions")
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .field("max_replica_lag_bytes", &self.max_replica_lag_bytes)
             .field("poll_interval", &self.poll_interval)
             .field("password", &self.password.as_ref().map(|_| "***"))
@@ -483,6 +487,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 16,
             acquire_timeout: std::time::Duration::from_secs(3),
+            statement_timeout: None,
             max_replica_lag_bytes: 1024 * 1024,
             poll_interval: std::time::Duration::from_millis(250),
             password: None,

@@ -164,6 +164,12 @@ impl PgStore {
         options = options.application_name("ladder-app");
         if mode == PgMode::Bouncer {
             options = options.statement_cache_capacity(0);
+        } else if let Some(t) = opts.statement_timeout {
+            // A startup parameter: set once per session, no extra round trip. PgBouncer 1.18
+            // refuses (or, when told to ignore it, drops) `options`, so behind it the bouncer's
+            // `query_timeout` bounds statements instead, and the app's request timeout bounds
+            // what a client waits either way.
+            options = options.options([("statement_timeout", t.as_millis().to_string())]);
         }
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)

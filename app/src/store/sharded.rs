@@ -116,8 +116,12 @@ impl ShardedStore {
                         continue;
                     }
                     seen = modified;
-                    if let Err(err) = reload(&routing, &path, &opts, &metrics).await {
-                        tracing::error!(error = %format!("{err:#}"), "shard map reload failed; keeping the current map");
+                    match reload(&routing, &path, &opts, &metrics).await {
+                        Ok(()) => metrics.reloaded("shard_map", true),
+                        Err(err) => {
+                            metrics.reloaded("shard_map", false);
+                            tracing::error!(error = %format!("{err:#}"), "shard map reload failed; keeping the current map");
+                        }
                     }
                 }
             }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod oidc;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -154,6 +155,62 @@ pub async fn create(c: &reqwest::Client, base: &str, url: &str, code: Option<&st
     v["code"].as_str().expect("code").to_owned()
 }
 
+/// GET `url`: its status and its body as JSON (`Null` when the body is not JSON).
+pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let r = c
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    let body = r
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} body: {e}"));
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The status of GET `url`.
+pub async fn status(c: &reqwest::Client, url: &str) -> u16 {
+    get_json(c, url).await.0
+}
+
+/// The body of an app's `/readyz` (whatever its status).
+pub async fn ready(c: &reqwest::Client, base: &str) -> serde_json::Value {
+    get_json(c, &format!("{base}/readyz")).await.1
+}
+
+/// Polls GET `url` until `done(status, body)` holds; returns the body. Connection errors count
+/// as "not yet".
+pub async fn poll_json(
+    c: &reqwest::Client,
+    url: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually(what, timeout, || async {
+        let r = c.get(url).send().await.ok()?;
+        let status = r.status().as_u16();
+        let body = r.bytes().await.ok()?;
+        let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        done(status, &v).then_some(v)
+    })
+    .await
+}
+
+/// A response header as text ("" when absent).
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Polls `f` until it returns Some, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -207,14 +264,7 @@ pub async fn crud_round_with(c: &reqwest::Client, base: &str) {
     let c = c.clone();
     let code = create(&c, base, "https://example.com/a?b=c", None).await;
     // show
-    let v: serde_json::Value = c
-        .get(format!("{base}/api/v1/links/{code}"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let (_, v) = get_json(&c, &format!("{base}/api/v1/links/{code}")).await;
     assert_eq!(v["url"], "https://example.com/a?b=c");
     // redirect, cacheable
     let r = c
@@ -264,14 +314,13 @@ pub async fn crud_round_with(c: &reqwest::Client, base: &str) {
         .expect("redirect");
     assert_eq!(r.headers()["location"], "https://example.net/new");
     // stats count the redirects (flushed in the background)
-    eventually("clicks in stats", Duration::from_secs(10), || {
-        let c = c.clone();
-        let url = format!("{base}/api/v1/links/{code}/stats");
-        async move {
-            let v: serde_json::Value = c.get(url).send().await.ok()?.json().await.ok()?;
-            (v["total"].as_i64() == Some(2)).then_some(())
-        }
-    })
+    poll_json(
+        &c,
+        &format!("{base}/api/v1/links/{code}/stats"),
+        "clicks in stats",
+        Duration::from_secs(10),
+        |_, v| v["total"].as_i64() == Some(2),
+    )
     .await;
     // delete
     let r = c
@@ -280,14 +329,7 @@ pub async fn crud_round_with(c: &reqwest::Client, base: &str) {
         .await
         .expect("delete");
     assert_eq!(r.status(), 204);
-    assert_eq!(
-        c.get(format!("{base}/{code}"))
-            .send()
-            .await
-            .expect("gone")
-            .status(),
-        404
-    );
+    assert_eq!(status(&c, &format!("{base}/{code}")).await, 404);
     assert_eq!(
         c.delete(format!("{base}/api/v1/links/{code}"))
             .send()
