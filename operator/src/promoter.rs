@@ -132,15 +132,21 @@ impl History {
     /// Adds a sample and forgets what is older than `horizon` seconds (plus
     /// one sample before it, which proves the window is covered).
     pub fn push(&mut self, s: Sample, horizon: i64) {
+        if self.samples.back().is_some_and(|last| s.at <= last.at) {
+            return;
+        }
+        // Measured from the sample *before* the newest: otherwise samples
+        // that come every 2 s would keep replacing the newest one and the
+        // history would never grow.
         let len = self.samples.len();
-        if let Some(last) = self.samples.back_mut() {
-            if s.at <= last.at {
-                return;
-            }
-            if s.at.duration_since(last.at).as_secs() < MIN_SAMPLE_GAP_SECS && len > 1 {
+        if len >= 2
+            && let Some(before) = self.samples.get(len - 2)
+            && s.at.duration_since(before.at).as_secs() < MIN_SAMPLE_GAP_SECS
+        {
+            if let Some(last) = self.samples.back_mut() {
                 *last = s;
-                return;
             }
+            return;
         }
         self.samples.push_back(s);
         let cutoff = s.at - SignedDuration::from_secs(horizon);
@@ -793,6 +799,29 @@ mod tests {
         );
         let (sum, _) = sum_reports("shop", reports[2..3].iter(), &ours, ts(0));
         assert_eq!(sum, None, "only stale reports: no data, not zero");
+    }
+
+    #[test]
+    fn frequent_samples_still_fill_the_window() {
+        // Reports every 2 s (faster than the merge gap) must still promote.
+        let p = Policy {
+            promote_after: 10,
+            ..auto()
+        };
+        let mut h = History::default();
+        let mut t = 0;
+        while t <= 14 {
+            h.push(
+                Sample {
+                    at: ts(t),
+                    tps: Some(9.0),
+                },
+                p.horizon(),
+            );
+            t += 2;
+        }
+        assert!(h.samples.len() >= 3, "{:?}", h.samples.len());
+        assert_eq!(decide(&p, &h, &inputs(14, 0, &[])).recommended, 1);
     }
 
     #[test]
