@@ -11,7 +11,7 @@ export KUBECONFIG_LADDER := $(CURDIR)/.ladder/cluster/kubeconfig
 CARGO ?= cargo
 
 .PHONY: help demo test test-unit test-integration test-e2e lint fmt crds check-crds \
-        cluster-up cluster-down services-up services-down toolchain bench bench-app clean
+        cluster-up cluster-down services-up services-down toolchain bench bench-app clean images chart-files
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -46,7 +46,13 @@ test-e2e: cluster-up ## end-to-end tests against the local control plane
 
 crds: ## regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run -q -p ladder-operator --locked -- crd > crds/manifests/ladder.dev_crds.yaml
-	cp crds/manifests/ladder.dev_crds.yaml charts/ladder-operator/crds/ladder.dev_crds.yaml
+	cp crds/manifests/ladder.dev_crds.yaml charts/ladder-operator/charts/ladder-crds/files/ladder.dev_crds.yaml
+
+chart-files: ## copy deploy/observability's rules and dashboard into the chart (checked for drift by the e2e tests)
+	cp deploy/observability/rules.yaml deploy/observability/ladder-dashboard.json charts/ladder-operator/files/
+
+images: ## build the ladder-operator and ladder-app images (no Docker daemon) into .ladder/images/
+	@hack/images.sh
 
 cluster-up: ## build (cached) and start the local control plane; kubeconfig in .ladder/cluster/
 	@hack/cluster.sh up

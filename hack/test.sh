@@ -54,6 +54,10 @@ set -a; source .ladder/services.env; set +a
 # The LoadReport test writes to the local control plane (it is up already).
 LADDER_KUBECONFIG="$CLUSTER_DIR/kubeconfig" cargo test -p ladder-app "${TEST_FLAGS[@]}" --test '*'
 
+step "container images (static musl binaries on scratch, no Docker daemon)"
+# e2e/tests/images.rs unpacks and runs them.
+bash hack/images.sh
+
 step "e2e tests against the local control plane"
 KUBECONFIG="$CLUSTER_DIR/kubeconfig" cargo test -p ladder-e2e "${TEST_FLAGS[@]}" --tests
 
