@@ -6,6 +6,8 @@
 //! operator's own metrics endpoint on 127.0.0.1; pod and Service IPs are
 //! never contacted.
 
+pub mod load;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
