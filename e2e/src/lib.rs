@@ -2,9 +2,10 @@
 //! plane, one temporary namespace per test, the operator binary scoped to
 //! that namespace, and waits on conditions (never fixed sleeps).
 //!
-//! Every connection goes to the local apiserver (127.0.0.1) or to the
-//! operator's own metrics endpoint on 127.0.0.1; pod and Service IPs are
-//! never contacted.
+//! Every connection goes to the local apiserver (127.0.0.1), to the
+//! operator's own metrics endpoint on 127.0.0.1, or to `ladder-app`
+//! processes the tests start on 127.0.0.1 ([`load`]); pod and Service IPs
+//! are never contacted.
 
 pub mod load;
 
