@@ -11,7 +11,7 @@ export KUBECONFIG_LADDER := $(CURDIR)/.ladder/cluster/kubeconfig
 CARGO ?= cargo
 
 .PHONY: help demo test test-unit test-integration test-e2e lint fmt crds check-crds \
-        cluster-up cluster-down services-up services-down toolchain bench bench-app clean images chart-files
+        cluster-up cluster-down services-up services-down toolchain bench bench-app bench-promotion clean images chart-files
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ services-down: ## stop the data services and remove their state
 bench: cluster-up ## benchmark the operator (time to Ready vs kubectl apply, 200/1000 ScalingPhases, RSS); writes bench/operator.md
 	$(CARGO) build --release -p ladder-operator --locked
 	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q -p ladder-e2e --locked --bin bench-operator -- --many 200 --most 1000
+
+bench-promotion: cluster-up ## benchmark the promoter (reaction time to a threshold, status writes/min at steady load); writes bench/promotion.md
+	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q -p ladder-e2e --locked --bin bench-promotion
 
 bench-app: ## benchmark ladder-app per tier beside its ceilings; writes bench/app.md
 	@hack/bench-app.sh

@@ -4,12 +4,14 @@
 //! [`runner`], which really runs the operator's migration Job pods (kwok runs
 //! no containers) against the local services.
 //!
-//! Every connection goes to the local apiserver (127.0.0.1) or to the
-//! operator's own metrics endpoint on 127.0.0.1; pod and Service IPs are
-//! never contacted (the migration runner maps Service names to the local
-//! services on loopback).
+//! Every connection goes to the local apiserver (127.0.0.1), to the
+//! operator's own metrics endpoint on 127.0.0.1, or to `ladder-app`
+//! processes the tests start on 127.0.0.1 ([`load`], and the migration
+//! runner, which maps Service names to the local services on loopback); pod
+//! and Service IPs are never contacted.
 
 pub mod app;
+pub mod load;
 pub mod runner;
 
 use std::future::Future;
