@@ -295,16 +295,19 @@ async fn rate_limit_is_shared_across_instances_and_reloadable() {
         r#"{"blockedHosts": ["evil.example"], "maxUrlLength": 64}"#,
     )
     .expect("rules");
-    eventually("waf rules reloaded", Duration::from_secs(10), || async {
-        let r = c
-            .post(format!("{}/api/v1/links", app2.url()))
-            .json(&serde_json::json!({"url": "https://www.evil.example/x"}))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 422).then_some(())
-    })
-    .await;
+    // Each instance watches the file on its own: wait for both before asserting on either.
+    for app in [&app1, &app2] {
+        eventually("waf rules reloaded", Duration::from_secs(10), || async {
+            let r = c
+                .post(format!("{}/api/v1/links", app.url()))
+                .json(&serde_json::json!({"url": "https://www.evil.example/x"}))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 422).then_some(())
+        })
+        .await;
+    }
     let long = format!("https://example.com/{}", "a".repeat(80));
     let r = c
         .post(format!("{}/api/v1/links", app1.url()))
