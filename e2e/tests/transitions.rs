@@ -166,7 +166,8 @@ async fn climb_0_to_1_migrates_every_acknowledged_write() {
             if let Some(c) = condition(&sp, "TransitionBlocked")
                 && c.status == "True"
             {
-                anyhow::bail!("blocked: {} {}", c.reason, c.message);
+                // Stop waiting at once: a blocked transition does not unblock by itself.
+                return Ok(Some(Err(format!("blocked: {} {}", c.reason, c.message))));
             }
             let status = sp.status.clone().unwrap_or_default();
             let ready = condition(&sp, "Ready").is_some_and(|c| {
@@ -176,11 +177,12 @@ async fn climb_0_to_1_migrates_every_acknowledged_write() {
                 .transition
                 .as_ref()
                 .is_none_or(|t| t.step == TransitionStep::Done);
-            Ok((ready && done && status.active_phase == Some(1)).then_some(sp))
+            Ok((ready && done && status.active_phase == Some(1)).then_some(Ok(sp)))
         }
     })
     .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()))
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
 
     let status = sp.status.expect("status");
     let phases: Vec<i32> = status.history.iter().map(|h| h.phase).collect();
