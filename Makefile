@@ -41,7 +41,7 @@ test-integration: services-up cluster-up ## integration tests against the real d
 	set -a; source .ladder/services.env; set +a; \
 	LADDER_KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-app --locked --test '*'
 
-test-e2e: cluster-up ## end-to-end tests against the local control plane
+test-e2e: services-up cluster-up ## end-to-end tests against the local control plane (migrations run against the local services)
 	LADDER_HELM=$$(hack/build-helm.sh) KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) test -p ladder-e2e --locked
 
 crds: ## regenerate crds/ (and the chart's copy) from the Rust types

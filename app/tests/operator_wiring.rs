@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{create, crud_round_with, env, eventually, free_port, https, metric, oidc, unique};
+use common::{create, crud_round_with, env, eventually, free_port, metric, oidc, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar};
 use ladder_crds::contract::{self, ShardMap};
@@ -172,8 +172,39 @@ fn expand(value: &str, defined: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// The management API key the wired apps get (the operator generates a
+/// random one into `<sp>-api-key`; the app holds only its hash).
+const WIRING_KEY: &str = "wiring-test-management-api-key";
+
+/// `sha256:<hex>` of [`WIRING_KEY`], as the operator writes `api-key-hash`.
+fn wiring_key_hash() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(WIRING_KEY.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A client that presents the wired apps' API key.
+fn with_key(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {WIRING_KEY}").parse().expect("header"),
+    );
+    builder
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 /// The local services' password for a rendered credentials Secret.
 fn secret_value(secret: &str, key: &str) -> String {
+    if secret.ends_with("-api-key") {
+        assert_eq!(key, "api-key-hash", "the app reads only the key's hash");
+        return wiring_key_hash();
+    }
     assert_eq!(key, "password", "unexpected key {key} of Secret {secret}");
     if secret.ends_with("-postgres-credentials") || secret.ends_with("-clickhouse-credentials") {
         "ladder".into()
@@ -358,7 +389,11 @@ async fn metric_reaches(c: &reqwest::Client, base: &str, name: &str, filter: &st
 }
 
 fn client() -> reqwest::Client {
-    https(&env("LADDER_TLS_CA_FILE"))
+    let pem = std::fs::read(env("LADDER_TLS_CA_FILE")).expect("read the local CA");
+    with_key(
+        reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("CA is PEM")),
+    )
 }
 
 async fn create_databases(names: &[String]) {
@@ -397,7 +432,7 @@ async fn phase_0_serves_from_the_rendered_volume() {
     let d = render("phase: 0");
     assert!(rendered_store(&d).starts_with("sqlite:/data/"));
     let mut app = start(&d, &[]);
-    let c = common::http();
+    let c = with_key(reqwest::Client::builder());
     wait_ready(&mut app, &c).await;
     crud_round_with(&c, &app.base).await;
     let db = app._dir.join("data").join("ladder.db");
