@@ -248,18 +248,37 @@ async fn integrations_follow_their_crds_at_run_time() -> anyhow::Result<()> {
         );
     }
 
-    // 4. Pruning: phase 0 has no TLS, so its Certificates and Issuers go;
-    //    the app is still scraped (plain HTTP) through its ServiceMonitor.
+    // 4. Stepping "fresh" down to phase 0 moves data (PostgreSQL → SQLite):
+    //    without an approval nothing changes, its Certificates included. A
+    //    ScalingPhase created at phase 0 has no TLS, so it gets no
+    //    Certificates or Issuers, and its app is scraped over plain HTTP.
     ns.apply_sp(&growth.replace("phase: 1", "phase: 0")).await?;
-    until("Certificates and Issuers pruned", &op, async || {
-        Ok(names(&certificates, "fresh").await?.is_empty()
-            && names(&issuers, "fresh").await?.is_empty())
+    let sps = ns.sps();
+    until("the demotion held for approval", &op, async || {
+        let sp = sps.get("fresh").await?;
+        Ok(sp.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "TransitionBlocked"
+                    && c.status == "True"
+                    && c.reason == "ApprovalRequired"
+            })
+        }))
     })
     .await?;
-    let m = monitors.get("fresh-app").await?;
+    assert_eq!(
+        names(&certificates, "fresh").await?,
+        fresh_certs,
+        "nothing pruned without approval"
+    );
+    let zero = "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {name: zero}\nspec: {phase: 0}\n";
+    ns.apply_sp(zero).await?;
+    ns.wait_ready("zero", 0, TIMEOUT).await?;
+    assert!(names(&certificates, "zero").await?.is_empty());
+    assert!(names(&issuers, "zero").await?.is_empty());
+    let m = monitors.get("zero-app").await?;
     assert_eq!(m.data["spec"]["endpoints"][0]["scheme"], "http");
     ns.apply_sp(growth).await?;
-    until("Certificates back in phase 1", &op, async || {
+    until("Certificates still there in phase 1", &op, async || {
         Ok(names(&certificates, "fresh").await? == fresh_certs)
     })
     .await?;
