@@ -358,11 +358,11 @@ async fn an_invalid_spec_gets_a_condition_and_an_event_not_a_crash_loop() -> any
     assert_eq!(op.metric_sum("ladder_reconcile_errors_total").await?, 0.0);
 
     // Fixing the spec recovers.
-    let fix = serde_json::json!({"spec": {"app": {"env": [{"name": "GREETING", "value": "hi"}]}}});
+    let fix = serde_json::json!({"spec": {"edge": {"purgeAllowedCidrs": ["10.0.0.0/8"]}}});
     ns.sps()
         .patch("shop", &PatchParams::default(), &Patch::Merge(&fix))
         .await?;
-    ns.wait_ready("shop", 0, TIMEOUT).await?;
+    ns.wait_ready("shop", 2, TIMEOUT).await?;
     ns.delete().await;
     Ok(())
 }
