@@ -375,7 +375,15 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
     };
     let declared_target = v.phase.number();
     // A new ScalingPhase starts at its target: there is no data to move yet.
-    let active = old.and_then(|s| s.active_phase).unwrap_or(declared_target);
+    // When no status says so (a first reconcile that applied but never
+    // wrote status), the app Deployment's LADDER_PHASE does: a spec change
+    // then still goes through the transition machine.
+    let active = match old.and_then(|s| s.active_phase) {
+        Some(p) => p,
+        None => applied_phase(&ctx.client, &ns, &name)
+            .await?
+            .unwrap_or(declared_target),
+    };
     // The promoter (pure) over the load observed so far.
     let decision = ctx.promote(sp, active, Timestamp::now());
     let target = match decision.as_ref().and_then(|d| d.target) {
@@ -881,6 +889,34 @@ fn render_shape(sp: &ScalingPhase, world: &World, shape: Shape) -> Result<Desire
             Ok(d)
         }
     }
+}
+
+/// The phase the app Deployment of `name` was rendered for, if it exists.
+async fn applied_phase(client: &Client, ns: &str, name: &str) -> Result<Option<i32>, Error> {
+    let app = format!("{name}-app");
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(&app)
+        .await
+        .map_err(|source| Error::Observe {
+            kind: "Deployment",
+            name: app.clone(),
+            source,
+        })?;
+    Ok(d.and_then(|d| {
+        d.spec
+            .template
+            .spec?
+            .containers
+            .first()?
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == ladder_crds::contract::env::PHASE)?
+            .value
+            .as_ref()?
+            .parse()
+            .ok()
+    }))
 }
 
 /// Reads the migration Job and, when it finished, its pod's result.
