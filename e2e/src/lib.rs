@@ -335,56 +335,41 @@ impl TestNamespace {
 /// The operator binary: `LADDER_OPERATOR_BIN`, or built once with cargo.
 pub fn operator_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("LADDER_OPERATOR_BIN") {
-            return Ok(PathBuf::from(bin));
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "ladder-operator",
-                "--bin",
-                "ladder-operator",
-            ])
-            .current_dir(repo_root())
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err("cargo build -p ladder-operator failed".into());
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        Ok(target.join("debug/ladder-operator"))
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
+    built_once(&BIN, "LADDER_OPERATOR_BIN", "ladder-operator")
 }
 
 /// The `ladder-app` binary (the app image's entrypoint, which the migration
-/// runner runs): `LADDER_APP_BIN`, or built once with cargo.
+/// runner runs and the load tests start): `LADDER_APP_BIN`, or built once
+/// with cargo.
 pub fn app_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("LADDER_APP_BIN") {
+    built_once(&BIN, "LADDER_APP_BIN", "ladder-app")
+}
+
+/// The debug binary of workspace package `package` (named like it): the
+/// path in `$override_var` when set, else `cargo build` once per process.
+fn built_once(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    override_var: &str,
+    package: &str,
+) -> anyhow::Result<PathBuf> {
+    cell.get_or_init(|| {
+        if let Some(bin) = std::env::var_os(override_var) {
             return Ok(PathBuf::from(bin));
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "ladder-app", "--bin", "ladder-app"])
+            .args(["build", "-q", "-p", package, "--bin", package])
             .current_dir(repo_root())
             .status()
             .map_err(|e| e.to_string())?;
         if !status.success() {
-            return Err("cargo build -p ladder-app failed".into());
+            return Err(format!("cargo build -p {package} failed"));
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target"));
-        Ok(target.join("debug/ladder-app"))
+        Ok(target.join("debug").join(package))
     })
     .clone()
     .map_err(anyhow::Error::msg)

@@ -17,7 +17,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,35 +27,12 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use ladder_crds::load_report::{LoadReport, LoadReportSpec};
 
-use crate::{repo_root, wait_for};
+use crate::wait_for;
 
 /// Field manager of LoadReports the tests write by hand.
 pub const INJECT_MANAGER: &str = "ladder-e2e-reporter";
 
-/// The app binary: `LADDER_APP_BIN`, or built once with cargo.
-pub fn app_bin() -> anyhow::Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("LADDER_APP_BIN") {
-            return Ok(PathBuf::from(bin));
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "ladder-app", "--bin", "ladder-app"])
-            .current_dir(repo_root())
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err("cargo build -p ladder-app failed".into());
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        Ok(target.join("debug/ladder-app"))
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
-}
+pub use crate::app_bin;
 
 /// A blocking HTTP/1.0 request over loopback: `(status, body)`.
 pub fn http(
