@@ -139,7 +139,11 @@ pub struct ScalingPhaseSpec {
     ///
     /// A demotion that moves data (1→0, 3→2, 4→3) waits for the annotation
     /// `ladder.dev/approve-transition: "<from>-to-<to>"` on this object unless
-    /// `allowDemotion` is true.
+    /// `allowDemotion` is true. While the old tier is retained after a
+    /// cut-over, the annotation `ladder.dev/rollback-transition:
+    /// "<from>-to-<to>"` reverses it: the writes made since are migrated back,
+    /// verified, and the app cut over to the old tier again; the step is then
+    /// not re-attempted while the annotation stays.
     #[serde(default)]
     pub transitions: TransitionPolicy,
 
@@ -485,6 +489,37 @@ pub struct AutoscaleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 48))]
     pub max_transitions_per_day: Option<i32>,
+    /// Where the load comes from. Unset: the app's LoadReports (summed over
+    /// the instances that serve this ScalingPhase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<LoadSource>,
+}
+
+/// A load source other than the app's LoadReports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadSource {
+    /// A PromQL query that returns the system's transactions per second as
+    /// one number (a scalar, or a vector of exactly one sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
+}
+
+/// A Prometheus server and the query the promoter evaluates on it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSource {
+    /// Base URL of the Prometheus HTTP API, e.g.
+    /// `http://prometheus-operated.monitoring:9090` (no trailing `/api/v1`).
+    #[schemars(
+        length(min = 8, max = 512),
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    )]
+    pub url: String,
+    /// PromQL returning one number: the TPS to judge, e.g.
+    /// `sum(rate(ladder_db_transactions_total{namespace="shop"}[1m]))`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
 }
 
 /// A duration such as `90s`, `5m`, `1h30m` or `24h`.
@@ -535,7 +570,8 @@ impl Duration {
 pub struct TransitionPolicy {
     /// How long the old tier is kept, fenced read-only, after a cut-over
     /// before it is retired per `deletionPolicy` (default `24h`). While it is
-    /// kept, nothing of it is deleted.
+    /// kept, nothing of it is deleted. Lowering it ends a running retention
+    /// early; raising it does not extend one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_old_tier_for: Option<Duration>,
     /// Let demotions that move data run without the
@@ -718,6 +754,11 @@ pub struct TransitionStatus {
     /// When the retained old tier may be retired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_until: Option<Time>,
+    /// Set when this transition reverses a cut-over (the annotation
+    /// `ladder.dev/rollback-transition`): the step it undoes, `"<from>-to-<to>"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub rollback_of: Option<String>,
     /// What is happening, for humans.
     #[serde(default)]
     #[schemars(length(max = 1024))]

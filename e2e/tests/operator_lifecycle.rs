@@ -476,3 +476,93 @@ async fn a_larger_volume_size_grows_the_claims_in_place() -> anyhow::Result<()> 
     ns.delete().await;
     Ok(())
 }
+
+/// A deleted PostgreSQL credentials Secret is not regenerated while the
+/// database's volume exists (a new password would lock the app out): the
+/// ScalingPhase is Degraded with reason CredentialsMissing and nothing else
+/// changes; restoring the Secret (here: the same data, as from a backup)
+/// brings it back to Ready with the same password.
+#[tokio::test]
+async fn a_deleted_database_password_is_reported_not_regenerated() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-creds").await?;
+    let _op = Operator::start(&ns.name).await?;
+    ns.apply_sp(GROWTH).await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    let secrets: Api<Secret> = ns.api();
+    let pvcs: Api<PersistentVolumeClaim> = ns.api();
+    let name = "shop-postgres-credentials";
+    let backup = secrets.get(name).await?;
+    let password = backup
+        .data
+        .as_ref()
+        .and_then(|d| d.get("password"))
+        .cloned();
+    assert!(password.is_some(), "the credentials carry a password");
+    let claims_before: Vec<String> = pvcs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|c| c.uid().unwrap_or_default())
+        .collect();
+    assert!(!claims_before.is_empty(), "phase 1 has a database volume");
+
+    secrets.delete(name, &DeleteParams::default()).await?;
+    let sps = ns.sps();
+    let degraded = wait_for("Degraded with CredentialsMissing", TIMEOUT, || {
+        let sps = sps.clone();
+        async move {
+            let sp = sps.get("shop").await?;
+            Ok(sp
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+                .filter(|c| c.status == "True" && c.reason == "CredentialsMissing")
+                .map(|c| c.message.clone()))
+        }
+    })
+    .await?;
+    assert!(
+        degraded.contains(name) || degraded.contains("restore"),
+        "{degraded}"
+    );
+    // Several reconciles later the Secret is still not there: nobody made a
+    // password the database does not know.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        secrets.get_opt(name).await?.is_none(),
+        "a new password was generated"
+    );
+    let claims_after: Vec<String> = pvcs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|c| c.uid().unwrap_or_default())
+        .collect();
+    assert_eq!(claims_before, claims_after, "volumes untouched");
+
+    // Restore from the backup: Ready again, with the old password.
+    let mut restored = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: backup.metadata.labels.clone(),
+            ..Default::default()
+        },
+        data: backup.data.clone(),
+        type_: backup.type_.clone(),
+        ..Default::default()
+    };
+    restored.metadata.namespace = Some(ns.name.clone());
+    secrets.create(&Default::default(), &restored).await?;
+    ns.wait_ready("shop", 1, TIMEOUT).await?;
+    let now = secrets.get(name).await?;
+    assert_eq!(
+        now.data.as_ref().and_then(|d| d.get("password")).cloned(),
+        password
+    );
+    ns.delete().await;
+    Ok(())
+}

@@ -310,3 +310,178 @@ async fn a_failed_migration_blocks_and_keeps_phase_0() {
     drop(s.runner);
     s.ns.delete().await;
 }
+
+/// Every acknowledged write of `ledger`, read back through the app's own
+/// API (whatever tier it serves from): live links with their acknowledged
+/// target, acknowledged deletes gone. Returns how many live links matched.
+async fn check_ledger_http(base: &str, ledger: &app::Ledger) -> anyhow::Result<usize> {
+    let c = app::http();
+    let mut live = 0;
+    let mut problems = Vec::new();
+    for (code, expected) in &ledger.links {
+        let r = c.get(format!("{base}/api/v1/links/{code}")).send().await?;
+        let status = r.status().as_u16();
+        let found: Option<String> = if status == 200 {
+            let v: serde_json::Value = r.json().await?;
+            v["url"].as_str().map(str::to_owned)
+        } else {
+            None
+        };
+        if ledger.uncertain.contains(code) {
+            continue;
+        }
+        match (expected, found) {
+            (Some(t), Some(f)) if *t == f => live += 1,
+            (Some(t), f) => problems.push(format!("{code}: {f:?} ({status}), expected {t}")),
+            (None, None) if status == 404 => {}
+            (None, f) => problems.push(format!("{code}: deleted, found {f:?} ({status})")),
+        }
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{} of {} acknowledged links wrong: {:?}",
+        problems.len(),
+        ledger.links.len(),
+        &problems[..problems.len().min(10)]
+    );
+    Ok(live)
+}
+
+/// Rollback while the old tier is retained: 0 → 1 cuts over to PostgreSQL,
+/// writes go on there; `ladder.dev/rollback-transition: 0-to-1` migrates
+/// them back (a second migration Job, 1 → 0), the app returns to SQLite
+/// with every acknowledged write (those made on PostgreSQL included), and
+/// the operator holds on phase 0 with `RolledBack` while the annotation says
+/// so, although `spec.phase` is still 1.
+#[tokio::test]
+async fn rollback_while_retained_brings_every_write_back() {
+    let s = Setup::phase0("e2e-rollback", None).await;
+    s.ns.apply_sp(&manifest(1).replace("retainOldTierFor: 5s", "retainOldTierFor: 1h"))
+        .await
+        .expect("apply phase 1");
+    let sps = s.ns.sps();
+    wait_for("the 0 -> 1 cut-over, old tier retained", TIMEOUT, || {
+        let sps = sps.clone();
+        async move {
+            let sp = sps.get(SP).await?;
+            let step = sp
+                .status
+                .as_ref()
+                .and_then(|s| s.transition.as_ref())
+                .map(|t| t.step);
+            Ok((step == Some(TransitionStep::Retain)).then_some(()))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+    // Writes made on PostgreSQL after the cut-over: these are the ones a
+    // rollback must not lose.
+    let c = app::http();
+    wait_for("the app on PostgreSQL", Duration::from_secs(60), || {
+        let (c, app) = (c.clone(), &s.app);
+        async move { Ok(app.tier(&c).await.filter(|t| t != "sqlite")) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+    let on_pg = s.load.acked();
+    wait_for("writes on PostgreSQL", Duration::from_secs(30), || {
+        let n = s.load.acked();
+        async move { Ok((n >= on_pg + 50).then_some(())) }
+    })
+    .await
+    .expect("writes go on");
+
+    let patch = serde_json::json!({"metadata": {"annotations": {"ladder.dev/rollback-transition": "0-to-1"}}});
+    sps.patch(
+        SP,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .expect("annotate");
+    wait_for("the rollback cut over, phase 1 retained", TIMEOUT, || {
+        let sps = sps.clone();
+        async move {
+            let sp = sps.get(SP).await?;
+            if let Some(c) = condition(&sp, "TransitionBlocked")
+                && c.status == "True"
+            {
+                return Ok(Some(Err(format!("blocked: {} {}", c.reason, c.message))));
+            }
+            let t = sp.status.as_ref().and_then(|s| s.transition.clone());
+            Ok(t.filter(|t| {
+                (t.from, t.to, t.step) == (1, 0, TransitionStep::Retain)
+                    && t.rollback_of.as_deref() == Some("0-to-1")
+            })
+            .map(Ok))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()))
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+    let runs = s.runner.runs();
+    assert_eq!(
+        runs.len(),
+        2,
+        "the climb's Job and the rollback's:\n{}",
+        s.diagnostics()
+    );
+    assert!(runs.iter().all(|r| r.exit_code == 0), "{}", s.diagnostics());
+    let dep =
+        s.ns.api::<Deployment>()
+            .get(&format!("{SP}-app"))
+            .await
+            .expect("app Deployment");
+    let store = app_store(&dep).unwrap_or_default();
+    assert!(
+        store.starts_with("sqlite:"),
+        "the app is back on SQLite: {store}"
+    );
+    wait_for(
+        "the loopback app on SQLite",
+        Duration::from_secs(60),
+        || {
+            let (c, app) = (c.clone(), &s.app);
+            async move { Ok(app.tier(&c).await.filter(|t| t == "sqlite")) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+
+    // Shortening the retention ends it early; then phase 0 holds, although
+    // spec.phase still says 1, for as long as the annotation names the step.
+    s.ns.apply_sp(&manifest(1)).await.expect("retain 5s");
+    let sp = wait_for("back on phase 0, held with RolledBack", TIMEOUT, || {
+        let sps = sps.clone();
+        async move {
+            let sp = sps.get(SP).await?;
+            let status = sp.status.clone().unwrap_or_default();
+            let held = condition(&sp, "TransitionBlocked")
+                .is_some_and(|c| c.status == "True" && c.reason == "RolledBack");
+            Ok(
+                (held && status.active_phase == Some(0) && status.transition.is_none())
+                    .then_some(sp),
+            )
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+    assert_eq!(sp.spec.phase, 1, "the operator never writes spec");
+    let ledger = s.load.finish().await.expect("ledger");
+    let live = match check_ledger_http(&s.app.base, &ledger).await {
+        Ok(n) => n,
+        Err(e) => panic!(
+            "{e:#}\n--- operator log:\n{}\n--- runner:\n{}",
+            s.op.log_text(),
+            s.runner.logs()
+        ),
+    };
+    assert!(live > 0);
+    eprintln!(
+        "0→1→rollback: {} acknowledged writes ({} after the cut-over), {live} live links back on SQLite",
+        ledger.acked,
+        ledger.acked.saturating_sub(on_pg)
+    );
+    drop(s.runner);
+    s.ns.delete().await;
+}

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cli;
 pub mod integrations;
 pub mod leader;
+pub mod load_source;
 pub mod metrics;
 pub mod promoter;
 pub mod reconcile;

@@ -37,6 +37,11 @@ pub mod reasons {
     pub const FRESH: &str = "LoadReportsFresh";
     /// No fresh load data: the phase holds.
     pub const NO_DATA: &str = "NoFreshLoadReports";
+    /// The Prometheus load source answered with one sane number.
+    pub const PROMETHEUS_FRESH: &str = "PrometheusQueryFresh";
+    /// The Prometheus load source failed (unreachable, an error, no series,
+    /// several series, or not a finite non-negative number).
+    pub const PROMETHEUS_FAILED: &str = "PrometheusQueryFailed";
     /// Autoscaling is off.
     pub const OFF: &str = "AutoscaleOff";
     /// The minimum dwell time in the phase is running.

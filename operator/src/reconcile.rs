@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -40,6 +40,7 @@ use tracing::{info, instrument, warn};
 
 use crate::apply::{self, ApplyError};
 use crate::integrations::Integrations;
+use crate::load_source;
 use crate::metrics::Metrics;
 use crate::promoter::{self, History};
 use crate::render::migration::{self, TierVolumes};
@@ -133,6 +134,8 @@ pub struct Context {
     histories: Arc<Mutex<HashMap<String, History>>>,
     /// Per ScalingPhase uid: failed reconciles in a row (for the backoff).
     failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// HTTP client of the Prometheus load source.
+    prom: reqwest::Client,
 }
 
 /// The reflector stores the promoter reads.
@@ -172,6 +175,7 @@ impl Context {
             load: None,
             histories: Arc::default(),
             failures: Arc::default(),
+            prom: load_source::client(),
         }
     }
 
@@ -183,11 +187,15 @@ impl Context {
 
     /// Samples the load of `sp` (fresh, believable LoadReports summed) into
     /// its history and runs the promoter. `None` when autoscaling is off.
+    ///
+    /// `external` is the reading of `spec.autoscale.source` when one is set
+    /// (the TPS, or why there is none); LoadReports are then not summed.
     fn promote(
         &self,
         sp: &ScalingPhase,
         active: i32,
         now: Timestamp,
+        external: Option<Result<f64, String>>,
     ) -> Option<promoter::Decision> {
         let policy = promoter::Policy::from_spec(&sp.spec.autoscale, sp.spec.monthly_budget_usd);
         let uid = sp.uid().unwrap_or_default();
@@ -200,58 +208,140 @@ impl Context {
         }
         let ns = sp.namespace().unwrap_or_default();
         let name = sp.name_any();
-        let tps = self.load.as_ref().and_then(|load| {
-            let pods = load.pods.state();
-            let ours = |pod: &str| {
-                pods.iter().any(|p| {
-                    p.name_any() == pod
-                        && p.namespace().as_deref() == Some(ns.as_str())
-                        && p.labels().get(render::SCALINGPHASE_LABEL) == Some(&name)
-                })
-            };
-            let reports = load.reports.state();
-            let here = reports
-                .iter()
-                .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
-                .filter(|r| {
-                    // Reports naming another ScalingPhase of this namespace
-                    // are that one's business, not rejections of ours.
-                    r.spec.scaling_phase == name
-                        || r.labels().get(render::SCALINGPHASE_LABEL) == Some(&name)
-                })
-                .map(|r| r.as_ref());
-            let (sum, rejected) = promoter::sum_reports(&name, here, &ours, now);
-            for reason in rejected {
-                self.metrics.report_rejected(reason);
-            }
-            sum
-        });
+        let external_reading = external.clone();
+        let tps = match external {
+            Some(reading) => reading.ok(),
+            None => self.reports_tps(&ns, &name, now),
+        };
         let mut map = self
             .histories
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let history = map.entry(uid).or_default();
         history.push(promoter::Sample { at: now, tps }, policy.horizon());
+        let changes = phase_changes(sp);
+        let inputs = Self::promoter_inputs(sp, active, now, &changes);
+        let mut decision = promoter::decide(&policy, history, &inputs);
+        if let Some(reading) = external_reading {
+            decision.metrics = match reading {
+                Ok(v) => (
+                    true,
+                    promoter::reasons::PROMETHEUS_FRESH,
+                    format!("{} TPS from the Prometheus query", round2(v)),
+                ),
+                Err(e) => (
+                    false,
+                    promoter::reasons::PROMETHEUS_FAILED,
+                    format!(
+                        "the Prometheus query failed: {e}; the phase holds (missing data never demotes)"
+                    )
+                    .chars()
+                    .take(1000)
+                    .collect(),
+                ),
+            };
+        }
+        Some(decision)
+    }
+
+    /// Fresh, believable LoadReports of `name` summed (the default source).
+    fn reports_tps(&self, ns: &str, name: &str, now: Timestamp) -> Option<f64> {
+        self.load.as_ref().and_then(|load| {
+            let pods = load.pods.state();
+            let ours = |pod: &str| {
+                pods.iter().any(|p| {
+                    p.name_any() == pod
+                        && p.namespace().as_deref() == Some(ns)
+                        && p.labels()
+                            .get(render::SCALINGPHASE_LABEL)
+                            .map(String::as_str)
+                            == Some(name)
+                })
+            };
+            let reports = load.reports.state();
+            let here = reports
+                .iter()
+                .filter(|r| r.namespace().as_deref() == Some(ns))
+                .filter(|r| {
+                    // Reports naming another ScalingPhase of this namespace
+                    // are that one's business, not rejections of ours.
+                    r.spec.scaling_phase == name
+                        || r.labels()
+                            .get(render::SCALINGPHASE_LABEL)
+                            .map(String::as_str)
+                            == Some(name)
+                })
+                .map(|r| r.as_ref());
+            let (sum, rejected) = promoter::sum_reports(name, here, &ours, now);
+            for reason in rejected {
+                self.metrics.report_rejected(reason);
+            }
+            sum
+        })
+    }
+
+    /// Rebuilds the history of `sp` from its Prometheus source when there is
+    /// none in memory (after a restart), then reads the query now.
+    async fn read_prometheus(
+        &self,
+        sp: &ScalingPhase,
+        src: &ladder_crds::scalingphase::PrometheusSource,
+        now: Timestamp,
+    ) -> Result<f64, String> {
+        let uid = sp.uid().unwrap_or_default();
+        let policy = promoter::Policy::from_spec(&sp.spec.autoscale, sp.spec.monthly_budget_usd);
+        let empty = self
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&uid)
+            .is_none_or(|h| h.last().is_none());
+        if empty {
+            let start = now - SignedDuration::from_secs(policy.horizon());
+            let step = u64::try_from(promoter::MIN_SAMPLE_GAP_SECS * 3).unwrap_or(15);
+            match load_source::range(&self.prom, src, start, now, step).await {
+                Ok(samples) => {
+                    let mut map = self
+                        .histories
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let history = map.entry(uid).or_default();
+                    for (at, v) in samples.into_iter().filter(|(at, _)| *at < now) {
+                        history.push(promoter::Sample { at, tps: Some(v) }, policy.horizon());
+                    }
+                }
+                Err(e) => {
+                    warn!(name = %sp.name_any(), error = %e, "could not rebuild the load history from Prometheus")
+                }
+            }
+        }
+        load_source::instant(&self.prom, src, now).await
+    }
+
+    /// The promoter's inputs besides the history; `changes` are the times
+    /// of the phase changes in `status.history` (see [`phase_changes`]).
+    fn promoter_inputs<'a>(
+        sp: &ScalingPhase,
+        active: i32,
+        now: Timestamp,
+        changes: &'a [Timestamp],
+    ) -> promoter::Inputs<'a> {
         let status = sp.status.as_ref();
-        let changes: Vec<Timestamp> = status
-            .map(|s| s.history.iter().skip(1).map(|h| h.time.0).collect())
-            .unwrap_or_default();
         let mut cost = [0i64; 5];
         for (p, c) in cost.iter_mut().enumerate() {
             *c = ladder_crds::catalogue::Phase::from_number(i32::try_from(p).unwrap_or(0))
                 .map(|ph| ladder_crds::catalogue::profile(ph).base_monthly_cost_usd)
                 .unwrap_or(0);
         }
-        let inputs = promoter::Inputs {
+        promoter::Inputs {
             now,
             active,
             declared: sp.spec.phase,
             target: status.and_then(|s| s.target_phase),
             phase_since: status.and_then(|s| s.history.last()).map(|h| h.time.0),
-            changes: &changes,
+            changes,
             cost,
-        };
-        Some(promoter::decide(&policy, history, &inputs))
+        }
     }
 
     fn world(&self) -> World {
@@ -385,7 +475,20 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
             .unwrap_or(declared_target),
     };
     // The promoter (pure) over the load observed so far.
-    let decision = ctx.promote(sp, active, Timestamp::now());
+    let sampled_at = Timestamp::now();
+    let external = match sp
+        .spec
+        .autoscale
+        .source
+        .as_ref()
+        .and_then(|s| s.prometheus.as_ref())
+    {
+        Some(src) if sp.spec.autoscale.mode != AutoscaleMode::Off => {
+            Some(ctx.read_prometheus(sp, src, sampled_at).await)
+        }
+        _ => None,
+    };
+    let decision = ctx.promote(sp, active, sampled_at, external);
     let target = match decision.as_ref().and_then(|d| d.target) {
         Some(t) if sp.spec.autoscale.mode == AutoscaleMode::Auto => {
             let declared = sp.spec.phase;
@@ -424,6 +527,10 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
         approval: sp
             .annotations()
             .get(transition::APPROVE_ANNOTATION)
+            .map(String::as_str),
+        rollback: sp
+            .annotations()
+            .get(transition::ROLLBACK_ANNOTATION)
             .map(String::as_str),
         allow_demotion: policy.allow_demotion,
         retain_secs: policy
@@ -506,8 +613,12 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
                 .is_some_and(|p| p != plan.active);
         if let Some(prune) = ctx.plan(&uid, &hash, phase_changed) {
             if let Err(e) = apply::apply(&ctx.client, &ns, &desired, &ctx.metrics).await {
-                let next =
-                    status::compute(old, generation, Observed::ApplyFailed(e.to_string()), now());
+                let next = status::compute(
+                    old,
+                    generation,
+                    Observed::ApplyFailed(e.reason(), e.to_string()),
+                    now(),
+                );
                 patch_status(sp, ctx, next).await?;
                 return Err(e.into());
             }
@@ -682,6 +793,13 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
             .unwrap_or_default();
         publish(ctx, sp, EventType::Normal, "TransitionStep", &msg).await;
     }
+    if let Some(t) = &plan.transition
+        && t.rollback_of.is_some()
+        && stored.is_some_and(|s| s.rollback_of.is_none())
+    {
+        // The forward step ends here, undone; the reverse one begins.
+        ctx.metrics.transition_finished(t.to, t.from, "rolled_back");
+    }
     if let Some((from, to)) = plan.finished {
         ctx.metrics.transition_finished(from, to, "completed");
         publish(
@@ -696,7 +814,9 @@ async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> 
     if let Some(b) = &plan.blocked
         && before_blocked.as_ref().map(|(r, _)| r.as_str()) != Some(b.reason)
     {
-        if let Some(t) = &plan.transition {
+        if let Some(t) = &plan.transition
+            && b.reason != transition::blocked::ROLLBACK_REFUSED
+        {
             ctx.metrics.transition_finished(t.from, t.to, b.reason);
         }
         publish(ctx, sp, EventType::Warning, b.reason, &b.message).await;
@@ -727,6 +847,15 @@ fn round2(x: f64) -> f64 {
     }
     let magnitude = 10f64.powi(x.abs().log10().floor() as i32 - 1);
     (x / magnitude).round() * magnitude
+}
+
+/// Times of the phase changes recorded in `status.history` (its first entry
+/// is the phase the object started in, not a change).
+fn phase_changes(sp: &ScalingPhase) -> Vec<Timestamp> {
+    sp.status
+        .as_ref()
+        .map(|s| s.history.iter().skip(1).map(|h| h.time.0).collect())
+        .unwrap_or_default()
 }
 
 /// Writes the promoter's decision into the next status.
@@ -760,7 +889,9 @@ fn apply_decision(
     };
     let (ok, reason, message) = &d.metrics;
     let message = match d.observed_tps {
-        Some(t) if *ok => format!("{} TPS from fresh LoadReports", round2(t)),
+        Some(t) if *ok && *reason == promoter::reasons::FRESH => {
+            format!("{} TPS from fresh LoadReports", round2(t))
+        }
         _ => message.clone(),
     };
     status::set_condition(
@@ -1260,6 +1391,7 @@ mod tests {
             shape_ready: true,
             job: JobState::Absent,
             approval: None,
+            rollback: None,
             allow_demotion: false,
             retain_secs: 60,
             step_timeout_secs: 60,

@@ -64,8 +64,8 @@ pub enum Observed<'a> {
         /// `spec.paused`.
         paused: bool,
     },
-    /// Applying failed.
-    ApplyFailed(String),
+    /// Applying failed: the condition reason and the message.
+    ApplyFailed(&'static str, String),
 }
 
 fn condition(
@@ -155,21 +155,16 @@ pub fn compute(
                 cond(types::DEGRADED, true, reasons::INVALID_SPEC, message),
             ];
         }
-        Observed::ApplyFailed(message) => {
+        Observed::ApplyFailed(reason, message) => {
             s.conditions = vec![
                 cond(
                     types::READY,
                     false,
-                    reasons::APPLY_FAILED,
+                    reason,
                     format!("the spec is not applied: {message}"),
                 ),
-                cond(
-                    types::PROGRESSING,
-                    true,
-                    reasons::APPLY_FAILED,
-                    "retrying".into(),
-                ),
-                cond(types::DEGRADED, true, reasons::APPLY_FAILED, message),
+                cond(types::PROGRESSING, true, reason, "retrying".into()),
+                cond(types::DEGRADED, true, reason, message),
             ];
         }
         Observed::Rendered {

@@ -30,6 +30,11 @@ use serde::Deserialize;
 
 /// Annotation that approves a demotion which moves data: `"<from>-to-<to>"`.
 pub const APPROVE_ANNOTATION: &str = "ladder.dev/approve-transition";
+/// Annotation that reverses a cut-over while the old tier is retained:
+/// `"<from>-to-<to>"` names the step to undo. The writes made on the new tier
+/// since the cut-over are migrated back and verified, then the app is cut
+/// over to the old tier again. While it stays, the step is not re-attempted.
+pub const ROLLBACK_ANNOTATION: &str = "ladder.dev/rollback-transition";
 /// Label on the migration Job's pods (the e2e runner and kwok key on it).
 pub const JOB_LABEL: &str = "ladder.dev/job";
 /// Value of [`JOB_LABEL`] on migration pods.
@@ -58,6 +63,11 @@ pub mod blocked {
     pub const MIGRATION_SLOW: &str = "MigrationTimedOut";
     /// The spec of a phase on the way does not validate.
     pub const INVALID_STEP: &str = "InvalidTargetPhase";
+    /// The step toward the target was rolled back and the rollback
+    /// annotation still names it: it is not re-attempted.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// The rollback annotation names a step that cannot be rolled back now.
+    pub const ROLLBACK_REFUSED: &str = "RollbackNotPossible";
     /// The tier a step returns to still has volumes a past transition
     /// retired: starting on them would serve stale data.
     pub const STALE_VOLUMES: &str = "StaleVolumes";
@@ -212,6 +222,8 @@ pub struct Facts<'a> {
     pub job: JobState,
     /// The value of the approval annotation, if set.
     pub approval: Option<&'a str>,
+    /// The value of the rollback annotation, if set.
+    pub rollback: Option<&'a str>,
     /// `spec.transitions.allowDemotion`.
     pub allow_demotion: bool,
     /// `spec.transitions.retainOldTierFor`, in seconds.
@@ -330,6 +342,14 @@ pub fn approved(f: &Facts<'_>, from: i32, to: i32) -> bool {
 
 /// The next step. Pure: the same facts always give the same plan.
 pub fn decide(f: &Facts<'_>) -> Plan {
+    let mut plan = step(f);
+    if plan.blocked.is_none() {
+        plan.blocked = rollback_refused(f);
+    }
+    plan
+}
+
+fn step(f: &Facts<'_>) -> Plan {
     let Some(t) = f.current else {
         return start(f);
     };
@@ -349,6 +369,9 @@ pub fn decide(f: &Facts<'_>) -> Plan {
         retire: None,
         verified_rows: None,
     };
+    if let Some(p) = rollback(f, t) {
+        return p;
+    }
     let timed_out = elapsed_secs(&t.step_started_at, f.now) > f.step_timeout_secs;
     let enter =
         |next: &mut TransitionStatus, plan: &mut Plan, step: TransitionStep, msg: String| {
@@ -548,7 +571,10 @@ pub fn decide(f: &Facts<'_>) -> Plan {
                 other: from,
                 job: Some((from, to)),
             };
-            let due = t.retain_until.as_ref().is_none_or(|u| f.now >= u.0);
+            // A retention shortened in the spec since (retainOldTierFor
+            // lowered) ends early; a longer one does not extend it.
+            let due = t.retain_until.as_ref().is_none_or(|u| f.now >= u.0)
+                || elapsed_secs(&t.step_started_at, f.now) >= f.retain_secs;
             if due {
                 enter(
                     &mut next,
@@ -579,6 +605,88 @@ pub fn decide(f: &Facts<'_>) -> Plan {
     plan
 }
 
+/// Whether the rollback annotation names the step `from` → `to`.
+fn names(annotation: Option<&str>, from: i32, to: i32) -> bool {
+    annotation.is_some_and(|a| a.trim() == format!("{from}-to-{to}"))
+}
+
+/// The rollback annotation during a transition: a cut-over that moved data
+/// and whose old tier is still kept (CutOver, Retain) is reversed by a new
+/// transition that starts at Migrate (both tiers are up and Ready), copies
+/// the new tier's writes back and cuts over again. Named too early (before
+/// the cut-over) or too late (the old tier retired), it is refused with a
+/// reason and the transition goes on.
+fn rollback(f: &Facts<'_>, t: &TransitionStatus) -> Option<Plan> {
+    let (from, to) = (t.from, t.to);
+    if t.rollback_of.is_some() || !names(f.rollback, from, to) {
+        return None;
+    }
+    let reversible =
+        t.moves_data && matches!(t.step, TransitionStep::CutOver | TransitionStep::Retain);
+    if !reversible {
+        // Before the cut-over there is nothing to undo (lowering the
+        // target abandons or reverses the step by the normal rules); after
+        // Retain the old tier is gone. Go on, and say why not.
+        return None;
+    }
+    let now = time(f.now);
+    let job = job_name(f.name, to, from);
+    Some(Plan {
+        shape: Shape::Both {
+            serve: to,
+            other: from,
+            job: Some((to, from)),
+        },
+        active: to,
+        transition: Some(TransitionStatus {
+            from: to,
+            to: from,
+            step: TransitionStep::Migrate,
+            moves_data: true,
+            started_at: now.clone(),
+            step_started_at: now,
+            job_name: Some(job.clone()),
+            retain_until: None,
+            rollback_of: Some(format!("{from}-to-{to}")),
+            message: format!(
+                "rolling back {from}-to-{to}: copying the writes made on phase {to} back to phase {from} (Job {job})"
+            ),
+        }),
+        blocked: None,
+        finished: None,
+        entered: Some(TransitionStep::Migrate),
+        retire: None,
+        verified_rows: None,
+    })
+}
+
+/// Why the rollback annotation is ignored during this transition, if it
+/// names it but the step cannot be reversed now.
+pub fn rollback_refused(f: &Facts<'_>) -> Option<Blocked> {
+    let t = f.current?;
+    if t.rollback_of.is_some() || !names(f.rollback, t.from, t.to) {
+        return None;
+    }
+    let why = if !t.moves_data {
+        "it moves no data: lower spec.phase instead".to_owned()
+    } else {
+        match t.step {
+            TransitionStep::CutOver | TransitionStep::Retain => return None,
+            TransitionStep::Retire | TransitionStep::Done => {
+                "the old tier is already retired".to_owned()
+            }
+            _ => "nothing has been cut over yet: lower spec.phase to abandon it".to_owned(),
+        }
+    };
+    Some(Blocked {
+        reason: blocked::ROLLBACK_REFUSED,
+        message: format!(
+            "{ROLLBACK_ANNOTATION}={}-to-{} cannot be honoured: {why}",
+            t.from, t.to
+        ),
+    })
+}
+
 /// No transition in progress: stay, or start one step toward the target.
 fn start(f: &Facts<'_>) -> Plan {
     if f.active == f.target {
@@ -587,6 +695,16 @@ fn start(f: &Facts<'_>) -> Plan {
     let from = f.active;
     let to = if f.target > from { from + 1 } else { from - 1 };
     let moves = moves_data(from, to);
+    if names(f.rollback, from, to) {
+        let mut p = Plan::steady(from);
+        p.blocked = Some(Blocked {
+            reason: blocked::ROLLED_BACK,
+            message: format!(
+                "the step {from}-to-{to} was rolled back ({ROLLBACK_ANNOTATION}={from}-to-{to}): set spec.phase to {from} in Git, or remove the annotation to try the step again"
+            ),
+        });
+        return p;
+    }
     if to < from && moves && !approved(f, from, to) {
         let mut p = Plan::steady(from);
         p.blocked = Some(Blocked {
@@ -614,6 +732,7 @@ fn start(f: &Facts<'_>) -> Plan {
             step_started_at: now,
             job_name: None,
             retain_until: None,
+            rollback_of: None,
             message: format!("preparing the phase {to} tier beside phase {from}"),
         }),
         blocked: None,
@@ -641,6 +760,7 @@ mod tests {
             shape_ready: false,
             job: JobState::Absent,
             approval: None,
+            rollback: None,
             allow_demotion: false,
             retain_secs: 3600,
             step_timeout_secs: 600,
@@ -803,6 +923,7 @@ mod tests {
             step_started_at: time(ts(-10)),
             job_name: Some(job_name("shop", from, to)),
             retain_until: None,
+            rollback_of: None,
             message: String::new(),
         }
     }
@@ -979,6 +1100,136 @@ mod tests {
         let p = decide(&f);
         assert_eq!(p.retire, Some((0, 1)));
         assert_eq!(p.shape, Shape::Steady(1));
+        // retainOldTierFor lowered to 5s in the spec: the step has lasted 10s,
+        // so the retention ends now, before the stored retainUntil.
+        let f = Facts {
+            retain_secs: 5,
+            ..facts(0, 1, Some(&t))
+        };
+        assert_eq!(decide(&f).retire, Some((0, 1)));
+    }
+
+    #[test]
+    fn rollback_while_retained_reverses_the_cut_over_and_then_holds() {
+        let retained = TransitionStatus {
+            retain_until: Some(time(ts(3600))),
+            ..transition(0, 1, TransitionStep::Retain)
+        };
+        // Without the annotation (or naming another step) Retain just waits.
+        for annotation in [None, Some("1-to-2"), Some("1-to-0")] {
+            let f = Facts {
+                rollback: annotation,
+                ..facts(0, 1, Some(&retained))
+            };
+            let p = decide(&f);
+            assert_eq!(p.transition.expect("kept").step, TransitionStep::Retain);
+            assert!(p.blocked.is_none(), "{annotation:?}");
+        }
+        // With it: a reverse step 1 -> 0 starts at Migrate (both tiers are up),
+        // the app stays on the new tier until the delta is verified.
+        let f = Facts {
+            rollback: Some(" 0-to-1 "),
+            shape_ready: true,
+            ..facts(0, 1, Some(&retained))
+        };
+        let p = decide(&f);
+        let back = p.transition.clone().expect("reverse transition");
+        assert_eq!(
+            (back.from, back.to, back.step),
+            (1, 0, TransitionStep::Migrate)
+        );
+        assert_eq!(back.rollback_of.as_deref(), Some("0-to-1"));
+        assert_eq!(back.job_name, Some(job_name("shop", 1, 0)));
+        assert_eq!(
+            p.shape,
+            Shape::Both {
+                serve: 1,
+                other: 0,
+                job: Some((1, 0))
+            }
+        );
+        assert!(p.blocked.is_none() && p.retire.is_none());
+        // Repeated with the stored reverse transition, the annotation does
+        // not start another reversal.
+        let again = decide(&Facts {
+            rollback: Some("0-to-1"),
+            ..facts(1, 1, Some(&back))
+        });
+        assert_eq!(
+            again.transition.expect("kept").rollback_of.as_deref(),
+            Some("0-to-1")
+        );
+
+        // Walk the reverse step to its end: verify, cut over, retain, retire.
+        let mut current = Some(back);
+        let mut active = 1;
+        let mut now = 0;
+        let mut steps = Vec::new();
+        for _ in 0..20 {
+            let Some(t) = current.clone() else { break };
+            now += 10;
+            let f = Facts {
+                now: ts(now),
+                shape_ready: true,
+                job: JobState::Succeeded(Some(good_result())),
+                rollback: Some("0-to-1"),
+                ..facts(active, 1, Some(&t))
+            };
+            let p = decide(&f);
+            assert!(p.blocked.is_none(), "{:?}", p.blocked);
+            if let Some(n) = &p.transition {
+                steps.push(n.step);
+                if n.step == TransitionStep::Retain {
+                    now += 3600;
+                }
+            }
+            active = p.finished.map_or(p.active, |(_, to)| to);
+            current = p.transition;
+        }
+        assert_eq!(active, 0);
+        assert!(steps.contains(&TransitionStep::Retire), "{steps:?}");
+        // Back on phase 0 with spec.phase still 1: held while the annotation
+        // names the step, tried again once it is removed.
+        let p = decide(&Facts {
+            rollback: Some("0-to-1"),
+            ..facts(0, 1, None)
+        });
+        assert_eq!(p.blocked.expect("held").reason, blocked::ROLLED_BACK);
+        assert_eq!((p.shape, p.transition), (Shape::Steady(0), None));
+        let p = decide(&facts(0, 1, None));
+        assert_eq!(
+            p.transition.expect("climbs again").step,
+            TransitionStep::PrepareTarget
+        );
+    }
+
+    #[test]
+    fn rollback_is_refused_with_a_reason_when_nothing_can_be_reversed() {
+        // Before the cut-over nothing is undone; a step without data has no
+        // tier to go back to; after Retire the old tier is gone. The
+        // transition goes on; the condition says why the annotation is ignored.
+        for (from, to, step) in [
+            (0, 1, TransitionStep::Migrate),
+            (0, 1, TransitionStep::WaitTargetReady),
+            (1, 2, TransitionStep::CutOver),
+            (0, 1, TransitionStep::Retire),
+        ] {
+            let t = transition(from, to, step);
+            let named = format!("{from}-to-{to}");
+            let f = Facts {
+                rollback: Some(&named),
+                job: JobState::Running,
+                ..facts(from, to, Some(&t))
+            };
+            let refused = rollback_refused(&f).expect("refused");
+            assert_eq!(refused.reason, blocked::ROLLBACK_REFUSED, "{step:?}");
+            let p = decide(&f);
+            assert_eq!(p.blocked.expect("shown").reason, blocked::ROLLBACK_REFUSED);
+            if let Some(n) = p.transition {
+                assert_eq!((n.from, n.to), (from, to), "went on at {step:?}");
+                assert!(n.rollback_of.is_none());
+            }
+        }
     }
 
     #[test]

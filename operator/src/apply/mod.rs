@@ -85,6 +85,17 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// The condition reason for this failure: its own where a human must
+    /// act (`CredentialsMissing`), `ApplyFailed` for what a retry may fix.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::Secret { source, .. } => source
+                .reason()
+                .unwrap_or(crate::status::reasons::APPLY_FAILED),
+            _ => crate::status::reasons::APPLY_FAILED,
+        }
+    }
+
     /// Wraps an API error about object `name` of `kind`.
     fn apply(kind: Kind, name: &str) -> impl FnOnce(kube::Error) -> ApplyError {
         let name = name.to_owned();

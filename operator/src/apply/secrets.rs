@@ -10,15 +10,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use super::{ApplyError, FIELD_MANAGER};
 use crate::metrics::Metrics;
-use crate::render::{GeneratedSecret, Kind, SecretContent};
+use crate::render::{GeneratedSecret, Kind, SCALINGPHASE_LABEL, SecretContent, TIER_LABEL};
 
 /// Why a generated Secret could not be made to exist.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,32 @@ pub enum SecretError {
     /// The CA Secret's certificate or key cannot be read.
     #[error("the CA Secret cannot be used")]
     Ca(#[source] rcgen::Error),
+    /// A database's credentials Secret is gone while the database's volume
+    /// still exists: its password was set when the volume was initialised,
+    /// so a fresh one would lock every client out.
+    #[error(
+        "the credentials are missing but volume {claim} already holds a database initialised with them; \
+         restore the Secret from a backup (see the README, \"Restoring a credentials Secret\"), \
+         the operator does not generate a new password for an existing database"
+    )]
+    CredentialsMissing {
+        /// A claim of the database that needs the missing credentials.
+        claim: String,
+    },
 }
+
+impl SecretError {
+    /// The condition reason that names this failure, if it has its own.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            SecretError::CredentialsMissing { .. } => Some(CREDENTIALS_MISSING),
+            _ => None,
+        }
+    }
+}
+
+/// Condition reason: a database's credentials Secret was deleted.
+pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
 
 fn random_password() -> String {
     rand::rng()
@@ -146,9 +171,10 @@ pub(super) async fn ensure(
     metrics: &Metrics,
 ) -> Result<(), ApplyError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let mut ca_data: Option<BTreeMap<String, ByteString>> = None;
     for s in secrets {
-        let data = ensure_one(&api, s, &mut ca_data, metrics)
+        let data = ensure_one(&api, &claims, s, &mut ca_data, metrics)
             .await
             .map_err(|source| ApplyError::Secret {
                 name: s.name.clone(),
@@ -161,16 +187,47 @@ pub(super) async fn ensure(
     Ok(())
 }
 
+/// A volume claim of the same ScalingPhase and tier as a credentials
+/// Secret: PostgreSQL sets its passwords when `initdb` runs on an empty
+/// volume, so while such a claim exists the database knows the old
+/// password and only the old Secret can open it. (Redis and ClickHouse read
+/// their password at every start, so theirs may be generated afresh.)
+pub(super) fn claim_selector(meta: &kube::api::ObjectMeta) -> Option<String> {
+    let labels = meta.labels.as_ref()?;
+    let sp = labels.get(SCALINGPHASE_LABEL)?;
+    let tier = labels.get(TIER_LABEL)?;
+    Some(format!("{SCALINGPHASE_LABEL}={sp},{TIER_LABEL}={tier}"))
+}
+
+async fn initialised_claim(
+    claims: &Api<PersistentVolumeClaim>,
+    meta: &kube::api::ObjectMeta,
+) -> Result<Option<String>, SecretError> {
+    let Some(selector) = claim_selector(meta) else {
+        return Ok(None);
+    };
+    let found = claims
+        .list_metadata(&ListParams::default().labels(&selector).limit(1))
+        .await?;
+    Ok(found.items.first().map(ResourceExt::name_any))
+}
+
 /// Makes one Secret exist and returns its data. `ca_data` caches the CA
 /// Secret's data (read once, when the first leaf needs it).
 async fn ensure_one(
     api: &Api<Secret>,
+    claims: &Api<PersistentVolumeClaim>,
     s: &GeneratedSecret,
     ca_data: &mut Option<BTreeMap<String, ByteString>>,
     metrics: &Metrics,
 ) -> Result<BTreeMap<String, ByteString>, SecretError> {
     if let Some(found) = api.get_opt(&s.name).await? {
         return Ok(found.data.unwrap_or_default());
+    }
+    if let SecretContent::Credentials { postgres: true, .. } = &s.content
+        && let Some(claim) = initialised_claim(claims, &s.meta).await?
+    {
+        return Err(SecretError::CredentialsMissing { claim });
     }
     let ca = match &s.content {
         SecretContent::Tls { ca, .. } => {
@@ -337,5 +394,28 @@ mod tests {
         assert_eq!(a["password"].len(), 32);
         assert_ne!(a["password"], b["password"]);
         assert!(a["userlist.txt"].contains(&a["password"]));
+    }
+
+    #[test]
+    fn credentials_are_guarded_by_the_claims_of_their_own_tier() {
+        let meta = kube::api::ObjectMeta {
+            labels: Some(BTreeMap::from([
+                (SCALINGPHASE_LABEL.to_owned(), "shop".to_owned()),
+                (TIER_LABEL.to_owned(), "postgres".to_owned()),
+            ])),
+            ..Default::default()
+        };
+        assert_eq!(
+            claim_selector(&meta).as_deref(),
+            Some("ladder.dev/scalingphase=shop,ladder.dev/tier=postgres")
+        );
+        // Without both labels nothing is guarded (never a namespace-wide match).
+        assert_eq!(claim_selector(&kube::api::ObjectMeta::default()), None);
+        let err = SecretError::CredentialsMissing {
+            claim: "data-shop-postgres-0".into(),
+        };
+        assert_eq!(err.reason(), Some(CREDENTIALS_MISSING));
+        assert!(err.to_string().contains("data-shop-postgres-0"));
+        assert_eq!(SecretError::MissingCa.reason(), None);
     }
 }
