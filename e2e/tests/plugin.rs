@@ -304,3 +304,92 @@ fn waiting_for_approval(sp: &ladder_crds::scalingphase::ScalingPhase) -> bool {
         })
     })
 }
+
+/// deploy/krew/ladder.yaml installs the plugin with krew itself (built from
+/// the Go module proxy by hack/build-krew.sh): hack/krew.sh packs the binary
+/// and writes the manifest with the archive's sha256, krew validates the
+/// manifest, checks the sha256 and installs; the installed binary runs. The
+/// written manifest differs from the committed one only in its sha256 (the
+/// release step, `hack/krew.sh --write`, puts the release archive's there).
+#[test]
+fn krew_installs_the_plugin_from_its_manifest() {
+    let root = ladder_e2e::repo_root();
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let krew = run(&mut Command::new(root.join("hack/build-krew.sh")))
+        .trim()
+        .to_owned();
+    let dir = std::env::temp_dir().join(format!("ladder-krew-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bin = plugin_bin().expect("kubectl-ladder builds");
+    let printed = run(Command::new(root.join("hack/krew.sh"))
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--out")
+        .arg(&dir));
+    let mut lines = printed.lines();
+    let (archive, manifest) = (
+        lines.next().expect("archive path"),
+        lines.next().expect("manifest path"),
+    );
+    let committed =
+        std::fs::read_to_string(root.join("deploy/krew/ladder.yaml")).expect("manifest");
+    let written = std::fs::read_to_string(manifest).expect("written manifest");
+    let differing: Vec<(&str, &str)> = committed
+        .lines()
+        .zip(written.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(committed.lines().count(), written.lines().count());
+    assert!(
+        differing.len() <= 1
+            && differing
+                .iter()
+                .all(|(a, _)| a.trim_start().starts_with("sha256: ")),
+        "only the sha256 may differ: {differing:?}"
+    );
+    assert!(
+        committed.contains(&format!("version: v{}", env!("CARGO_PKG_VERSION"))),
+        "the manifest's version is the workspace version"
+    );
+    run(Command::new(&krew)
+        .env("KREW_ROOT", dir.join("root"))
+        .arg("install")
+        .arg(format!("--manifest={manifest}"))
+        .arg(format!("--archive={archive}"))
+        .stdin(std::process::Stdio::null()));
+    let version = run(Command::new(dir.join("root/bin/kubectl-ladder")).arg("--version"));
+    assert_eq!(
+        version.trim(),
+        format!("kubectl-ladder {}", env!("CARGO_PKG_VERSION"))
+    );
+    // A manifest whose sha256 does not match the archive is refused.
+    let wrong = dir.join("wrong.yaml");
+    let bad = written
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("sha256: ") {
+                format!("    sha256: {}", "0".repeat(64))
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&wrong, bad).expect("write");
+    let refused = Command::new(&krew)
+        .env("KREW_ROOT", dir.join("root2"))
+        .arg("install")
+        .arg(format!("--manifest={}", wrong.display()))
+        .arg(format!("--archive={archive}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("krew runs");
+    assert!(!refused.status.success(), "a wrong sha256 was accepted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
