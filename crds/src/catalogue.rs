@@ -80,6 +80,12 @@ pub mod images {
     pub const GHOSTUNNEL: &str = "docker.io/ghostunnel/ghostunnel:v1.8.4";
     /// CockroachDB.
     pub const COCKROACH: &str = "docker.io/cockroachdb/cockroach:v25.3.1";
+    /// Prometheus exporter beside each PostgreSQL instance.
+    pub const POSTGRES_EXPORTER: &str = "docker.io/prometheuscommunity/postgres-exporter:v0.17.1";
+    /// Prometheus exporter beside each PgBouncer.
+    pub const PGBOUNCER_EXPORTER: &str = "docker.io/prometheuscommunity/pgbouncer-exporter:v0.10.2";
+    /// Prometheus exporter beside each Redis.
+    pub const REDIS_EXPORTER: &str = "docker.io/oliver006/redis_exporter:v1.74.0";
 }
 
 /// Defaults that are the same in every phase that runs a component (the

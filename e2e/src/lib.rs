@@ -346,6 +346,12 @@ pub fn app_bin() -> anyhow::Result<PathBuf> {
     built_once(&BIN, "LADDER_APP_BIN", "ladder-app")
 }
 
+/// The `kubectl-ladder` plugin binary: `LADDER_PLUGIN_BIN`, or built once with cargo.
+pub fn plugin_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built_once(&BIN, "LADDER_PLUGIN_BIN", "kubectl-ladder")
+}
+
 /// The debug binary of workspace package `package` (named like it): the
 /// path in `$override_var` when set, else `cargo build` once per process.
 fn built_once(

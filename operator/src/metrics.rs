@@ -94,6 +94,8 @@ pub struct Metrics {
     recommended_phase: Family<ObjectLabel, Gauge<i64, AtomicI64>>,
     promotions: Family<PromotionLabel, Counter>,
     rejected_reports: Family<ReasonLabel, Counter>,
+    /// `ladder_scalingphase_condition` (see [`ConditionGauges`]).
+    pub conditions: ConditionGauges,
 }
 
 impl Default for Metrics {
@@ -189,7 +191,10 @@ impl Default for Metrics {
             "LoadReports not believed, by reason",
             rejected_reports.clone(),
         );
+        let conditions = ConditionGauges::default();
+        conditions.register(&mut registry);
         Self {
+            conditions,
             active_phase,
             transitions,
             step_seconds,
@@ -311,5 +316,165 @@ fn object(namespace: &str, name: &str) -> ObjectLabel {
     ObjectLabel {
         namespace: namespace.into(),
         name: name.into(),
+    }
+}
+
+/// Labels of one condition of one ScalingPhase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabel {
+    /// Namespace of the ScalingPhase.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Condition type (Ready, TransitionBlocked, MetricsAvailable, ...).
+    pub r#type: String,
+    /// The condition's reason.
+    pub reason: String,
+}
+
+/// `ladder_scalingphase_condition{namespace,name,type,reason}`: 1 while the
+/// condition is True, 0 while it is False, one series per condition type of
+/// each ScalingPhase (what the alerts in deploy/observability/rules.yaml
+/// read). When a reason changes, the series of the old reason is removed
+/// rather than left at its last value, so an alert on a reason (say
+/// `ApprovalRequired`) stops when the reason does; [`ConditionGauges::forget`]
+/// removes every series of a deleted ScalingPhase.
+#[derive(Debug, Default)]
+pub struct ConditionGauges {
+    family: Family<ConditionLabel, Gauge<i64, AtomicI64>>,
+    /// The label sets each ScalingPhase `(namespace, name)` has now.
+    current: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<ConditionLabel>>>,
+}
+
+impl ConditionGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "scalingphase_condition",
+            "1 while a ScalingPhase condition is True, 0 while False, by type and reason",
+            self.family.clone(),
+        );
+    }
+
+    /// The conditions of one ScalingPhase now (its whole list: types not in
+    /// it lose their series).
+    pub fn set(
+        &self,
+        namespace: &str,
+        name: &str,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        let now: Vec<(ConditionLabel, i64)> = conditions
+            .iter()
+            .map(|c| {
+                (
+                    ConditionLabel {
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        r#type: c.type_.clone(),
+                        reason: c.reason.clone(),
+                    },
+                    i64::from(c.status == "True"),
+                )
+            })
+            .collect();
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (namespace.to_owned(), name.to_owned());
+        for old in current.get(&key).into_iter().flatten() {
+            if !now.iter().any(|(l, _)| l == old) {
+                self.family.remove(old);
+            }
+        }
+        for (labels, value) in &now {
+            self.family.get_or_create(labels).set(*value);
+        }
+        current.insert(key, now.into_iter().map(|(l, _)| l).collect());
+    }
+
+    /// Removes every series of a ScalingPhase (it was deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for old in current
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .into_iter()
+            .flatten()
+        {
+            self.family.remove(&old);
+        }
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn cond(type_: &str, status: bool, reason: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn lines(m: &Metrics) -> Vec<String> {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("ladder_scalingphase_condition{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn conditions_are_one_while_true_and_old_reasons_leave() {
+        let m = Metrics::default();
+        m.conditions.set(
+            "prod",
+            "shop",
+            &[
+                cond("Ready", true, "AllComponentsReady"),
+                cond("TransitionBlocked", true, "ApprovalRequired"),
+            ],
+        );
+        let text = lines(&m).join("\n");
+        assert!(text.contains(r#"ladder_scalingphase_condition{namespace="prod",name="shop",type="Ready",reason="AllComponentsReady"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"type="TransitionBlocked",reason="ApprovalRequired"} 1"#),
+            "{text}"
+        );
+        // Approved: the blocked condition turns False with another reason.
+        m.conditions.set(
+            "prod",
+            "shop",
+            &[
+                cond("Ready", true, "AllComponentsReady"),
+                cond("TransitionBlocked", false, "TransitionProceeding"),
+            ],
+        );
+        let text = lines(&m).join("\n");
+        assert!(
+            !text.contains("ApprovalRequired"),
+            "the old reason's series is gone: {text}"
+        );
+        assert!(
+            text.contains(r#"type="TransitionBlocked",reason="TransitionProceeding"} 0"#),
+            "{text}"
+        );
+        assert_eq!(lines(&m).len(), 2);
+        // Another ScalingPhase is its own; deleting one leaves the other.
+        m.conditions
+            .set("dev", "blog", &[cond("Ready", false, "ComponentsNotReady")]);
+        m.conditions.forget("prod", "shop");
+        let left = lines(&m);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].contains(r#"name="blog""#) && left[0].ends_with(" 0"));
     }
 }

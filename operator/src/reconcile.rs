@@ -1215,6 +1215,9 @@ async fn cleanup(sp: &ScalingPhase, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
     ctx.record(&uid, None);
+    ctx.metrics
+        .conditions
+        .forget(&sp.namespace().unwrap_or_default(), &sp.name_any());
     info!(retain, "released data before deletion");
     Ok(Action::await_change())
 }
@@ -1229,6 +1232,13 @@ async fn patch_status(
     ctx: &Context,
     next: ladder_crds::scalingphase::ScalingPhaseStatus,
 ) -> Result<bool, Error> {
+    // The condition gauges follow every computed status, written or not
+    // (a restarted operator exports them before anything changes).
+    ctx.metrics.conditions.set(
+        &sp.namespace().unwrap_or_default(),
+        &sp.name_any(),
+        &next.conditions,
+    );
     if sp.status.as_ref() == Some(&next) {
         return Ok(false);
     }

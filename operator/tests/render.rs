@@ -444,10 +444,12 @@ fn service_monitors_replace_scrape_annotations() {
         ..Integrations::default()
     };
     for (yaml, monitors) in [
+        // The app; from phase 1 the data tiers' exporters (PostgreSQL per
+        // StatefulSet, PgBouncer, Redis) and ClickHouse's own endpoint.
         ("phase: 0".to_owned(), 1),
-        ("phase: 1".to_owned(), 1),
-        ("phase: 3".to_owned(), 1),
-        (format!("phase: 4\n{AUTH}"), 2),
+        ("phase: 1".to_owned(), 4),
+        ("phase: 3".to_owned(), 12),
+        (format!("phase: 4\n{AUTH}"), 4),
     ] {
         let off = rendered(&yaml, false);
         let on = rendered_with(&yaml, sm);
@@ -706,4 +708,81 @@ fn objects_follow_the_one_apply_order() {
     let counted: usize = Kind::APPLY_ORDER.iter().map(|k| d.names(*k).len()).sum();
     assert_eq!(d.len(), counted);
     assert_eq!(d.len(), d.objects().len() + d.generated_secrets.len());
+}
+
+/// Every PostgreSQL, PgBouncer and Redis pod runs its exporter (never with a
+/// readiness probe: a failing exporter must not take a database out of its
+/// Service), is annotated for scraping on the exporter's port, and the
+/// monitoring namespaces may reach that port; ClickHouse serves its own.
+#[test]
+fn data_tiers_are_scraped_through_their_exporters() {
+    let d = rendered("phase: 3", false);
+    let expect = [
+        ("postgres", "postgres-exporter", 9187),
+        ("pgbouncer", "pgbouncer-exporter", 9127),
+        ("redis", "redis-exporter", 9121),
+        ("clickhouse", "", 9363),
+    ];
+    for (tier, exporter, port) in expect {
+        let workloads: Vec<serde_json::Value> = d
+            .objects()
+            .into_iter()
+            .filter(|o| {
+                (o["kind"] == "StatefulSet" || o["kind"] == "Deployment")
+                    && o["metadata"]["labels"]["ladder.dev/tier"] == tier
+            })
+            .collect();
+        assert!(!workloads.is_empty(), "no {tier} workload");
+        for w in &workloads {
+            let t = &w["spec"]["template"];
+            assert_eq!(
+                t["metadata"]["annotations"]["prometheus.io/port"],
+                port.to_string(),
+                "{tier}"
+            );
+            let containers = t["spec"]["containers"].as_array().expect("containers");
+            if exporter.is_empty() {
+                continue;
+            }
+            let c = containers
+                .iter()
+                .find(|c| c["name"] == exporter)
+                .unwrap_or_else(|| panic!("{} has no {exporter}", w["metadata"]["name"]));
+            assert!(
+                c["readinessProbe"].is_null(),
+                "{exporter} has a readiness probe"
+            );
+            assert_eq!(c["ports"][0]["containerPort"], port);
+        }
+        let allowed = d.network_policies.iter().any(|p| {
+            let p = serde_json::to_value(p).expect("json");
+            p["spec"]["podSelector"]["matchLabels"]["ladder.dev/tier"] == tier
+                && p["spec"]["ingress"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| {
+                        r["from"][0]["namespaceSelector"]["matchLabels"]["ladder.dev/monitoring"]
+                            == "true"
+                            && r["ports"][0]["port"] == port
+                    })
+        });
+        assert!(allowed, "monitoring cannot reach {tier}:{port}");
+    }
+    let ch = d
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("shop-clickhouse-config"))
+        .expect("ClickHouse config");
+    assert!(
+        ch.data.as_ref().expect("data")["ladder.xml"].contains("<port>9363</port>"),
+        "ClickHouse serves its metrics"
+    );
+    // Phase 0 has no data tier to export.
+    let p0 = rendered("phase: 0", false);
+    assert!(
+        p0.objects()
+            .iter()
+            .all(|o| !o.to_string().contains("-exporter"))
+    );
 }

@@ -117,7 +117,9 @@ pub fn redis_conf() -> String {
         .to_owned()
 }
 
-/// ClickHouse server overrides: TLS ports only, listen on all addresses.
+/// ClickHouse server overrides: TLS ports only, listen on all addresses, and
+/// its built-in Prometheus endpoint (plain HTTP, metrics only; see
+/// `super::exporters`).
 pub fn clickhouse_config() -> String {
     "<!-- Rendered by ladder-operator. -->\n\
      <clickhouse>\n\
@@ -131,6 +133,13 @@ pub fn clickhouse_config() -> String {
      \x20   <privateKeyFile>/etc/ladder/tls/tls.key</privateKeyFile>\n\
      \x20   <caConfig>/etc/ladder/tls/ca.crt</caConfig>\n\
      \x20 </server></openSSL>\n\
+     \x20 <prometheus>\n\
+     \x20   <endpoint>/metrics</endpoint>\n\
+     \x20   <port>9363</port>\n\
+     \x20   <metrics>true</metrics>\n\
+     \x20   <events>true</events>\n\
+     \x20   <asynchronous_metrics>true</asynchronous_metrics>\n\
+     \x20 </prometheus>\n\
      </clickhouse>\n"
         .to_owned()
 }

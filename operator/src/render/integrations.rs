@@ -154,7 +154,7 @@ struct Scrape {
 /// What Prometheus scrapes in this phase. Must name the same ports and paths
 /// as the `metrics` of the pod templates in `components`: the renderer tests
 /// check that both describe the same targets.
-fn scrape_targets(v: &Validated, hardened: bool) -> Vec<Scrape> {
+fn scrape_targets(v: &Validated, hardened: bool, d: &Desired) -> Vec<Scrape> {
     let mut out = vec![Scrape {
         service: child_name(v, "app"),
         port: "http",
@@ -169,6 +169,16 @@ fn scrape_targets(v: &Validated, hardened: bool) -> Vec<Scrape> {
             https: true,
         });
     }
+    out.extend(
+        super::exporters::scrape_targets(d)
+            .into_iter()
+            .map(|service| Scrape {
+                service,
+                port: super::exporters::PORT_NAME,
+                path: super::exporters::PATH,
+                https: false,
+            }),
+    );
     out
 }
 
@@ -193,7 +203,7 @@ pub(super) fn scrape_with_service_monitors(v: &Validated, hardened: bool, d: &mu
         }
     }
     let ca = child_name(v, "ca");
-    for target in scrape_targets(v, hardened) {
+    for target in scrape_targets(v, hardened, d) {
         let Some(service) = d
             .services
             .iter_mut()

@@ -24,6 +24,7 @@ mod clickhouse;
 mod cockroach;
 pub mod config;
 mod edge;
+mod exporters;
 mod integrations;
 pub mod migration;
 mod network;
@@ -364,12 +365,14 @@ impl Desired {
 /// Renders every child of the phase.
 ///
 /// The component builders always describe certificates as generated
-/// Secrets and scraping as pod annotations; when cert-manager or the
+/// Secrets and scraping as pod annotations; the data tiers' exporters are
+/// added by one pass over them (`exporters`); when cert-manager or the
 /// Prometheus Operator is installed, a final pass turns those into
 /// Certificates (with their Issuers) and ServiceMonitors.
 pub fn render(v: &Validated, profile: &PhaseProfile) -> Desired {
     let mut d = Desired::default();
     render_into(v, profile, &mut d);
+    exporters::add(v, &mut d);
     if v.cert_manager {
         integrations::issue_with_cert_manager(v, &mut d);
     }

@@ -124,7 +124,12 @@ pub(super) fn build(v: &Validated, flows: &[Flow], d: &mut Desired) {
             }
             "varnish" => ingresses.push(ingress(None, &[8080])),
             "cockroach" => ingresses.push(ingress(Some(monitoring.clone()), &[8080])),
-            _ => {}
+            // The data tiers' exporters (`super::exporters`).
+            other => {
+                if let Some(port) = super::exporters::metrics_port(other) {
+                    ingresses.push(ingress(Some(monitoring.clone()), &[port]));
+                }
+            }
         }
         let name = child_name(v, &format!("allow-{tier}"));
         d.network_policies.push(policy(
