@@ -256,6 +256,7 @@ mod tests {
                 step_started_at: at(),
                 job_name: None,
                 retain_until: None,
+                rollback_of: None,
                 message: String::new(),
             });
         }

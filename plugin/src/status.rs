@@ -433,6 +433,7 @@ mod tests {
                 step_started_at: Time(ts(-125)),
                 job_name: None,
                 retain_until: None,
+                rollback_of: None,
                 message: "waiting for the phase 2 tier to be ready beside phase 1".into(),
             }),
             ready_components: Some("4/5".into()),
