@@ -815,3 +815,140 @@ async fn gitops_server_side_reapply_never_undoes_an_auto_promotion() -> anyhow::
 async fn gitops_client_side_reapply_never_undoes_an_auto_promotion() -> anyhow::Result<()> {
     gitops_fight(GitApply::ClientSide).await
 }
+
+/// A real Prometheus (Debian's `prometheus`) on loopback, scraping the app
+/// on loopback every second, to be the promoter's load source.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    async fn start(target: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let dir = temp_dir("prometheus");
+        let port = ladder_e2e::app::free_port();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n- job_name: ladder-app\n  static_configs:\n  - targets: ['{target}']\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("prometheus.log"))?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("prometheus (hack/toolchain.sh installs Debian's prometheus): {e}")
+            })?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = ladder_e2e::app::http();
+        let ready = format!("{url}/-/ready");
+        wait_for("Prometheus ready", Duration::from_secs(60), || {
+            let (http, ready) = (http.clone(), ready.clone());
+            async move {
+                Ok(http
+                    .get(&ready)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
+        })
+        .await?;
+        Ok(Self { child, url, dir })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `spec.autoscale.source.prometheus`: the TPS comes from a PromQL query on
+/// a real Prometheus scraping the app, not from LoadReports; with load over
+/// the threshold the promoter recommends the next phase; when Prometheus goes
+/// away the phase holds and MetricsAvailable says why.
+#[tokio::test]
+async fn a_prometheus_query_is_the_load_source() -> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-prom").await?;
+    let op = Operator::start(&ns.name).await?;
+    let dir = temp_dir("prom-app");
+    // Reports off would be the real setup; they stay on here to show they are not summed.
+    let app = App::start(&dir, &ns.name, "shop", "not-a-pod-of-shop", REPORTING).await?;
+    let mut prom = Prometheus::start(app.addr).await?;
+    let query = "sum(rate(ladder_db_transactions_total[5s]))";
+    ns.apply_sp(&sp_yaml(
+        "shop",
+        0,
+        &format!(
+            "mode: Recommend, promoteAfter: 10s, minDwell: 0s, source: {{prometheus: {{url: '{}', query: '{query}'}}}}",
+            prom.url
+        ),
+    ))
+    .await?;
+    let api = ns.sps();
+    // Phase 0 promotes at 8 TPS; 20 writes/s keeps it above for the window.
+    let writer = LoadGen::start(app.addr, 20, 120);
+    let sp = wait_sp(
+        &api,
+        "shop",
+        "phase 1 recommended from Prometheus",
+        TIMEOUT,
+        |sp| status(sp).recommended_phase == Some(1),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", op.log_text()))?;
+    let (ok, reason, message) = condition(&sp, "MetricsAvailable").expect("condition");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("True", "PrometheusQueryFresh"),
+        "{message}"
+    );
+    assert!(message.contains("Prometheus"), "{message}");
+    assert!(
+        status(&sp).observed_tps.is_some_and(|t| t >= 8.0),
+        "{:?}",
+        status(&sp)
+    );
+    assert_eq!(sp.spec.phase, 0, "Recommend mode changes nothing");
+    let (created, failed) = writer.stop();
+    assert!(
+        created > 50 && failed == 0,
+        "load: {created} created, {failed} failed"
+    );
+
+    // Prometheus gone: no number, the phase holds, the condition says why.
+    prom.stop();
+    let sp = wait_sp(&api, "shop", "MetricsAvailable False", TIMEOUT, |sp| {
+        condition(sp, "MetricsAvailable")
+            .is_some_and(|(s, r, _)| s == "False" && r == "PrometheusQueryFailed")
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\noperator log:\n{}", op.log_text()))?;
+    assert_eq!(status(&sp).active_phase, Some(0));
+    assert_eq!(status(&sp).observed_tps, None);
+    drop(app);
+    ns.delete().await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
