@@ -86,7 +86,10 @@ fn dns() -> Vec<(String, String)> {
             format!("{SP}-postgres.{NS}.svc:5432"),
             format!("localhost:{primary}"),
         ),
-        (format!("{SP}-redis.{NS}.svc:6379"), format!("localhost:{redis}")),
+        (
+            format!("{SP}-redis.{NS}.svc:6379"),
+            format!("localhost:{redis}"),
+        ),
         (
             format!("{SP}-clickhouse.{NS}.svc:8443"),
             format!("localhost:{clickhouse}"),

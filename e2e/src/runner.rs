@@ -108,7 +108,10 @@ impl Hosts {
                 format!("{sp}-postgres.{ns}.svc:5432"),
                 format!("localhost:{primary}"),
             ),
-            (format!("{sp}-redis.{ns}.svc:6379"), format!("localhost:{redis}")),
+            (
+                format!("{sp}-redis.{ns}.svc:6379"),
+                format!("localhost:{redis}"),
+            ),
             (
                 format!("{sp}-clickhouse.{ns}.svc:8443"),
                 format!("localhost:{clickhouse}"),
