@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR ?= $(LADDER_CACHE)/target
 export KUBECONFIG_LADDER := $(CURDIR)/.ladder/cluster/kubeconfig
 CARGO ?= cargo
 
-.PHONY: help demo test test-unit test-integration test-e2e lint fmt crds check-crds \
+.PHONY: help demo test test-unit test-rendered test-integration test-e2e lint fmt crds check-crds \
         cluster-up cluster-down services-up services-down toolchain bench bench-app bench-promotion clean images chart-files
 
 help: ## list the targets
@@ -36,6 +36,9 @@ fmt: ## format the code
 test-unit: ## unit tests: pure code, no services (golden snapshots, property tests, CRD drift)
 	$(CARGO) test --workspace --locked --lib --bins
 	$(CARGO) test -p ladder-operator --locked --test '*'
+
+test-rendered: toolchain ## the rendered config runs: Debian's postgres, pgbouncer and redis-server started with exactly what the operator renders (needs root)
+	$(CARGO) test -p ladder-operator --locked --test rendered_config_runs -- --ignored
 
 test-integration: services-up cluster-up ## integration tests against the real data services (LoadReports go to the control plane)
 	set -a; source .ladder/services.env; set +a; \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real data services on loopback, from Debian's packages:
-#   PostgreSQL 15 primary + a streaming replica (pg_basebackup), PgBouncer in
-#   front of the primary (transaction pooling), Redis, ClickHouse and Varnish.
+#   PostgreSQL 15 primary + a streaming replica (pg_basebackup), durable
+#   (fsync on) as in production, PgBouncer in front of the primary
+#   (transaction pooling), Redis, ClickHouse and Varnish.
 #
 #   hack/services.sh up      install what is missing, start what is not running
 #   hack/services.sh down    stop what `up` started, remove the state
@@ -170,6 +171,27 @@ pg_tls_config() {
   else
     rm -f "$dir/ladder-tls.conf.tmp"
   fi
+  pg_durable_config "$dir"
+}
+
+# pg_durable_config DIR: durable writes, as production runs them (fsync,
+# full-page writes, synchronous commit), so no test's claim that an
+# acknowledged write survives rests on a setting production never has. A
+# data folder made by an older `up` (fsync = off) gets them by the include,
+# read last; they take effect on the reload that follows (sets TLS_CHANGED).
+pg_durable_config() {
+  local dir="$1"
+  if ! grep -qx "include_if_exists = 'ladder-durability.conf'" "$dir/postgresql.conf"; then
+    printf "%s\n" "include_if_exists = 'ladder-durability.conf'" >> "$dir/postgresql.conf"
+    TLS_CHANGED=1
+  fi
+  printf '%s\n' "fsync = on" "full_page_writes = on" "synchronous_commit = on" > "$dir/ladder-durability.conf.tmp"
+  if ! cmp -s "$dir/ladder-durability.conf.tmp" "$dir/ladder-durability.conf"; then
+    chown "$DB_OWNER" "$dir/ladder-durability.conf.tmp"
+    mv -f "$dir/ladder-durability.conf.tmp" "$dir/ladder-durability.conf"; TLS_CHANGED=1
+  else
+    rm -f "$dir/ladder-durability.conf.tmp"
+  fi
 }
 
 start_primary() {
@@ -196,9 +218,9 @@ max_wal_senders = 10
 max_replication_slots = 10
 hot_standby = on
 max_connections = 200
-fsync = off
+fsync = on
 synchronous_commit = on
-full_page_writes = off
+full_page_writes = on
 shared_buffers = 128MB
 CONF
     cat > "$dir/pg_hba.conf" <<CONF

@@ -5,9 +5,13 @@
 #
 #   1. lint: rustfmt, clippy -D warnings
 #   2. unit: pure tests of every crate (renderers, golden files, CRD drift, ...)
-#   3. integration: ladder-app against real PostgreSQL (+ streaming replica),
-#      PgBouncer, Redis, ClickHouse and Varnish on loopback
-#   4. e2e: against the local control plane (etcd, kube-apiserver,
+#   3. rendered config: Debian's postgres (+ streaming replicas), pgbouncer
+#      and redis-server started with exactly what the operator renders, on
+#      loopback, clients verifying TLS as the app does (needs root)
+#   4. integration: ladder-app against real PostgreSQL (+ streaming replica),
+#      PgBouncer, Redis, ClickHouse (and chDB, ClickHouse's current engine)
+#      and Varnish on loopback
+#   5. e2e: against the local control plane (etcd, kube-apiserver,
 #      kube-controller-manager, kube-scheduler, kwok)
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
@@ -48,6 +52,9 @@ cargo test --workspace "${TEST_FLAGS[@]}" --lib --bins
 if compgen -G "operator/tests/*.rs" >/dev/null; then
   cargo test -p ladder-operator "${TEST_FLAGS[@]}" --test '*'
 fi
+
+step "rendered config: the data services run what the operator renders"
+cargo test -p ladder-operator "${TEST_FLAGS[@]}" --test rendered_config_runs -- --ignored
 
 step "integration tests against the real data services"
 set -a; source .ladder/services.env; set +a

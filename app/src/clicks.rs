@@ -3,9 +3,11 @@
 //! - to the primary database (phases 0-2), aggregated per (code, day) so a flush is one small
 //!   transaction however many clicks it carries;
 //! - to ClickHouse (phase 3+), as batched `INSERT … FORMAT JSONEachRow` over its HTTP interface.
-//!   Debian's clickhouse-server is 18.16, so the table uses the old `MergeTree(date, key, 8192)`
-//!   syntax, and stats use plain `GROUP BY` (no parameterised queries: codes are validated to
-//!   `[A-Za-z0-9_-]` before they reach SQL).
+//!   The statements ([`sql`]) are in the form every engine from Debian's 18.16 to the 25.8 the
+//!   operator renders (and 26) accepts: `ENGINE = MergeTree PARTITION BY … ORDER BY …` (the old
+//!   `MergeTree(date, key, 8192)` form is refused by current engines), stats with a plain
+//!   `GROUP BY` (no parameterised queries: codes are validated to `[A-Za-z0-9_-]` before they
+//!   reach SQL). `app/tests/clickhouse_engines.rs` runs them on both engines.
 //!
 //! Neither sink can fail a redirect: the buffer is bounded (`--click-buffer`); while the sink is
 //! down batches are kept for retry up to that bound, then the oldest clicks are dropped and counted
@@ -118,24 +120,53 @@ impl ClickHouse {
     }
 
     pub async fn ensure_schema(&self) -> anyhow::Result<()> {
-        self.exec(
-            &format!("CREATE DATABASE IF NOT EXISTS {}", self.database),
-            None,
-        )
-        .await?;
-        self.exec(
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {}.clicks (day Date, ts DateTime, code String) \
-                 ENGINE = MergeTree(day, (code, ts), 8192)",
-                self.database
-            ),
-            None,
-        )
-        .await?;
+        self.exec(&sql::create_database(&self.database), None)
+            .await?;
+        self.exec(&sql::create_table(&self.database), None).await?;
         Ok(())
     }
 
     pub async fn insert(&self, clicks: &[(String, DateTime<Utc>)]) -> anyhow::Result<()> {
+        self.exec(&sql::insert(&self.database), Some(sql::insert_rows(clicks)))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn stats(&self, code: &str) -> anyhow::Result<Vec<ClickRow>> {
+        let text = self.exec(&sql::stats(&self.database, code)?, None).await?;
+        sql::parse_stats(code, &text)
+    }
+}
+
+/// The app's ClickHouse statements and their results, as text: pure, so the tests can run the
+/// very same statements on other engines (`app/tests/clickhouse_engines.rs`).
+pub mod sql {
+    use anyhow::bail;
+    use chrono::{DateTime, Utc};
+
+    use crate::store::ClickRow;
+
+    pub fn create_database(database: &str) -> String {
+        format!("CREATE DATABASE IF NOT EXISTS {database}")
+    }
+
+    /// One row per click, partitioned by month and sorted by code then time (what the stats
+    /// query reads). A table made by an earlier version with the old `MergeTree(day, (code,
+    /// ts), 8192)` form has the same columns and stays as it is.
+    pub fn create_table(database: &str) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {database}.clicks (day Date, ts DateTime, code String) \
+             ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (code, ts)"
+        )
+    }
+
+    /// The statement of an insert; its rows ([`insert_rows`]) follow it as data.
+    pub fn insert(database: &str) -> String {
+        format!("INSERT INTO {database}.clicks FORMAT JSONEachRow")
+    }
+
+    /// One JSON object per line.
+    pub fn insert_rows(clicks: &[(String, DateTime<Utc>)]) -> String {
         let mut body = String::with_capacity(clicks.len() * 64);
         for (code, at) in clicks {
             let line = serde_json::json!({
@@ -146,32 +177,27 @@ impl ClickHouse {
             body.push_str(&line.to_string());
             body.push('\n');
         }
-        self.exec(
-            &format!("INSERT INTO {}.clicks FORMAT JSONEachRow", self.database),
-            Some(body),
-        )
-        .await?;
-        Ok(())
+        body
     }
 
-    pub async fn stats(&self, code: &str) -> anyhow::Result<Vec<ClickRow>> {
+    /// Clicks of `code` per day; refuses a code outside `[A-Za-z0-9_-]`.
+    pub fn stats(database: &str, code: &str) -> anyhow::Result<String> {
         if !crate::links::valid_code_chars(code) {
             bail!("invalid code");
         }
-        let text = self
-            .exec(
-                &format!(
-                    "SELECT toString(day) AS day, count() AS clicks FROM {}.clicks WHERE code = '{code}' \
-                     GROUP BY day ORDER BY day FORMAT JSONEachRow",
-                    self.database
-                ),
-                None,
-            )
-            .await?;
+        Ok(format!(
+            "SELECT toString(day) AS day, count() AS clicks FROM {database}.clicks WHERE code = '{code}' \
+             GROUP BY day ORDER BY day FORMAT JSONEachRow"
+        ))
+    }
+
+    /// The rows of a [`stats`] answer.
+    pub fn parse_stats(code: &str, text: &str) -> anyhow::Result<Vec<ClickRow>> {
         let mut rows = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line)?;
-            // UInt64 comes back quoted by default (output_format_json_quote_64bit_integers).
+            // UInt64 comes back quoted by older engines (output_format_json_quote_64bit_integers
+            // was on by default), as a number by current ones.
             let clicks = match &v["clicks"] {
                 serde_json::Value::String(s) => s.parse()?,
                 other => other.as_i64().unwrap_or(0),

@@ -298,6 +298,7 @@ async fn seed(base: &str, n: usize) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn sqlite_to_postgres_under_load_killed_and_resumed() {
+    assert_durable_primary().await;
     let from = StoreSpec::Sqlite {
         path: temp_sqlite(),
     };
@@ -922,6 +923,7 @@ fn check_result(v: &serde_json::Value, outcome: &str) {
 /// acknowledged write is in the new tier, and exactly one tier is writable.
 #[tokio::test]
 async fn killed_at_every_point_the_rerun_finishes_the_same_migration() {
+    assert_durable_primary().await;
     let points: Vec<&str> = ladder_app::migrate::CRASH_POINTS
         .iter()
         .copied()

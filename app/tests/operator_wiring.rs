@@ -4,7 +4,7 @@
 //!
 //! What a cluster would do, the test does, and nothing more:
 //! - DNS: the Service names the operator renders are mapped to the local services on loopback
-//!   (`<sp>-pgbouncer:6432` → `localhost:<pgbouncer port>`, ...), inside env values and inside
+//!   (`<sp>-pgbouncer.<ns>.svc:6432` → `localhost:<pgbouncer port>`, ...), inside env values and inside
 //!   mounted files (the shard map). TLS is verified against the local CA with the name
 //!   `localhost`, as the app verifies the operator's CA with Service names in a cluster.
 //! - The kubelet: `secretKeyRef`s get the local services' passwords, `fieldRef`s a pod name
@@ -79,16 +79,19 @@ fn dns() -> Vec<(String, String)> {
     let varnish = port_of(&env("LADDER_VARNISH_URL"));
     let mut map = vec![
         (
-            format!("{SP}-pgbouncer:6432"),
+            format!("{SP}-pgbouncer.{NS}.svc:6432"),
             format!("localhost:{bouncer}"),
         ),
         (
-            format!("{SP}-postgres:5432"),
+            format!("{SP}-postgres.{NS}.svc:5432"),
             format!("localhost:{primary}"),
         ),
-        (format!("{SP}-redis:6379"), format!("localhost:{redis}")),
         (
-            format!("{SP}-clickhouse:8443"),
+            format!("{SP}-redis.{NS}.svc:6379"),
+            format!("localhost:{redis}"),
+        ),
+        (
+            format!("{SP}-clickhouse.{NS}.svc:8443"),
             format!("localhost:{clickhouse}"),
         ),
         (
@@ -98,7 +101,7 @@ fn dns() -> Vec<(String, String)> {
         // CockroachDB is not available here: its wire protocol goes to PostgreSQL (see
         // docs/storage.md), with the same TLS settings.
         (
-            format!("{SP}-cockroach-public:26257"),
+            format!("{SP}-cockroach-public.{NS}.svc:26257"),
             format!("localhost:{primary}"),
         ),
     ];

@@ -69,7 +69,7 @@ pub struct SecretOverride {
 #[derive(Clone, Debug, Default)]
 pub struct Hosts {
     /// In-cluster text → local text, applied in order (put longer, more
-    /// specific entries first): `<sp>-pgbouncer:6432` → `localhost:16432`.
+    /// specific entries first): `<sp>-pgbouncer.<ns>.svc:6432` → `localhost:16432`.
     pub rewrites: Vec<(String, String)>,
     /// Secret values replaced by the local services' ones.
     pub secrets: Vec<SecretOverride>,
@@ -101,21 +101,24 @@ impl Hosts {
         let clickhouse = port("LADDER_CLICKHOUSE_HTTPS_URL")?;
         let mut rewrites = vec![
             (
-                format!("{sp}-pgbouncer:6432"),
+                format!("{sp}-pgbouncer.{ns}.svc:6432"),
                 format!("localhost:{bouncer}"),
             ),
             (
-                format!("{sp}-postgres:5432"),
+                format!("{sp}-postgres.{ns}.svc:5432"),
                 format!("localhost:{primary}"),
             ),
-            (format!("{sp}-redis:6379"), format!("localhost:{redis}")),
             (
-                format!("{sp}-clickhouse:8443"),
+                format!("{sp}-redis.{ns}.svc:6379"),
+                format!("localhost:{redis}"),
+            ),
+            (
+                format!("{sp}-clickhouse.{ns}.svc:8443"),
                 format!("localhost:{clickhouse}"),
             ),
             // No CockroachDB here: its wire protocol goes to PostgreSQL.
             (
-                format!("{sp}-cockroach-public:26257"),
+                format!("{sp}-cockroach-public.{ns}.svc:26257"),
                 format!("localhost:{primary}"),
             ),
         ];

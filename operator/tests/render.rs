@@ -172,12 +172,13 @@ fn every_phase_builds_what_the_roadmap_names() {
         })
         .count();
     assert_eq!(shards, 4);
-    assert!(
-        d3.config_maps
-            .iter()
-            .any(|c| c.metadata.name.as_deref() == Some("shop-shard-map-v1")
-                && c.immutable == Some(true))
-    );
+    assert!(d3.config_maps.iter().any(|c| {
+        c.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("shop-shard-map-v1-"))
+            && c.immutable == Some(true)
+    }));
     assert!(
         d3.stateful_sets
             .iter()

@@ -77,6 +77,27 @@ pub async fn fresh_db(prefix: &str) -> String {
     name
 }
 
+/// Fails unless the local primary writes durably (fsync, full-page writes, synchronous
+/// commit): a test that claims an acknowledged write survives calls it first, so the claim
+/// never rests on a setting production does not have.
+pub async fn assert_durable_primary() {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&env("LADDER_PG_PRIMARY_URL"))
+        .await
+        .expect("connect to the primary");
+    let (fsync, fpw, commit): (String, String, String) = sqlx::query_as(
+        "select current_setting('fsync'), current_setting('full_page_writes'), \
+         current_setting('synchronous_commit')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("settings");
+    assert_eq!(
+        (fsync.as_str(), fpw.as_str(), commit.as_str()),
+        ("on", "on", "on"),
+        "the test PostgreSQL must be durable (hack/services.sh up sets it)"
+    );
+}
+
 pub fn primary_url(db: &str) -> String {
     with_db(&env("LADDER_PG_PRIMARY_URL"), db)
 }

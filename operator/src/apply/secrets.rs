@@ -3,7 +3,14 @@
 //!
 //! The renderer only names them ([`GeneratedSecret`]); [`ensure`] creates
 //! the missing ones with fresh randomness and leaves existing ones alone,
-//! so a password or key never changes under a running pod. Leaf
+//! so a password or key never changes under a running pod. The one write
+//! to an existing Secret adds a file derived from its password that an
+//! earlier version did not write (Redis' password include); it replaces
+//! nothing.
+//!
+//! The CA is constrained (`pathlen:0`, DNS names of the phase's namespace
+//! only, no IP address); a leaf is a server or a client certificate, never
+//! both. Secrets issued by earlier versions keep what they were issued with. Leaf
 //! certificates are signed by the CA Secret as it is in the cluster,
 //! whoever wrote it (this operator, an earlier version, or cert-manager).
 
@@ -11,14 +18,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
 use super::{ApplyError, FIELD_MANAGER};
 use crate::metrics::Metrics;
-use crate::render::{GeneratedSecret, Kind, SCALINGPHASE_LABEL, SecretContent, TIER_LABEL};
+use crate::render::config;
+use crate::render::{
+    CredentialsKind, GeneratedSecret, Kind, SCALINGPHASE_LABEL, SecretContent, TIER_LABEL, TlsUsage,
+};
 
 /// Why a generated Secret could not be made to exist.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,9 @@ pub enum SecretError {
         /// A claim of the database that needs the missing credentials.
         claim: String,
     },
+    /// An existing Secret's value cannot be used to derive a file from.
+    #[error("the Secret's {0} is missing or cannot be used")]
+    Unusable(&'static str),
 }
 
 impl SecretError {
@@ -73,10 +86,12 @@ fn random_password() -> String {
         .collect()
 }
 
-/// Parameters of every phase CA (subject, usages, validity).
-fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
+/// Parameters of every phase CA: it signs leaves only (`pathlen:0`, no
+/// intermediate CA below it) and only for DNS names under `permitted_dns`
+/// (the phase's namespace), never for an IP address.
+fn ca_params(permitted_dns: &[String]) -> Result<rcgen::CertificateParams, rcgen::Error> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "ladder phase CA");
@@ -84,33 +99,89 @@ fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
+    params.name_constraints = Some(rcgen::NameConstraints {
+        permitted_subtrees: permitted_dns
+            .iter()
+            .map(|d| rcgen::GeneralSubtree::DnsName(d.clone()))
+            .collect(),
+        excluded_subtrees: vec![
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V4([0; 4], [0; 4])),
+            rcgen::GeneralSubtree::IpAddress(rcgen::CidrSubnet::V6([0; 16], [0; 16])),
+        ],
+    });
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     Ok(params)
 }
 
+/// Parameters of a leaf certificate: a server certificate for `dns_names`
+/// or a client certificate for the user `common_name`, never both.
+fn leaf_params(
+    common_name: &str,
+    dns_names: &[String],
+    usage: TlsUsage,
+) -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(dns_names.to_vec())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    // ECDSA keys: signing only (no key encipherment).
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match usage {
+        TlsUsage::Server => rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        TlsUsage::Client => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+    Ok(params)
+}
+
+/// Files a credentials Secret of `kind` holds besides `username` and
+/// `password`, derived from them.
+fn derived_files(
+    kind: CredentialsKind,
+    username: &str,
+    password: &str,
+) -> Result<BTreeMap<String, String>, SecretError> {
+    let mut data = BTreeMap::new();
+    match kind {
+        CredentialsKind::Plain => {}
+        CredentialsKind::Postgres => {
+            data.insert(
+                "userlist.txt".into(),
+                format!("\"{username}\" \"{password}\"\n"),
+            );
+        }
+        CredentialsKind::Redis => {
+            let include =
+                config::redis_auth_conf(password).ok_or(SecretError::Unusable("password"))?;
+            data.insert(config::REDIS_AUTH_KEY.into(), include);
+        }
+    }
+    Ok(data)
+}
+
 /// Generates the content of a Secret. Needs the CA Secret's data for leaf
-/// certificates.
-fn generate(
+/// certificates. Public for the tests that run the rendered configuration
+/// with the certificates and passwords a cluster would hold.
+pub fn generate(
     content: &SecretContent,
     ca: Option<&BTreeMap<String, ByteString>>,
 ) -> Result<BTreeMap<String, String>, SecretError> {
     let mut data = BTreeMap::new();
     match content {
-        SecretContent::Credentials { username, postgres } => {
+        SecretContent::Credentials { username, kind } => {
             let password = random_password();
             data.insert("username".into(), username.clone());
             data.insert("password".into(), password.clone());
-            if *postgres {
+            if *kind == CredentialsKind::Postgres {
                 data.insert("replication-password".into(), random_password());
-                data.insert(
-                    "userlist.txt".into(),
-                    format!("\"{username}\" \"{password}\"\n"),
-                );
             }
+            data.extend(derived_files(*kind, username, &password)?);
         }
-        SecretContent::Ca => {
-            let params = ca_params()?;
+        SecretContent::Ca { permitted_dns } => {
+            let params = ca_params(permitted_dns)?;
             let key = rcgen::KeyPair::generate()?;
             let cert = params.self_signed(&key)?;
             // cert-manager's layout for a CA Certificate's Secret, so that
@@ -122,6 +193,7 @@ fn generate(
         SecretContent::Tls {
             common_name,
             dns_names,
+            usage,
             ..
         } => {
             let ca = ca.ok_or(SecretError::MissingCa)?;
@@ -143,15 +215,7 @@ fn generate(
             // identify it exactly whoever made it.
             let issuer =
                 rcgen::Issuer::from_ca_cert_pem(&ca_crt, ca_key).map_err(SecretError::Ca)?;
-            let mut params = rcgen::CertificateParams::new(dns_names.clone())?;
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, common_name.clone());
-            params.extended_key_usages = vec![
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+            let params = leaf_params(common_name, dns_names, *usage)?;
             let key = rcgen::KeyPair::generate()?;
             let cert = params.signed_by(&key, &issuer)?;
             data.insert("tls.crt".into(), cert.pem());
@@ -160,6 +224,34 @@ fn generate(
         }
     }
     Ok(data)
+}
+
+/// The derived files an existing credentials Secret lacks (it was written by
+/// an earlier version that did not derive them), computed from the password
+/// it holds: nothing it holds is ever replaced. Empty when nothing is
+/// missing or the Secret is not a credentials Secret.
+fn missing_derived_files(
+    content: &SecretContent,
+    existing: &BTreeMap<String, ByteString>,
+) -> Result<BTreeMap<String, String>, SecretError> {
+    let SecretContent::Credentials { username, kind } = content else {
+        return Ok(BTreeMap::new());
+    };
+    let text = |k: &'static str| {
+        existing
+            .get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let wanted = derived_files(*kind, username, "")?;
+    if wanted.keys().all(|k| existing.contains_key(k)) {
+        return Ok(BTreeMap::new());
+    }
+    let password = text("password").ok_or(SecretError::Unusable("password"))?;
+    let username = text("username").unwrap_or_else(|| username.clone());
+    Ok(derived_files(*kind, &username, &password)?
+        .into_iter()
+        .filter(|(k, _)| !existing.contains_key(k))
+        .collect())
 }
 
 /// Makes every generated Secret exist. Existing ones are left untouched
@@ -180,7 +272,7 @@ pub(super) async fn ensure(
                 name: s.name.clone(),
                 source,
             })?;
-        if matches!(s.content, SecretContent::Ca) {
+        if matches!(s.content, SecretContent::Ca { .. }) {
             ca_data = Some(data);
         }
     }
@@ -222,9 +314,25 @@ async fn ensure_one(
     metrics: &Metrics,
 ) -> Result<BTreeMap<String, ByteString>, SecretError> {
     if let Some(found) = api.get_opt(&s.name).await? {
-        return Ok(found.data.unwrap_or_default());
+        let data = found.data.unwrap_or_default();
+        let missing = missing_derived_files(&s.content, &data)?;
+        if missing.is_empty() {
+            return Ok(data);
+        }
+        // A merge patch adds the keys; the ones it holds stay as they are.
+        let patch = serde_json::json!({ "stringData": missing });
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        let patched = api.patch(&s.name, &pp, &Patch::Merge(&patch)).await?;
+        metrics.applied(Kind::Secret.name());
+        return Ok(patched.data.unwrap_or_default());
     }
-    if let SecretContent::Credentials { postgres: true, .. } = &s.content
+    if let SecretContent::Credentials {
+        kind: CredentialsKind::Postgres,
+        ..
+    } = &s.content
         && let Some(claim) = initialised_claim(claims, &s.meta).await?
     {
         return Err(SecretError::CredentialsMissing { claim });
@@ -242,7 +350,10 @@ async fn ensure_one(
         metadata: s.meta.clone(),
         string_data: Some(generate(&s.content, ca)?),
         type_: Some(
-            if matches!(s.content, SecretContent::Tls { .. } | SecretContent::Ca) {
+            if matches!(
+                s.content,
+                SecretContent::Tls { .. } | SecretContent::Ca { .. }
+            ) {
                 "kubernetes.io/tls"
             } else {
                 "Opaque"
@@ -265,157 +376,8 @@ async fn ensure_one(
     Ok(created.data.unwrap_or_default())
 }
 
+// The tests parse the certificates and verify them with rustls' WebPKI, as
+// the app's clients do: a file of their own.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes(data: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
-        data.iter()
-            .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
-            .collect()
-    }
-
-    fn leaf(ca: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        generate(
-            &SecretContent::Tls {
-                ca: "ca".into(),
-                common_name: "db".into(),
-                dns_names: vec!["db.ns.svc".into()],
-            },
-            Some(&bytes(ca)),
-        )
-        .expect("leaf")
-    }
-
-    /// The leaf names the CA as issuer (subject and key identifier) and its
-    /// signature verifies with the CA's public key: what a TLS peer checks.
-    fn assert_signed_by(leaf_pem: &str, ca_pem: &str) {
-        use x509_parser::extensions::ParsedExtension;
-        let (_, leaf) = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes()).expect("leaf pem");
-        let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).expect("ca pem");
-        let leaf = leaf.parse_x509().expect("leaf der");
-        let ca = ca.parse_x509().expect("ca der");
-        assert_eq!(leaf.issuer(), ca.subject());
-        let aki = leaf
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.clone(),
-                _ => None,
-            });
-        let ski = ca
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.clone()),
-                _ => None,
-            });
-        if let (Some(aki), Some(ski)) = (aki, ski) {
-            assert_eq!(aki.0, ski.0, "authority key id is the CA's subject key id");
-        }
-        leaf.verify_signature(Some(ca.public_key()))
-            .expect("signed by the CA");
-    }
-
-    #[test]
-    fn generated_certificates_chain_to_the_ca() {
-        let ca = generate(&SecretContent::Ca, None).expect("ca");
-        // cert-manager's layout for a CA Secret.
-        assert_eq!(ca["ca.crt"], ca["tls.crt"]);
-        assert!(ca["tls.key"].contains("PRIVATE KEY"));
-        let leaf = leaf(&ca);
-        assert!(leaf["tls.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
-        assert_eq!(leaf["ca.crt"], ca["ca.crt"]);
-        assert_signed_by(&leaf["tls.crt"], &ca["ca.crt"]);
-        assert!(
-            generate(
-                &SecretContent::Tls {
-                    ca: "ca".into(),
-                    common_name: "x".into(),
-                    dns_names: vec![]
-                },
-                None
-            )
-            .is_err()
-        );
-    }
-
-    /// A CA Secret written by an earlier version (`ca.crt`, `ca.key`) still signs.
-    #[test]
-    fn earlier_ca_layout_still_signs() {
-        let ca = generate(&SecretContent::Ca, None).expect("ca");
-        let earlier = BTreeMap::from([
-            ("ca.crt".to_owned(), ca["tls.crt"].clone()),
-            ("ca.key".to_owned(), ca["tls.key"].clone()),
-        ]);
-        assert_signed_by(&leaf(&earlier)["tls.crt"], &ca["tls.crt"]);
-    }
-
-    /// After cert-manager is uninstalled, its CA (another subject, key and
-    /// key identifiers than ours) keeps signing the leaves the operator adds.
-    #[test]
-    fn a_foreign_ca_secret_signs_consistent_leaves() {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "someone else");
-        params.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![7; 20]);
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("self-signed");
-        let foreign = BTreeMap::from([
-            ("tls.crt".to_owned(), cert.pem()),
-            ("tls.key".to_owned(), key.serialize_pem()),
-            ("ca.crt".to_owned(), cert.pem()),
-        ]);
-        let issued = leaf(&foreign);
-        assert_eq!(issued["ca.crt"], cert.pem());
-        assert_signed_by(&issued["tls.crt"], &cert.pem());
-    }
-
-    #[test]
-    fn passwords_are_random_and_long() {
-        let a = generate(
-            &SecretContent::Credentials {
-                username: "u".into(),
-                postgres: true,
-            },
-            None,
-        )
-        .expect("creds");
-        let b = generate(
-            &SecretContent::Credentials {
-                username: "u".into(),
-                postgres: true,
-            },
-            None,
-        )
-        .expect("creds");
-        assert_eq!(a["password"].len(), 32);
-        assert_ne!(a["password"], b["password"]);
-        assert!(a["userlist.txt"].contains(&a["password"]));
-    }
-
-    #[test]
-    fn credentials_are_guarded_by_the_claims_of_their_own_tier() {
-        let meta = kube::api::ObjectMeta {
-            labels: Some(BTreeMap::from([
-                (SCALINGPHASE_LABEL.to_owned(), "shop".to_owned()),
-                (TIER_LABEL.to_owned(), "postgres".to_owned()),
-            ])),
-            ..Default::default()
-        };
-        assert_eq!(
-            claim_selector(&meta).as_deref(),
-            Some("ladder.dev/scalingphase=shop,ladder.dev/tier=postgres")
-        );
-        // Without both labels nothing is guarded (never a namespace-wide match).
-        assert_eq!(claim_selector(&kube::api::ObjectMeta::default()), None);
-        let err = SecretError::CredentialsMissing {
-            claim: "data-shop-postgres-0".into(),
-        };
-        assert_eq!(err.reason(), Some(CREDENTIALS_MISSING));
-        assert!(err.to_string().contains("data-shop-postgres-0"));
-        assert_eq!(SecretError::MissingCa.reason(), None);
-    }
-}
+#[path = "secrets_tests.rs"]
+mod tests;

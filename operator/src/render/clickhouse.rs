@@ -10,7 +10,7 @@ use super::pod::{
     ContainerSpec, Placement, PodTemplate, config_volume, empty_dir, env, env_secret, hash_of,
     mount, secret_volume, tcp_probe,
 };
-use super::{Desired, child_name, config, tls};
+use super::{CredentialsKind, Desired, child_name, config, tls};
 use crate::validate::{DataComponent, Validated};
 use ladder_crds::contract;
 
@@ -29,7 +29,7 @@ pub(super) fn build(
 ) {
     let name = child_name(v, "clickhouse");
     let owner = Owner::tier(TIER);
-    let creds = tls::credentials(v, d, TIER, "ladder", false);
+    let creds = tls::credentials(v, d, TIER, "ladder", CredentialsKind::Plain);
     let tls = tls::server(v, d, TIER, std::slice::from_ref(&name));
     let xml = config::clickhouse_config();
     let cm = push_config_file(v, d, "clickhouse-config", TIER, "ladder.xml", &xml);
@@ -93,7 +93,7 @@ pub(super) fn build(
     ));
     wiring.env.push(env(
         contract::env::CLICKHOUSE_URL,
-        format!("https://ladder@{name}:{}/", HTTPS.number),
+        format!("https://ladder@{}:{}/", tls::host(v, &name), HTTPS.number),
     ));
     wiring.allow("app", TIER, &[HTTPS.number, NATIVE_TLS.number]);
     wiring.allow(TIER, TIER, &[NATIVE_TLS.number, INTERSERVER.number]);

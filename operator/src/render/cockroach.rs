@@ -1,6 +1,9 @@
 //! CockroachDB (phase 4): one StatefulSet per region, pinned there, joined
-//! into one cluster by node certificates; a one-shot Job initialises it; the
-//! app authenticates with a client certificate (no password).
+//! into one cluster by node certificates (a server certificate `node.crt`
+//! and, for the connections a node opens to the others, a client
+//! certificate `client.node.crt`: CockroachDB's split node certificates); a
+//! one-shot Job initialises the cluster and creates the app's SQL user and
+//! database; the app authenticates with a client certificate (no password).
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 
@@ -11,6 +14,7 @@ use super::build::{
 };
 use super::pod::{
     ContainerSpec, Placement, PodTemplate, env, env_field, http_probe, mount, secret_volume,
+    secrets_volume,
 };
 use super::{Desired, child_name, meta, short_hash, tls};
 use crate::validate::{DataComponent, Size, Validated};
@@ -19,6 +23,9 @@ const TIER: &str = "cockroach";
 const GRPC: Port = Port::new("grpc", 26257);
 const HTTP: Port = Port::new("http", 8080);
 const CERTS_DIR: &str = "/cockroach/certs";
+/// The app's SQL user (its client certificate's common name) and database.
+const APP_USER: &str = "ladder";
+const APP_DATABASE: &str = "ladder";
 
 /// Builds the CockroachDB tier and wires the app to it (its store URL and
 /// client certificate).
@@ -31,11 +38,14 @@ pub(super) fn build(
 ) {
     let headless = child_name(v, "cockroach");
     let public = child_name(v, "cockroach-public");
-    let hosts = [headless.clone(), public.clone(), format!("*.{headless}")];
-    let node_tls = tls::server_with(v, d, TIER, "node", &hosts, &["localhost"]);
-    // Client certificates: `root` for the init Job, `ladder` for the app.
+    // Pods by their stable names are covered (`*.<headless>.<ns>.svc`).
+    let hosts = [headless.clone(), public.clone()];
+    let node_tls = tls::server_with(v, d, TIER, "node", &hosts);
+    // Client certificates: `node` for the nodes' connections to each other,
+    // `root` for the init Job, `ladder` for the app.
+    let node_client = tls::client(v, d, TIER, "node");
     let root_client = tls::client(v, d, TIER, "root");
-    let app_client = tls::client(v, d, TIER, "ladder");
+    let app_client = tls::client(v, d, TIER, APP_USER);
     let region_set = |r: &str| child_name(v, &format!("crdb-{r}"));
     let mut join = Vec::new();
     for r in &v.regions {
@@ -53,6 +63,7 @@ pub(super) fn build(
         headless: &headless,
         join: join.join(","),
         certificates: &node_tls,
+        client_certificates: &node_client,
     };
     for region in &v.regions {
         nodes.build(v, d, region, region_set(region));
@@ -95,8 +106,9 @@ pub(super) fn build(
     );
     // The app authenticates with its client certificate: no password.
     wiring.store = Some(format!(
-        "dsql:postgresql://ladder@{public}:{}/ladder?sslmode=verify-full&sslrootcert=/etc/ladder/crdb/ca.crt\
+        "dsql:postgresql://{APP_USER}@{}:{}/{APP_DATABASE}?sslmode=verify-full&sslrootcert=/etc/ladder/crdb/ca.crt\
          &sslcert=/etc/ladder/crdb/tls.crt&sslkey=/etc/ladder/crdb/tls.key",
+        tls::host(v, &public),
         GRPC.number
     ));
     wiring.allow("app", TIER, &[GRPC.number]);
@@ -110,8 +122,10 @@ struct Nodes<'a> {
     headless: &'a str,
     /// `--join` addresses: the first three nodes of each region.
     join: String,
-    /// The node certificate's Secret.
+    /// The node (server) certificate's Secret.
     certificates: &'a str,
+    /// The node's client certificate's Secret (CN `node`).
+    client_certificates: &'a str,
 }
 
 impl Nodes<'_> {
@@ -154,17 +168,23 @@ impl Nodes<'_> {
             ])
             .probe(http_probe("/health?ready=1", HTTP.number, true))
             .build();
-        let certs = [
+        let server: &[(&str, &str)] = &[
             ("ca.crt", "ca.crt"),
             ("tls.crt", "node.crt"),
             ("tls.key", "node.key"),
         ];
+        let client: &[(&str, &str)] = &[
+            ("tls.crt", "client.node.crt"),
+            ("tls.key", "client.node.key"),
+        ];
         let mut template = PodTemplate::new(&owner, self.service_account, 1000)
             .containers(vec![container])
-            .volumes(vec![secret_volume(
+            .volumes(vec![secrets_volume(
                 "certs",
-                self.certificates,
-                Some(&certs),
+                &[
+                    (self.certificates, server),
+                    (self.client_certificates, client),
+                ],
             )])
             .metrics(HTTP.number, "/_status/vars")
             .placement(Placement::Region(region.into()))
@@ -189,9 +209,10 @@ impl Nodes<'_> {
     }
 }
 
-/// One-shot cluster initialisation against the first node (`first`);
-/// `cockroach init` on an initialised cluster exits with "already
-/// initialized", which the script accepts.
+/// One-shot cluster initialisation against the first node (`first`), then
+/// the app's SQL user and database ([`init_sql`]). `cockroach init` on an
+/// initialised cluster exits with "already initialized", which the script
+/// accepts, so a retried Job creates what is missing and changes nothing else.
 fn init_job(
     v: &Validated,
     crdb: &DataComponent,
@@ -200,7 +221,19 @@ fn init_job(
     root_client: &str,
     d: &mut Desired,
 ) {
-    let name = child_name(v, "cockroach-init");
+    let script = format!(
+        "out=$(/cockroach/cockroach init --certs-dir={CERTS_DIR} --host={first} 2>&1); echo \"$out\"; \
+         case \"$out\" in *\"already been initialized\"*|*\"Cluster successfully initialized\"*) ;; *) exit 1;; esac; \
+         exec /cockroach/cockroach sql --certs-dir={CERTS_DIR} --host={first} -e \"{}\"",
+        init_sql()
+    );
+    // A Job is immutable: named after its script, a changed script (this
+    // version's SQL, for a cluster initialised by an earlier one) is a new
+    // Job that runs, and the old one is pruned.
+    let name = child_name(
+        v,
+        &format!("cockroach-init-{}", short_hash(script.as_bytes())),
+    );
     let owner = Owner::component(TIER, "cockroach-init");
     let small = Size {
         cpu: "50m".into(),
@@ -208,10 +241,7 @@ fn init_job(
     };
     let container = ContainerSpec::new("init", &crdb.image, &small)
         .command(&["sh", "-c"])
-        .args(vec![format!(
-            "out=$(/cockroach/cockroach init --certs-dir={CERTS_DIR} --host={first} 2>&1); echo \"$out\"; \
-             case \"$out\" in *\"already been initialized\"*|*\"Cluster successfully initialized\"*) exit 0;; esac; exit 1"
-        )])
+        .args(vec![script])
         .mounts(vec![mount("certs", CERTS_DIR, true)])
         .build();
     let certs = [
@@ -235,4 +265,31 @@ fn init_job(
         ..Job::default()
     });
     expect(d, "Job", &name, 1);
+}
+
+/// What the init Job runs as `root` once the cluster is up: the app's user
+/// (it logs in with its client certificate, so it has no password) and its
+/// database, owned by it so its migrations can create and alter tables.
+/// Every statement is idempotent. No `"`, `$` or `` ` ``: it is embedded in
+/// a double-quoted shell word.
+fn init_sql() -> String {
+    format!(
+        "CREATE USER IF NOT EXISTS {APP_USER}; \
+         CREATE DATABASE IF NOT EXISTS {APP_DATABASE}; \
+         ALTER DATABASE {APP_DATABASE} OWNER TO {APP_USER};"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::init_sql;
+
+    #[test]
+    fn the_init_sql_creates_the_apps_user_and_database_and_fits_a_shell_word() {
+        let sql = init_sql();
+        assert!(sql.contains("CREATE USER IF NOT EXISTS ladder;"));
+        assert!(sql.contains("CREATE DATABASE IF NOT EXISTS ladder;"));
+        assert!(sql.contains("ALTER DATABASE ladder OWNER TO ladder;"));
+        assert!(!sql.contains(['"', '$', '`', '\\']), "{sql}");
+    }
 }

@@ -84,7 +84,22 @@ pub fn pg_init_script() -> String {
         .to_owned()
 }
 
+/// How long one query may run through PgBouncer before it is cancelled and
+/// its server connection freed for others (seconds). Behind PgBouncer the
+/// app sets no `statement_timeout` (startup parameters do not reach the
+/// server in transaction pooling), so this bounds a runaway query; the app's
+/// own request timeout (5 s) already bounds what a client waits. It is long
+/// because `ladder-app migrate` goes through PgBouncer too, and its
+/// verification checksums a whole table in one statement.
+pub const PGBOUNCER_QUERY_TIMEOUT_SECS: u32 = 60;
+
 /// `pgbouncer.ini` with one database entry per backend, `(db name, host)`.
+///
+/// `ignore_startup_parameters` lists what the app's driver (sqlx) sends that
+/// PgBouncer does not track: `extra_float_digits` (PgBouncer refuses the
+/// connection otherwise). `search_path` and `options` are not ignored: a
+/// client that sets them expects them applied, and silently dropping them
+/// would run its statements with other settings.
 pub fn pgbouncer_ini(databases: &[(String, String)], pool_size: i32) -> String {
     let mut out = String::from("; Rendered by ladder-operator.\n[databases]\n");
     for (db, host) in databases {
@@ -98,23 +113,46 @@ pub fn pgbouncer_ini(databases: &[(String, String)], pool_size: i32) -> String {
     out.push_str("client_tls_key_file = /etc/ladder/tls/tls.key\nclient_tls_ca_file = /etc/ladder/tls/ca.crt\n");
     out.push_str("server_tls_sslmode = verify-full\nserver_tls_ca_file = /etc/ladder/tls/ca.crt\n");
     out.push_str("admin_users = ladder\nstats_users = ladder\n");
+    let _ = writeln!(out, "query_timeout = {PGBOUNCER_QUERY_TIMEOUT_SECS}");
+    out.push_str("ignore_startup_parameters = extra_float_digits\n");
     out
 }
 
-/// `redis.conf` for a TLS-only Redis. The password arrives as an argument
-/// from the credentials Secret, never in this file.
+/// Where Redis' password include is mounted (from the credentials Secret).
+pub const REDIS_AUTH_DIR: &str = "/etc/redis-auth";
+/// The credentials Secret's key holding that include.
+pub const REDIS_AUTH_KEY: &str = "redis-auth.conf";
+/// Its file name in [`REDIS_AUTH_DIR`].
+pub const REDIS_AUTH_FILE: &str = "auth.conf";
+
+/// `redis.conf` for a TLS-only Redis. The password is not in this file (a
+/// ConfigMap) nor in argv: the last line includes it from the credentials
+/// Secret ([`redis_auth_conf`]).
 pub fn redis_conf() -> String {
-    "# Rendered by ladder-operator.\n\
-     port 0\n\
-     tls-port 6379\n\
-     tls-cert-file /etc/ladder/tls/tls.crt\n\
-     tls-key-file /etc/ladder/tls/tls.key\n\
-     tls-ca-cert-file /etc/ladder/tls/ca.crt\n\
-     tls-auth-clients no\n\
-     appendonly yes\n\
-     dir /data\n\
-     maxmemory-policy allkeys-lru\n"
-        .to_owned()
+    format!(
+        "# Rendered by ladder-operator.\n\
+         port 0\n\
+         tls-port 6379\n\
+         tls-cert-file /etc/ladder/tls/tls.crt\n\
+         tls-key-file /etc/ladder/tls/tls.key\n\
+         tls-ca-cert-file /etc/ladder/tls/ca.crt\n\
+         tls-auth-clients no\n\
+         appendonly yes\n\
+         dir /data\n\
+         maxmemory-policy allkeys-lru\n\
+         include {REDIS_AUTH_DIR}/{REDIS_AUTH_FILE}\n"
+    )
+}
+
+/// The Redis include that sets the default user's password: a double-quoted
+/// Redis config string (`\\` and `"` escaped; control characters refused, so
+/// the value cannot end the line).
+pub fn redis_auth_conf(password: &str) -> Option<String> {
+    if password.chars().any(char::is_control) {
+        return None;
+    }
+    let escaped = password.replace('\\', "\\\\").replace('"', "\\\"");
+    Some(format!("requirepass \"{escaped}\"\n"))
 }
 
 /// ClickHouse server overrides: TLS ports only, listen on all addresses, and

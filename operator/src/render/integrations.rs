@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{
     COMPONENT_LABEL, CREDENTIAL_LABEL, Desired, GeneratedSecret, SecretContent, TIER_LABEL,
-    child_name,
+    TlsUsage, child_name,
 };
 use crate::integrations::ThirdParty;
 use crate::validate::Validated;
@@ -80,7 +80,10 @@ pub(super) fn issue_with_cert_manager(v: &Validated, d: &mut Desired) {
     for s in std::mem::take(&mut d.generated_secrets) {
         match &s.content {
             SecretContent::Credentials { .. } => d.generated_secrets.push(s),
-            SecretContent::Ca => {
+            // cert-manager's CA Certificates take no path length, and name
+            // constraints only behind its `NameConstraints` feature gate (off
+            // by default): a CA it issues has neither (README: known gaps).
+            SecretContent::Ca { .. } => {
                 let root = child_name(v, "selfsigned");
                 d.issuers.push(object(
                     ThirdParty::Issuer,
@@ -116,7 +119,12 @@ pub(super) fn issue_with_cert_manager(v: &Validated, d: &mut Desired) {
                 ca,
                 common_name,
                 dns_names,
+                usage,
             } => {
+                let usage = match usage {
+                    TlsUsage::Server => "server auth",
+                    TlsUsage::Client => "client auth",
+                };
                 let mut spec = json!({
                     "secretName": s.name,
                     "secretTemplate": secret_template(&s),
@@ -124,9 +132,8 @@ pub(super) fn issue_with_cert_manager(v: &Validated, d: &mut Desired) {
                     "duration": LEAF_DURATION,
                     "renewBefore": LEAF_RENEW_BEFORE,
                     "privateKey": private_key(),
-                    // Components are servers and clients of each other
-                    // (replication, CockroachDB nodes, client certificates).
-                    "usages": ["digital signature", "server auth", "client auth"],
+                    // A server or a client certificate, never both.
+                    "usages": ["digital signature", usage],
                     "issuerRef": issuer_ref(ca),
                 });
                 if !dns_names.is_empty() {

@@ -90,7 +90,11 @@ pub enum SecretContent {
     /// cert-manager gives a CA Certificate's Secret, so either can take over
     /// the other's. CA Secrets of earlier versions (`ca.crt`, `ca.key`) are
     /// still read.
-    Ca,
+    Ca {
+        /// Name constraints: the only DNS subtrees its certificates may
+        /// name (the phase's namespace under `svc`); no IP address at all.
+        permitted_dns: Vec<String>,
+    },
     /// `tls.crt`, `tls.key` and `ca.crt`, signed by the CA Secret `ca`.
     Tls {
         /// Name of the CA Secret.
@@ -99,15 +103,39 @@ pub enum SecretContent {
         common_name: String,
         /// DNS subject alternative names.
         dns_names: Vec<String>,
+        /// What the certificate may authenticate: a server or a client,
+        /// never both.
+        usage: TlsUsage,
     },
-    /// `username` and `password` (random, 32 characters); for PostgreSQL also
-    /// `replication-password` and a PgBouncer `userlist.txt`.
+    /// `username` and `password` (random, 32 characters), and files derived
+    /// from them for the tier that reads them.
     Credentials {
         /// The user name.
         username: String,
-        /// Also write the PostgreSQL extras.
-        postgres: bool,
+        /// Which derived files it holds besides.
+        kind: CredentialsKind,
     },
+}
+
+/// The one extended key usage of a leaf certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsUsage {
+    /// `serverAuth`: presented by a listener, verified by its clients.
+    Server,
+    /// `clientAuth`: presented by a client (the common name is its user).
+    Client,
+}
+
+/// Files a credentials Secret holds besides `username` and `password`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialsKind {
+    /// Nothing else.
+    Plain,
+    /// PostgreSQL: `replication-password` and PgBouncer's `userlist.txt`.
+    Postgres,
+    /// Redis: `redis-auth.conf`, a config include with `requirepass`, so
+    /// the password reaches redis-server in a file, never in its argv.
+    Redis,
 }
 
 /// A workload whose readiness the status reports.
@@ -508,24 +536,34 @@ impl Desired {
         let mut out = String::new();
         for s in &self.generated_secrets {
             let what = match &s.content {
-                SecretContent::Ca => "ca".to_owned(),
+                SecretContent::Ca { permitted_dns } => {
+                    format!(
+                        "ca, pathlen 0, DNS names only under {}",
+                        permitted_dns.join(",")
+                    )
+                }
                 SecretContent::Tls {
                     ca,
                     common_name,
                     dns_names,
+                    usage,
                 } => {
                     format!(
-                        "tls signed by {ca}, CN={common_name}, SAN={}",
+                        "tls {} signed by {ca}, CN={common_name}, SAN={}",
+                        match usage {
+                            TlsUsage::Server => "server",
+                            TlsUsage::Client => "client",
+                        },
                         dns_names.join(",")
                     )
                 }
-                SecretContent::Credentials { username, postgres } => {
+                SecretContent::Credentials { username, kind } => {
                     format!(
                         "credentials for {username}{}",
-                        if *postgres {
-                            " (+replication, userlist)"
-                        } else {
-                            ""
+                        match kind {
+                            CredentialsKind::Plain => "",
+                            CredentialsKind::Postgres => " (+replication, userlist)",
+                            CredentialsKind::Redis => " (+redis-auth.conf)",
                         }
                     )
                 }

@@ -13,7 +13,7 @@ use super::pod::{
     ContainerSpec, Placement, PodTemplate, config_volume, empty_dir, env, env_secret, exec_probe,
     hash_of, mount, secret_volume,
 };
-use super::{Desired, child_name, config, selector, tls};
+use super::{CredentialsKind, Desired, child_name, config, selector, short_hash, tls};
 use crate::validate::{Postgres, Validated};
 use ladder_crds::contract;
 
@@ -52,7 +52,7 @@ pub(super) fn build(
     d: &mut Desired,
     wiring: &mut Wiring,
 ) -> Cluster {
-    let creds = tls::credentials(v, d, TIER, "ladder", true);
+    let creds = tls::credentials(v, d, TIER, "ladder", CredentialsKind::Postgres);
     wiring
         .env
         .push(env_secret(contract::env::DB_PASSWORD, &creds, "password"));
@@ -117,7 +117,7 @@ pub(super) fn build(
     Cluster {
         databases: shards
             .into_iter()
-            .map(|s| (s.database, format!("{}.{}.svc", s.primary, v.namespace)))
+            .map(|s| (s.database, tls::host(v, &s.primary)))
             .collect(),
         credentials: creds,
     }
@@ -130,11 +130,11 @@ fn store(v: &Validated, pg: &Postgres, shards: &[Shard], d: &mut Desired, wiring
     let bouncer = v
         .pgbouncer
         .as_ref()
-        .map(|_| child_name(v, super::pgbouncer::NAME));
+        .map(|_| tls::host(v, &child_name(v, super::pgbouncer::NAME)));
     let bouncer_port = super::pgbouncer::PORT.number;
     let primary_url = |db: &str, primary: &str| match &bouncer {
         Some(b) => pg_url(contract::PGBOUNCER_SCHEME, b, bouncer_port, db),
-        None => pg_url("postgres", primary, PORT.number, db),
+        None => pg_url("postgres", &tls::host(v, primary), PORT.number, db),
     };
     if pg.shards > 1 {
         let map: Vec<(String, String)> = shards
@@ -146,12 +146,21 @@ fn store(v: &Validated, pg: &Postgres, shards: &[Shard], d: &mut Desired, wiring
                 )
             })
             .collect();
+        let text = config::shard_map_json(&map);
+        // Immutable, so named after its content too: a map that differs
+        // (the URLs' host names, for instance) is a new ConfigMap the app's
+        // pods roll onto, not a refused update of the old one.
+        let name = format!(
+            "shard-map-v{}-{}",
+            config::SHARD_MAP_VERSION,
+            short_hash(text.as_bytes())
+        );
         let file = AppFile {
             volume: "shard-map",
-            config_map: child_name(v, &format!("shard-map-v{}", config::SHARD_MAP_VERSION)),
+            config_map: child_name(v, &name),
             dir: "/etc/ladder/shard-map",
             file: "shard-map.json",
-            text: config::shard_map_json(&map),
+            text,
             immutable: true,
         };
         let path = wiring.config_file(v, d, file);
@@ -227,7 +236,7 @@ impl Instance<'_> {
         ];
         let mut init: Vec<Container> = Vec::new();
         if let Some(primary) = primary {
-            envs.push(env("PRIMARY_HOST", primary));
+            envs.push(env("PRIMARY_HOST", tls::host(v, primary)));
             init.push(base_backup(c, envs.clone(), mounts.clone()));
         } else {
             mounts.push(mount("init", "/docker-entrypoint-initdb.d", true));

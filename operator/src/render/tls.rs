@@ -1,6 +1,12 @@
 //! Generated Secrets: the phase's private CA, the server and client
 //! certificates it signs, and the credentials of the data tiers.
 //!
+//! Every name a certificate carries is a fully qualified Service name of
+//! the phase's namespace (`<svc>.<ns>.svc` and its `cluster.local` form),
+//! and clients connect with those names: the CA's name constraints allow
+//! nothing else, so its key cannot vouch for a host outside the namespace.
+//! A leaf is a server or a client certificate, never both.
+//!
 //! The renderer only names them ([`GeneratedSecret`]); the apply step
 //! generates their content once and never rewrites it. With cert-manager
 //! installed, `super::integrations` turns the CA and TLS ones into
@@ -8,7 +14,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::{CREDENTIAL_LABEL, Desired, GeneratedSecret, SecretContent, child_name, meta};
+use super::{
+    CREDENTIAL_LABEL, CredentialsKind, Desired, GeneratedSecret, SecretContent, TlsUsage,
+    child_name, meta,
+};
 use crate::validate::Validated;
 
 /// Metadata of a generated Secret: labelled as a credential, so pruning
@@ -34,24 +43,34 @@ pub(super) fn ca_name(v: &Validated) -> String {
     child_name(v, "ca")
 }
 
-/// The phase's private CA (hardened phases).
+/// The cluster's DNS domain, as the certificates name it.
+const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The phase's private CA (hardened phases): it may sign only names of the
+/// phase's namespace.
 pub(super) fn build(v: &Validated, d: &mut Desired) {
-    push(v, d, ca_name(v), "ca", SecretContent::Ca);
+    let ns = &v.namespace;
+    let permitted_dns = vec![format!("{ns}.svc"), format!("{ns}.svc.{CLUSTER_DOMAIN}")];
+    push(v, d, ca_name(v), "ca", SecretContent::Ca { permitted_dns });
 }
 
-/// DNS names a server certificate for `host` covers: the Service name in
-/// its short, namespaced and cluster forms, and its StatefulSet pods.
+/// The name clients use for the Service `service`: `<service>.<ns>.svc`,
+/// which the certificates carry (a short name could not be allowed by the
+/// CA's name constraints).
+pub(super) fn host(v: &Validated, service: &str) -> String {
+    format!("{service}.{}.svc", v.namespace)
+}
+
+/// DNS names a server certificate for `hosts` (Service names) covers: each
+/// in its namespaced and cluster forms, and its StatefulSet pods
+/// (`<pod>.<service>.<ns>.svc`).
 fn dns_names(v: &Validated, hosts: &[String]) -> Vec<String> {
     let mut dns_names = Vec::new();
     for h in hosts {
-        dns_names.push(h.clone());
-        dns_names.push(format!("{h}.{}.svc", v.namespace));
-        dns_names.push(format!("{h}.{}.svc.cluster.local", v.namespace));
-        // Pods of a StatefulSet by their stable names (`<pod>.<service>.<ns>.svc`); a host that
-        // is a wildcard already covers them (a second label of wildcard would match nothing).
-        if !h.starts_with("*.") {
-            dns_names.push(format!("*.{h}.{}.svc", v.namespace));
-        }
+        let namespaced = host(v, h);
+        dns_names.push(namespaced.clone());
+        dns_names.push(format!("{namespaced}.{CLUSTER_DOMAIN}"));
+        dns_names.push(format!("*.{namespaced}"));
     }
     dns_names
 }
@@ -64,19 +83,16 @@ pub(super) fn server(v: &Validated, d: &mut Desired, tier: &str, hosts: &[String
     server_named(v, d, tier, common_name, dns_names(v, hosts))
 }
 
-/// A server certificate with an explicit common name and extra DNS names
-/// (CockroachDB nodes are `node`, and also answer on `localhost`).
+/// A server certificate with an explicit common name (CockroachDB's nodes
+/// are `node`).
 pub(super) fn server_with(
     v: &Validated,
     d: &mut Desired,
     tier: &str,
     common_name: &str,
     hosts: &[String],
-    extra_dns_names: &[&str],
 ) -> String {
-    let mut names = dns_names(v, hosts);
-    names.extend(extra_dns_names.iter().map(|&n| n.to_owned()));
-    server_named(v, d, tier, common_name.to_owned(), names)
+    server_named(v, d, tier, common_name.to_owned(), dns_names(v, hosts))
 }
 
 fn server_named(
@@ -91,6 +107,7 @@ fn server_named(
         ca: ca_name(v),
         common_name,
         dns_names,
+        usage: TlsUsage::Server,
     };
     push(v, d, name.clone(), tier, content);
     name
@@ -104,24 +121,25 @@ pub(super) fn client(v: &Validated, d: &mut Desired, tier: &str, user: &str) -> 
         ca: ca_name(v),
         common_name: user.into(),
         dns_names: vec![],
+        usage: TlsUsage::Client,
     };
     push(v, d, name.clone(), tier, content);
     name
 }
 
 /// Credentials `<phase>-<tier>-credentials` for `username` (with the
-/// PostgreSQL extras when `postgres`); returns the Secret's name.
+/// derived files of `kind`); returns the Secret's name.
 pub(super) fn credentials(
     v: &Validated,
     d: &mut Desired,
     tier: &str,
     username: &str,
-    postgres: bool,
+    kind: CredentialsKind,
 ) -> String {
     let name = child_name(v, &format!("{tier}-credentials"));
     let content = SecretContent::Credentials {
         username: username.into(),
-        postgres,
+        kind,
     };
     push(v, d, name.clone(), tier, content);
     name
