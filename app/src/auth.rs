@@ -249,6 +249,7 @@ impl Auth {
 
     pub fn new(config: OidcConfig, ca_pem: Option<&[u8]>) -> anyhow::Result<Auth> {
         url::Url::parse(&config.issuer_url).context("OIDC issuer URL")?;
+        crate::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none());

@@ -424,6 +424,7 @@ impl EdgePurger {
         for b in &bases {
             url::Url::parse(b).with_context(|| format!("edge URL {b:?}"))?;
         }
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;

@@ -77,6 +77,7 @@ impl ClickHouse {
         };
         let _ = parsed.set_username("");
         let _ = parsed.set_password(None);
+        crate::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
         if let Some(pem) = ca_pem {
             // A private CA (the operator's): trust it alone.

@@ -46,6 +46,7 @@ async fn the_apps_statements_run_on_debians_clickhouse() {
     ch.insert(&clicks(code, other)).await.expect("insert");
     assert_stats(&ch.stats(code).await.expect("stats"), code);
     // The table really is the modern form (what the app created, read back).
+    ladder_app::tls::install_crypto_provider();
     let show = reqwest::Client::new()
         .post(&url)
         .body(format!("SHOW CREATE TABLE {db}.clicks"))

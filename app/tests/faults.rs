@@ -17,6 +17,7 @@ const REQUEST_TIMEOUT_MS: u64 = 1500;
 /// A client whose own deadline is the app's request timeout plus slack for a loaded machine:
 /// an app that hangs fails the test with a timeout instead of an answer.
 fn bounded() -> reqwest::Client {
+    ladder_app::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS + 2500))

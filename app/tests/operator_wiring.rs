@@ -393,6 +393,7 @@ async fn metric_reaches(c: &reqwest::Client, base: &str, name: &str, filter: &st
 
 fn client() -> reqwest::Client {
     let pem = std::fs::read(env("LADDER_TLS_CA_FILE")).expect("read the local CA");
+    ladder_app::tls::install_crypto_provider();
     with_key(
         reqwest::Client::builder()
             .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("CA is PEM")),
@@ -435,6 +436,7 @@ async fn phase_0_serves_from_the_rendered_volume() {
     let d = render("phase: 0");
     assert!(rendered_store(&d).starts_with("sqlite:/data/"));
     let mut app = start(&d, &[]);
+    ladder_app::tls::install_crypto_provider();
     let c = with_key(reqwest::Client::builder());
     wait_ready(&mut app, &c).await;
     crud_round_with(&c, &app.base).await;
@@ -658,6 +660,7 @@ async fn phase_4_speaks_distributed_sql_with_client_certificates_and_requires_oi
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().expect("header"),
     );
+    ladder_app::tls::install_crypto_provider();
     let admin = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

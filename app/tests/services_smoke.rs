@@ -114,6 +114,7 @@ async fn redis_stores_and_expires_keys() {
 #[tokio::test]
 async fn clickhouse_inserts_and_selects_over_http() {
     let base = env("LADDER_CLICKHOUSE_URL");
+    ladder_app::tls::install_crypto_provider();
     let http = reqwest::Client::new();
     let table = unique("smoke");
     let run = |sql: String| {
@@ -213,6 +214,7 @@ async fn varnish_serves_a_cached_response_and_honours_purge() {
         .expect("origin port");
     let (hits, origin) = start_origin(port).await;
     let url = format!("{}/{}", env("LADDER_VARNISH_URL"), unique("smoke"));
+    ladder_app::tls::install_crypto_provider();
     let http = reqwest::Client::new();
 
     let first = http

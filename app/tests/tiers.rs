@@ -378,6 +378,7 @@ async fn the_serving_certificate_is_reloaded_when_renewed() {
         let (url, roots) = (url.clone(), roots.clone());
         async move {
             // A new client per call: a new connection, a new handshake.
+            ladder_app::tls::install_crypto_provider();
             let c = reqwest::Client::builder()
                 .tls_certs_only(reqwest::Certificate::from_pem_bundle(roots.as_bytes()).ok()?)
                 .tls_info(true)
@@ -400,6 +401,7 @@ async fn the_serving_certificate_is_reloaded_when_renewed() {
 
     // A half-written or broken pair is not taken: the server keeps presenting b.
     install(&a.cert.pem(), "not a key");
+    ladder_app::tls::install_crypto_provider();
     let c = reqwest::Client::builder()
         .tls_certs_only(reqwest::Certificate::from_pem_bundle(roots.as_bytes()).expect("PEM"))
         .build()

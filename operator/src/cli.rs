@@ -49,6 +49,11 @@ pub use ladder_crds::{crds, crds_yaml, yaml11_safe};
 
 /// Runs the command line; the binary's `main` calls only this.
 pub fn main() -> anyhow::Result<()> {
+    // One TLS provider for every client in the process (kube-client, the
+    // Prometheus load source, OTLP export). Without it rustls refuses to
+    // guess and the first HTTPS client panics. An error only means one was
+    // installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {

@@ -20,6 +20,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An HTTP client for Prometheus queries.
 pub fn client() -> reqwest::Client {
+    // reqwest takes the process-wide rustls provider (ring, as kube-client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(QUERY_TIMEOUT)
         .build()

@@ -151,6 +151,7 @@ pub async fn start(args: &ServeArgs) -> Running {
 }
 
 pub fn http() -> reqwest::Client {
+    ladder_app::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -267,6 +268,7 @@ pub async fn metric(c: &reqwest::Client, base: &str, name: &str, filter: &str) -
 /// A client that trusts only the local services' CA (`hack/services.sh` makes it).
 pub fn https(ca_file: &str) -> reqwest::Client {
     let pem = std::fs::read(ca_file).expect("read the local CA");
+    ladder_app::tls::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
