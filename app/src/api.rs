@@ -27,7 +27,7 @@ pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
 /// Builds the whole application from the route table ([`crate::routes::ROUTES`]).
 ///
 /// Layers, outermost first: `observe` → the request timeout (503 `timeout`) → for resources
-/// only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
+/// (and paths no route serves) only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
 /// the management API only: `authenticate` → handler. Operational endpoints sit outside the
 /// concurrency limit so a kubelet probe gets through an overloaded app. Timeout and limit are
 /// tower's, behind `HandleErrorLayer`, as in axum's examples: their refusals are [`ApiError`]s
@@ -38,6 +38,9 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let resources = management
         .merge(router(Access::Public))
+        // Inside `limit`: a path no route serves still meets the WAF and the rate limit, so a
+        // blocked prefix is refused (403) whether or not a route exists under it.
+        .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(
             ServiceBuilder::new()
@@ -50,7 +53,6 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(resources)
         .merge(router(Access::Operational))
-        .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .layer(
