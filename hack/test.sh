@@ -46,6 +46,9 @@ if ! bash hack/cluster.sh status 2>/dev/null | grep -q 'kube-apiserver *up'; the
 bash hack/cluster.sh up
 LADDER_HELM="$(bash hack/build-helm.sh)"
 export LADDER_HELM
+# The edge's TLS sidecar, for app/tests/edge_hostile.rs (built once, cached).
+LADDER_GHOSTUNNEL="$(bash hack/build-ghostunnel.sh)"
+export LADDER_GHOSTUNNEL
 
 step "unit tests (pure)"
 cargo test --workspace "${TEST_FLAGS[@]}" --lib --bins

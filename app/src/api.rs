@@ -3,10 +3,9 @@
 //! Request flow: `observe` (latency, status, load window) → `limit` (blocked clients, token
 //! bucket; skipped for operational endpoints) → handler.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -20,7 +19,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::metrics::HttpLabels;
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Decision, PathRefusal};
 
 /// Hard cap on any request body; the (reloadable) rules apply a lower limit per route.
 pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
@@ -28,7 +27,7 @@ pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
 /// Builds the whole application from the route table ([`crate::routes::ROUTES`]).
 ///
 /// Layers, outermost first: `observe` → the request timeout (503 `timeout`) → for resources
-/// only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
+/// (and paths no route serves) only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
 /// the management API only: `authenticate` → handler. Operational endpoints sit outside the
 /// concurrency limit so a kubelet probe gets through an overloaded app. Timeout and limit are
 /// tower's, behind `HandleErrorLayer`, as in axum's examples: their refusals are [`ApiError`]s
@@ -39,6 +38,9 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let resources = management
         .merge(router(Access::Public))
+        // Inside `limit`: a path no route serves still meets the WAF and the rate limit, so a
+        // blocked prefix is refused (403) whether or not a route exists under it.
+        .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(
             ServiceBuilder::new()
@@ -51,7 +53,6 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(resources)
         .merge(router(Access::Operational))
-        .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
         .layer(
@@ -74,20 +75,7 @@ async fn refusal(err: tower::BoxError) -> ApiError {
     }
 }
 
-/// Who the client is: the peer address, or the first `X-Forwarded-For` hop when trusted.
-/// An explicit `x-ladder-client` header (opaque id) takes precedence for read-your-writes only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientKey {
-    pub addr: String,
-    pub session: Option<String>,
-}
-
-impl ClientKey {
-    /// The key of the read-your-writes table.
-    pub fn ryw_key(&self) -> &str {
-        self.session.as_deref().unwrap_or(&self.addr)
-    }
-}
+pub use crate::client::ClientKey;
 
 impl FromRequestParts<AppState> for ClientKey {
     type Rejection = std::convert::Infallible;
@@ -100,33 +88,9 @@ impl FromRequestParts<AppState> for ClientKey {
     }
 }
 
+/// Who the client is ([`crate::client`]): the peer, or what a trusted peer says.
 pub(crate) fn client_key(parts: &Parts, state: &AppState) -> ClientKey {
-    let forwarded = state
-        .config
-        .trust_forwarded_for
-        .then(|| {
-            parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-        })
-        .flatten()
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned());
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
-    let session = parts
-        .headers
-        .get("x-ladder-client")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128)
-        .map(str::to_owned);
-    ClientKey {
-        addr: forwarded.or(peer).unwrap_or_else(|| "unknown".into()),
-        session,
-    }
+    crate::client::client_key(parts, &state.config.forwarded)
 }
 
 /// One request counted in `ladder_http_requests_in_flight` while it lives.
@@ -258,15 +222,17 @@ async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Respo
     if rules.method_blocked(req.method().as_str()) {
         return ApiError::MethodBlocked.into_response();
     }
-    if rules.path_blocked(req.uri().path()) {
-        return ApiError::PathBlocked.into_response();
+    match rules.check_path(req.uri().path()) {
+        Ok(()) => {}
+        Err(PathRefusal::Blocked) => return ApiError::PathBlocked.into_response(),
+        Err(bad) => return ApiError::BadPath(bad).into_response(),
     }
     let (parts, body) = req.into_parts();
     let client = client_key(&parts, &state);
     if rules.blocked_clients.contains(&client.addr) {
         return ApiError::ClientBlocked.into_response();
     }
-    if let Decision::Deny { retry_after_secs } = state.limiter.check(&client.addr).await {
+    if let Decision::Deny { retry_after_secs } = state.limiter.check(client.rate_key()).await {
         state.metrics.rate_limited.inc();
         return ApiError::RateLimited { retry_after_secs }.into_response();
     }

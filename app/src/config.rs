@@ -160,9 +160,17 @@ pub struct ServeArgs {
     #[arg(long, env = env::RULES_FILE)]
     pub rules_file: Option<PathBuf>,
 
-    /// Trust the first `X-Forwarded-For` address as the client (behind a trusted proxy only).
-    #[arg(long, env = env::TRUST_FORWARDED_FOR)]
-    pub trust_forwarded_for: bool,
+    /// Subject common name of the edge's client certificate: connections that present it
+    /// (signed by `--tls-ca`) may name the client in `X-Forwarded-For`. Needs HTTPS
+    /// (`--tls-cert`, `--tls-key`) and `--tls-ca`. See docs/edge.md.
+    #[arg(long, env = env::EDGE_CLIENT_NAME)]
+    pub edge_client_name: Option<String>,
+
+    /// Networks (CIDRs, comma-separated) of the proxies in front of the app, such as the
+    /// ingress controller's pods: from a peer in one of them the last `X-Forwarded-For`
+    /// address is the client. See docs/edge.md.
+    #[arg(long, env = env::TRUSTED_PROXIES, value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::client::IpNet>,
 
     /// Length of the sliding load window.
     #[arg(long, env = "LADDER_LOAD_WINDOW_SECS", default_value_t = 60)]

@@ -35,6 +35,10 @@ pub enum ApiError {
     /// 403: the credentials are valid but do not allow this request.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// 400: the path is one the WAF refuses to read (malformed or double encoding, control
+    /// characters, dot segments; see `contract::normalize_path`).
+    #[error("{0}")]
+    BadPath(ladder_crds::contract::PathRefusal),
     /// 403: the WAF rules refuse this path.
     #[error("path refused by the WAF rules")]
     PathBlocked,
@@ -78,7 +82,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict => StatusCode::CONFLICT,
@@ -110,6 +114,7 @@ impl ApiError {
             ApiError::Unauthenticated { code, .. } => code,
             ApiError::Forbidden(_) => "forbidden",
             ApiError::PathBlocked => "path_blocked",
+            ApiError::BadPath(_) => "bad_path",
             ApiError::ClientBlocked => "client_blocked",
             ApiError::MethodBlocked => "method_blocked",
             ApiError::MethodNotAllowed => "method_not_allowed",

@@ -7,7 +7,8 @@
 //!   one route table the router, reserved codes and [`openapi`] document derive from;
 //!   [`links`]: the link resource and redirects; [`error`]: the one API error type.
 //! - [`store`]: one storage trait, one implementation per tier; [`cache`]: redirect cache and
-//!   edge purge; [`clicks`]: analytics sinks; [`ratelimit`]: token buckets and WAF rules.
+//!   edge purge; [`clicks`]: analytics sinks; [`ratelimit`]: token buckets and WAF rules;
+//!   [`client`]: who the client is (peer, edge certificate, trusted proxies).
 //! - [`server`]: builds the state from [`config`] and runs it; [`migrate`]: tier-to-tier copy,
 //!   verify and cut-over; [`report`]: LoadReport objects; [`metrics`]: Prometheus + load window.
 
@@ -15,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod clicks;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod links;
@@ -58,7 +60,8 @@ pub struct AppConfig {
     /// `Cache-Control` of redirects, built once.
     pub cache_control: HeaderValue,
     pub public_url: String,
-    pub trust_forwarded_for: bool,
+    /// Which peers may name the client in `X-Forwarded-For`.
+    pub forwarded: crate::client::ForwardedTrust,
     pub instance: String,
     /// OIDC bearer tokens on the management API (phase 4).
     pub auth: Option<Arc<crate::auth::Auth>>,

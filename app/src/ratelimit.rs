@@ -15,7 +15,7 @@ use redis::aio::ConnectionManager;
 
 use crate::metrics::Metrics;
 
-pub use ladder_crds::contract::Rules;
+pub use ladder_crds::contract::{PathRefusal, Rules};
 
 /// Outcome of a rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq)]

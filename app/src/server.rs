@@ -24,6 +24,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
         args.api_key_hash.is_some(),
         args.oidc_config.is_some(),
     )?;
+    let forwarded = forwarded_trust(args)?;
     let metrics = Arc::new(Metrics::new(Duration::from_secs(args.load_window_secs)));
     let opened = store::open(&args.store, &args.store_options(), metrics.clone())
         .await
@@ -139,7 +140,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
                 args.redirect_max_age_secs
             ))?,
             public_url,
-            trust_forwarded_for: args.trust_forwarded_for,
+            forwarded,
             instance,
             auth,
             api_key: args.api_key_hash.clone(),
@@ -150,6 +151,40 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
     watch_cutover(&state, args);
     watch_health(&state, args);
     Ok(state)
+}
+
+/// Which peers may name the client (see `crate::client`). The edge is recognised by its client
+/// certificate, so naming it without HTTPS and a CA to verify it against is refused.
+fn forwarded_trust(args: &ServeArgs) -> anyhow::Result<crate::client::ForwardedTrust> {
+    if std::env::var_os("LADDER_TRUST_FORWARDED_FOR").is_some() {
+        tracing::warn!(
+            "LADDER_TRUST_FORWARDED_FOR is no longer read: X-Forwarded-For is believed only from \
+             the edge's certificate (--edge-client-name) or --trusted-proxies"
+        );
+    }
+    if let Some(name) = &args.edge_client_name {
+        anyhow::ensure!(
+            !name.is_empty(),
+            "--edge-client-name (LADDER_EDGE_CLIENT_NAME) is empty"
+        );
+        anyhow::ensure!(
+            args.tls_cert.is_some() && args.tls_ca.is_some(),
+            "--edge-client-name (LADDER_EDGE_CLIENT_NAME) needs --tls-cert/--tls-key and \
+             --tls-ca: the edge is recognised by a client certificate that CA signed"
+        );
+    }
+    if !args.trusted_proxies.is_empty() {
+        let list: Vec<String> = args
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(proxies = %list.join(","), "X-Forwarded-For is believed from these networks");
+    }
+    Ok(crate::client::ForwardedTrust {
+        edge_client_name: args.edge_client_name.clone(),
+        proxies: args.trusted_proxies.clone(),
+    })
 }
 
 /// Probes the data tier and the cache in the background, so `ladder_store_up`,
@@ -314,6 +349,10 @@ impl Listener {
                 key,
                 Duration::from_millis(args.tls_reload_ms.max(100)),
                 Some(metrics),
+                // Client certificates matter only to recognise the edge.
+                args.tls_ca
+                    .as_deref()
+                    .filter(|_| args.edge_client_name.is_some()),
             )?),
             _ => None,
         };
@@ -342,16 +381,11 @@ impl Listener {
         router: axum::Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+        // `ConnectInfo<Peer>`: the peer address and, over TLS, its client certificate's name.
+        let svc = router.into_make_service_with_connect_info::<crate::client::Peer>();
         match self {
             Listener::Plain(l) => axum::serve(l, svc).with_graceful_shutdown(shutdown).await,
-            // `tap_io` makes the peer address available as `ConnectInfo<SocketAddr>`.
-            Listener::Tls(l) => {
-                axum::serve(l.tap_io(|_| ()), svc)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            Listener::Tls(l) => axum::serve(l, svc).with_graceful_shutdown(shutdown).await,
         }
     }
 }

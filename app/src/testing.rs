@@ -22,7 +22,7 @@ pub fn config() -> AppConfig {
         redirect_max_age_secs: 60,
         cache_control: axum::http::HeaderValue::from_static("public, max-age=60"),
         public_url: "http://short.test".into(),
-        trust_forwarded_for: false,
+        forwarded: Default::default(),
         instance: "unit".into(),
         auth: None,
         api_key: None,

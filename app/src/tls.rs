@@ -4,6 +4,11 @@
 //! The listener completes TLS handshakes off the accept path: each handshake runs in its own
 //! task with a timeout, bounded in number, so a slow or silent client never holds up others.
 //!
+//! With a client CA (the edge's certificate is checked, see `crate::client`), the listener asks
+//! every client for a certificate but does not require one: a certificate that is presented
+//! must be signed by that CA and valid, or the handshake fails; clients without one (browsers,
+//! the ingress, Prometheus) connect as before.
+//!
 //! The serving certificate is re-read when its files change (cert-manager or the operator
 //! renew it; the kubelet swaps the mounted Secret's files): new handshakes present the new one,
 //! without a restart. A pair that fails to load is logged and the previous one kept.
@@ -86,18 +91,39 @@ impl ResolvesServerCert for Reloading {
 /// The serving configuration from a PEM certificate chain and key, re-read every
 /// [`RELOAD_EVERY`] (must be called inside a Tokio runtime).
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    server_config_reloading(cert, key, RELOAD_EVERY, None)
+    server_config_reloading(cert, key, RELOAD_EVERY, None, None)
+}
+
+/// Verifies client certificates against the CA in `path` when one is presented; a client
+/// without one is let in (it is then simply not the edge).
+fn optional_client_auth(
+    path: &Path,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let pem = read_pem(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.with_context(|| format!("{} is not PEM", path.display()))?)
+            .with_context(|| format!("{} holds an unusable CA certificate", path.display()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .with_context(|| format!("client certificate verifier from {}", path.display()))
 }
 
 /// [`server_config`] with a chosen reload interval; each change seen is counted in
-/// `ladder_config_reloads_total{source="tls_certificate"}` when `metrics` is given.
+/// `ladder_config_reloads_total{source="tls_certificate"}` when `metrics` is given. With
+/// `client_ca`, client certificates are verified against it (and optional).
 pub fn server_config_reloading(
     cert: &Path,
     key: &Path,
     every: Duration,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    client_ca: Option<&Path>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     install_crypto_provider();
+    let verifier = client_ca.map(optional_client_auth).transpose()?;
     let (ck, mut stamp) = certified_key(cert, key)?;
     let resolver = Arc::new(Reloading {
         current: RwLock::new(Arc::new(ck)),
@@ -139,9 +165,12 @@ pub fn server_config_reloading(
             }
         }
     });
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = rustls::ServerConfig::builder();
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -36,8 +36,13 @@ pub mod env {
     pub const VARNISH_URL: &str = "LADDER_VARNISH_URL";
     /// The rate-limit and WAF rules file ([`super::Rules`]).
     pub const RULES_FILE: &str = "LADDER_RULES_FILE";
-    /// Trust the first `X-Forwarded-For` address (set when the edge tier is in front).
-    pub const TRUST_FORWARDED_FOR: &str = "LADDER_TRUST_FORWARDED_FOR";
+    /// The subject common name of the client certificate the edge tier presents (signed by
+    /// [`TLS_CA`]): a connection that presented it may say who the client is in
+    /// `X-Forwarded-For`. Needs the app to serve HTTPS.
+    pub const EDGE_CLIENT_NAME: &str = "LADDER_EDGE_CLIENT_NAME";
+    /// Networks (comma-separated CIDRs) of the proxies in front of the app (phase 2's ingress):
+    /// from a peer in one of them, the last `X-Forwarded-For` address is the client.
+    pub const TRUSTED_PROXIES: &str = "LADDER_TRUSTED_PROXIES";
     /// The CA certificate clients trust (Redis, ClickHouse; PostgreSQL URLs name it too).
     pub const TLS_CA: &str = "LADDER_TLS_CA";
     /// The app's serving certificate and key: when both are set it serves HTTPS.
@@ -289,10 +294,32 @@ impl Rules {
         })
     }
 
+    /// Whether a request path (raw, as sent: `Uri::path`) may pass the WAF. With no blocked
+    /// prefix every path passes. Otherwise the path is normalised ([`normalize_path`]) and
+    /// refused when that fails or when it starts with a blocked prefix (compared without
+    /// regard to ASCII case, as the edge's VCL does).
+    pub fn check_path(&self, raw: &str) -> Result<(), PathRefusal> {
+        if self.blocked_path_prefixes.iter().all(String::is_empty) {
+            return Ok(());
+        }
+        let path = normalize_path(raw)?;
+        let blocked = self.blocked_path_prefixes.iter().any(|p| {
+            !p.is_empty()
+                && path
+                    .as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        });
+        if blocked {
+            Err(PathRefusal::Blocked)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// [`Rules::check_path`] refuses `path`.
     pub fn path_blocked(&self, path: &str) -> bool {
-        self.blocked_path_prefixes
-            .iter()
-            .any(|p| !p.is_empty() && path.starts_with(p.as_str()))
+        self.check_path(path).is_err()
     }
 
     pub fn method_blocked(&self, method: &str) -> bool {
@@ -308,6 +335,86 @@ impl Rules {
             || !self.blocked_path_prefixes.is_empty()
             || !self.blocked_methods.is_empty()
     }
+}
+
+/// Why the WAF refuses a request path ([`Rules::check_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// It starts with a blocked prefix (403).
+    Blocked,
+    /// A `%` not followed by two hex digits (400).
+    MalformedEscape,
+    /// An encoded `%` (`%25`): a second decoding downstream would read another path (400).
+    DoubleEncoded,
+    /// A control character (NUL, CR, LF, ...), raw or encoded (400).
+    ControlCharacter,
+    /// A `.` or `..` segment once decoded: clients resolve them before sending (400).
+    DotSegment,
+}
+
+impl std::fmt::Display for PathRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathRefusal::Blocked => "path refused by the WAF rules",
+            PathRefusal::MalformedEscape => "the path has a malformed percent escape",
+            PathRefusal::DoubleEncoded => "the path has an encoded percent sign (double encoding)",
+            PathRefusal::ControlCharacter => "the path has a control character",
+            PathRefusal::DotSegment => "the path has a `.` or `..` segment",
+        })
+    }
+}
+
+/// The path the WAF matches, the one definition shared by the app and the edge's VCL
+/// (`ladder-operator`'s `varnish_vcl` renders the same steps): percent-decoded once, `\` read
+/// as `/`, runs of `/` collapsed to one, ASCII lower-cased. Forms no well-behaved client sends
+/// and that a decoder behind the WAF could read differently are refused instead: malformed or
+/// double (`%25`) encoding, control characters, and `.`/`..` segments (browsers and HTTP
+/// libraries resolve those before sending). So `/%61dmin`, `/ADMIN`, `//admin`, `\admin` and
+/// `/x/%2e%2e/admin` either normalise to `/admin` or are refused; none walks past a rule for
+/// `/admin`.
+pub fn normalize_path(raw: &str) -> Result<String, PathRefusal> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    };
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let mut b = bytes[i];
+        if b == b'%' {
+            let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathRefusal::MalformedEscape);
+            };
+            b = hi << 4 | lo;
+            if b == b'%' {
+                return Err(PathRefusal::DoubleEncoded);
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+        if b.is_ascii_control() {
+            return Err(PathRefusal::ControlCharacter);
+        }
+        let b = if b == b'\\' { b'/' } else { b };
+        if b == b'/' && decoded.last() == Some(&b'/') {
+            continue;
+        }
+        decoded.push(b.to_ascii_lowercase());
+    }
+    if decoded
+        .split(|&b| b == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+    {
+        return Err(PathRefusal::DotSegment);
+    }
+    Ok(String::from_utf8_lossy(&decoded).into_owned())
 }
 
 /// The app's enterprise auth settings (phase 4, [`env::OIDC_CONFIG`]): bearer tokens of this
@@ -398,9 +505,72 @@ mod tests {
         .expect("parses");
         assert!(r.path_blocked("/admin/x"));
         assert!(!r.path_blocked("/api/v1/links"));
+        assert_eq!(r.check_path("/api/v1/links"), Ok(()));
+        assert_eq!(r.check_path("/Admin"), Err(PathRefusal::Blocked));
         assert!(r.method_blocked("trace"));
         assert!(!r.method_blocked("GET"));
         assert!(r.any_request_checks());
         assert!(!Rules::default().any_request_checks());
+    }
+
+    /// Every encoded, doubled or re-cased spelling of a blocked path is blocked or refused;
+    /// ordinary paths pass unchanged.
+    #[test]
+    fn encoded_paths_do_not_walk_past_the_waf() {
+        let r = Rules {
+            blocked_path_prefixes: vec!["/admin".into(), "/api/v1/internal".into()],
+            ..Rules::default()
+        };
+        use PathRefusal::*;
+        for (path, want) in [
+            ("/admin", Blocked),
+            ("/ADMIN/users", Blocked),
+            ("/%61dmin", Blocked),
+            ("/%41DMIN", Blocked),
+            ("/adm%69n/x", Blocked),
+            ("//admin", Blocked),
+            ("/%2fadmin", Blocked),
+            ("/%2Fadmin", Blocked),
+            ("\\admin", Blocked),
+            ("/%5cadmin", Blocked),
+            ("/api/v1//internal/x", Blocked),
+            ("/api/v1/%69nternal", Blocked),
+            ("/api%2fv1%2finternal", Blocked),
+            ("/x/../admin", DotSegment),
+            ("/x/%2e%2e/admin", DotSegment),
+            ("/x/.%2E/admin", DotSegment),
+            ("/./admin", DotSegment),
+            ("/x%2f..%2fadmin", DotSegment),
+            ("/%2561dmin", DoubleEncoded),
+            ("/%25", DoubleEncoded),
+            ("/admin%", MalformedEscape),
+            ("/%6", MalformedEscape),
+            ("/%zzadmin", MalformedEscape),
+            ("/%00/admin", ControlCharacter),
+            ("/adm%0ain", ControlCharacter),
+            ("/x%7f", ControlCharacter),
+        ] {
+            assert_eq!(r.check_path(path), Err(want), "{path}");
+        }
+        for ok in [
+            "/",
+            "/abc123",
+            "/api/v1/links",
+            "/api/v1/links/x/stats",
+            "/administrator-of-nothing-but-prefixed",
+            "/x..y",
+            "/.well-known",
+            "/caf%C3%A9",
+        ] {
+            let expected = if ok.starts_with("/admin") {
+                Err(Blocked)
+            } else {
+                Ok(())
+            };
+            assert_eq!(r.check_path(ok), expected, "{ok}");
+        }
+        assert_eq!(normalize_path("/A//B%2Fc\\d").as_deref(), Ok("/a/b/c/d"));
+        // Without a blocked prefix nothing is normalised or refused.
+        assert_eq!(Rules::default().check_path("/%zz/../x"), Ok(()));
     }
 }

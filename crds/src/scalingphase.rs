@@ -606,6 +606,15 @@ pub struct EdgeSpec {
     #[serde(default)]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
     pub blocked_paths: Vec<UrlPath>,
+    /// IPv4 networks (CIDR) of the proxies that meet clients before the first Ladder tier:
+    /// your ingress controller's pods (phase 2), or whatever is in front of the edge cache
+    /// (phase 3 up). From a peer in one of them, the last `X-Forwarded-For` address is the
+    /// client that rate limits and WAF rules apply to; from any other peer the header is
+    /// ignored. Empty (the default): the peer address is the client, so behind an ingress
+    /// every client shares the ingress' rate bucket. See docs/edge.md.
+    #[serde(default)]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
+    pub trusted_proxy_cidrs: Vec<Cidr>,
 }
 
 /// An IPv4 network in CIDR notation, such as `10.0.0.0/8`.

@@ -65,13 +65,13 @@ fn phase_1_growth() {
 
 #[test]
 fn phase_2_regional() {
-    let yaml = "phase: 2\nedge: {blockedPaths: [/admin, /wp-login.php]}\n";
+    let yaml = "phase: 2\nedge: {blockedPaths: [/admin, /wp-login.php], trustedProxyCidrs: [10.244.0.0/16]}\n";
     insta::assert_snapshot!(rendered(yaml, false).to_yaml());
 }
 
 #[test]
 fn phase_3_national() {
-    let yaml = "phase: 3\nedge: {purgeAllowedCidrs: [10.0.0.0/8], blockedPaths: [/admin], cacheTtlSeconds: 120}\n";
+    let yaml = "phase: 3\nedge: {purgeAllowedCidrs: [10.0.0.0/8], trustedProxyCidrs: [10.244.0.0/16], blockedPaths: [/admin], cacheTtlSeconds: 120}\n";
     insta::assert_snapshot!(rendered(yaml, false).to_yaml());
 }
 

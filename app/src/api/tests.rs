@@ -145,7 +145,7 @@ async fn waf_refusals_use_the_error_shape() {
     s.limiter.set_rules(Rules {
         blocked_path_prefixes: vec!["/admin".into()],
         blocked_methods: vec!["DELETE".into()],
-        blocked_clients: vec!["unknown".into()],
+        blocked_clients: vec!["0.0.0.0".into()],
         ..Rules::default()
     });
     assert_error(
@@ -158,7 +158,12 @@ async fn waf_refusals_use_the_error_shape() {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_blocked",
     );
-    // A oneshot request has no peer address: the client is "unknown".
+    assert_error(
+        &call(&s, "GET", "/%2561dmin", None, &[]).await,
+        StatusCode::BAD_REQUEST,
+        "bad_path",
+    );
+    // A oneshot request has no peer address: the client is the unspecified address.
     assert_error(
         &call(&s, "GET", "/abc", None, &[]).await,
         StatusCode::FORBIDDEN,
@@ -275,4 +280,83 @@ async fn an_api_key_guards_the_management_api_only() {
     }
     let gone = call(&s, "DELETE", "/api/v1/links/keyed", None, &ok).await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
+}
+
+/// The rate limiter keys on the client [`crate::client`] works out: the peer, whatever
+/// `X-Forwarded-For` it sends, unless it is a trusted proxy or presented the edge's certificate.
+#[tokio::test]
+async fn rate_limit_keys_on_the_trusted_client_address() {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::Request;
+
+    use crate::client::{ForwardedTrust, Peer};
+
+    let mut config = crate::testing::config();
+    config.forwarded = ForwardedTrust {
+        edge_client_name: Some("ladder-edge".into()),
+        proxies: vec!["10.244.0.0/16".parse().expect("cidr")],
+    };
+    let s = crate::testing::state_with(config).await;
+    s.limiter.set_rules(Rules {
+        rate_per_second: 0.001,
+        burst: 1.0,
+        ..Rules::default()
+    });
+    let get = |peer: &str, cert: Option<&str>, xff: &str| {
+        let peer = Peer {
+            addr: SocketAddr::new(peer.parse().expect("ip"), 5555),
+            certificate: cert.map(Arc::from),
+        };
+        let mut req = Request::get("/nosuchcode")
+            .header("x-forwarded-for", xff)
+            .body(Body::empty())
+            .expect("request");
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let s = s.clone();
+        async move { crate::testing::send(&s, req).await.status }
+    };
+    // An untrusted peer: one bucket, however many addresses it claims.
+    assert_eq!(
+        get("203.0.113.9", None, "1.1.1.1").await,
+        StatusCode::NOT_FOUND
+    );
+    for i in 2..10 {
+        let spoof = format!("{i}.{i}.{i}.{i}");
+        assert_eq!(
+            get("203.0.113.9", None, &spoof).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // A certificate of another name is not the edge.
+    assert_eq!(
+        get("10.9.0.1", Some("ladder-redis"), "1.1.1.1").await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get("10.9.0.1", Some("ladder-redis"), "2.2.2.2").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The edge and the trusted proxies speak for their clients: each its own bucket.
+    for (peer, cert, net) in [
+        ("10.9.0.2", Some("ladder-edge"), 1),
+        ("10.244.0.7", None, 2),
+    ] {
+        for host in 1..4 {
+            let client = format!("198.51.{net}.{host}");
+            assert_eq!(
+                get(peer, cert, &format!("6.6.6.6, {client}")).await,
+                StatusCode::NOT_FOUND,
+                "{client} through {peer}"
+            );
+        }
+    }
+    // A client's bucket is its own whichever trusted peer it came through.
+    assert_eq!(
+        get("10.244.0.8", None, "198.51.1.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

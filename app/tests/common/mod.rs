@@ -143,6 +143,8 @@ pub fn args(store: StoreSpec) -> ServeArgs {
     a.tls_ca = None;
     a.tls_cert = None;
     a.tls_key = None;
+    a.edge_client_name = None;
+    a.trusted_proxies = Vec::new();
     a
 }
 

@@ -182,9 +182,9 @@ pub fn clickhouse_config() -> String {
         .to_owned()
 }
 
-/// Escapes a URL path for a VCL regular expression inside a VCL string.
-/// Validation allows only `[A-Za-z0-9._~/-]`, so `"` and newlines cannot
-/// occur; `.` is the only regex metacharacter left to escape.
+/// A VCL regular expression matching a blocked path prefix at the start of the normalised,
+/// lower-cased path (see [`varnish_vcl`]). Validation allows only `[A-Za-z0-9._~/-]`, so `"`
+/// and newlines cannot occur; `.` is the only regex metacharacter left to escape.
 pub fn vcl_path_regex(path: &str) -> Option<String> {
     if !path
         .bytes()
@@ -192,32 +192,101 @@ pub fn vcl_path_regex(path: &str) -> Option<String> {
     {
         return None;
     }
-    Some(format!("^{}", path.replace('.', "\\.")))
+    Some(format!(
+        "^{}",
+        path.to_ascii_lowercase().replace('.', "\\.")
+    ))
 }
 
-/// The Varnish VCL: backend the app Service, PURGE limited to an ACL, WAF
-/// path blocks, cache only anonymous GET/HEAD for the configured TTL.
+/// `a.b.c.d/n` re-formatted from parsed octets, as a VCL ACL entry: nothing of the user's text
+/// reaches the file.
+fn acl_entry(&(o, p): &([u8; 4], u8)) -> String {
+    format!("  \"{}.{}.{}.{}\"/{};\n", o[0], o[1], o[2], o[3], p)
+}
+
+/// Who the client is, set before anything reads it: the peer, or behind a trusted proxy the
+/// address that proxy appended last. Varnish itself appends the peer to `X-Forwarded-For`
+/// before `vcl_recv` runs, so there the proxy's entry is the second to last. What the client
+/// wrote (any other entry, `Forwarded`, `X-Real-IP`) never reaches the app.
+const VCL_CLIENT_PLAIN: &str = r#"  unset req.http.Forwarded;
+  unset req.http.X-Real-IP;
+  set req.http.X-Forwarded-For = client.ip;
+"#;
+const VCL_CLIENT_BEHIND_PROXY: &str = r#"  unset req.http.Forwarded;
+  unset req.http.X-Real-IP;
+  if (client.ip ~ trusted_proxies && req.http.X-Forwarded-For ~ ",[^,]*,") {
+    # `resolve = false`: a name in the header is not an address, never a DNS lookup.
+    set req.http.X-Forwarded-For = std.ip(regsub(req.http.X-Forwarded-For, "^(.*,)?[ \t]*([^, \t]+)[ \t]*,[^,]*$", "\2"), client.ip, resolve = false);
+  } else {
+    set req.http.X-Forwarded-For = client.ip;
+  }
+"#;
+
+/// The WAF's normalised path ([`contract::normalize_path`], step for step): absolute-form
+/// targets read as their path; malformed or double (`%25`) escapes, control characters and
+/// dot segments refused with 400; then percent-decoded once (vmod blob), `\` as `/`, runs of
+/// `/` collapsed, lower-cased, and matched against the blocked prefixes.
+const VCL_NORMALISE_PATH: &str = r#"  if (req.url ~ "^(?i)[a-z][a-z0-9+.-]*://") {
+    set req.url = regsub(req.url, "^(?i)[a-z][a-z0-9+.-]*://[^/?#]*/?", "/");
+  }
+  if (req.url !~ "^/") {
+    return (synth(400, "Bad Request"));
+  }
+  set req.http.X-Ladder-Path = regsub(req.url, "\?.*$", "");
+  if (req.http.X-Ladder-Path ~ "%(?![0-9A-Fa-f]{2})" || req.http.X-Ladder-Path ~ "(?i)%(0[0-9a-f]|1[0-9a-f]|7f|25)" || req.http.X-Ladder-Path ~ "[\x00-\x1f\x7f]") {
+    return (synth(400, "Bad Request"));
+  }
+  set req.http.X-Ladder-Path = std.tolower(blob.transcode(decoding = URL, encoded = req.http.X-Ladder-Path));
+  set req.http.X-Ladder-Path = regsuball(req.http.X-Ladder-Path, "[\\/]+", "/");
+  if (req.http.X-Ladder-Path ~ "/\.\.?(/|$)") {
+    return (synth(400, "Bad Request"));
+  }
+"#;
+
+/// Statuses the same for every client and worth keeping: anything else (429, one client's
+/// bucket; 5xx, an outage; 401/403, one client's credentials) is never cached.
+const VCL_CACHEABLE_STATUSES: [u16; 10] = [200, 203, 204, 300, 301, 302, 307, 308, 404, 410];
+
+/// The Varnish VCL: backend the app through the TLS sidecar, the client address taken from the
+/// connection (or a trusted proxy), PURGE limited to an ACL, WAF path blocks on the normalised
+/// path, and only anonymous GET/HEAD with a client-independent status cached, for the
+/// configured TTL. See docs/edge.md.
 pub fn varnish_vcl(edge: &Edge, backend_host: &str, backend_port: i32) -> String {
-    let mut out = String::from("# Rendered by ladder-operator.\nvcl 4.1;\n\n");
+    let mut out =
+        String::from("# Rendered by ladder-operator.\nvcl 4.1;\n\nimport blob;\nimport std;\n\n");
     let _ = writeln!(
         out,
         "backend app {{\n  .host = \"{backend_host}\";\n  .port = \"{backend_port}\";\n}}\n"
     );
     out.push_str("acl purge {\n  \"127.0.0.1\";\n");
-    for (o, p) in &edge.purge_allowed {
-        // Re-formatted from parsed octets: nothing of the user's text reaches the file.
-        let _ = writeln!(out, "  \"{}.{}.{}.{}\"/{};", o[0], o[1], o[2], o[3], p);
+    edge.purge_allowed
+        .iter()
+        .for_each(|c| out.push_str(&acl_entry(c)));
+    out.push_str("}\n\n");
+    if !edge.trusted_proxies.is_empty() {
+        out.push_str("acl trusted_proxies {\n");
+        edge.trusted_proxies
+            .iter()
+            .for_each(|c| out.push_str(&acl_entry(c)));
+        out.push_str("}\n\n");
     }
-    out.push_str("}\n\nsub vcl_recv {\n");
+    out.push_str("sub vcl_recv {\n");
+    out.push_str(if edge.trusted_proxies.is_empty() {
+        VCL_CLIENT_PLAIN
+    } else {
+        VCL_CLIENT_BEHIND_PROXY
+    });
     out.push_str("  if (req.method == \"PURGE\") {\n    if (!client.ip ~ purge) {\n      return (synth(405, \"Not allowed\"));\n    }\n    return (purge);\n  }\n");
+    out.push_str(VCL_NORMALISE_PATH);
     for path in &edge.blocked_paths {
         if let Some(re) = vcl_path_regex(path) {
             let _ = writeln!(
                 out,
-                "  if (req.url ~ \"{re}\") {{\n    return (synth(403, \"Forbidden\"));\n  }}"
+                "  if (req.http.X-Ladder-Path ~ \"{re}\") {{\n    return (synth(403, \"Forbidden\"));\n  }}"
             );
         }
     }
+    out.push_str("  unset req.http.X-Ladder-Path;\n");
     out.push_str(
         "  if (req.method != \"GET\" && req.method != \"HEAD\") {\n    return (pass);\n  }\n",
     );
@@ -225,13 +294,28 @@ pub fn varnish_vcl(edge: &Edge, backend_host: &str, backend_port: i32) -> String
     // The app serves one site: cache by path alone, so a PURGE from the app (whatever Host it
     // names) removes what every client sees.
     out.push_str("sub vcl_hash {\n  hash_data(req.url);\n  return (lookup);\n}\n\n");
-    out.push_str("sub vcl_backend_response {\n  if (beresp.http.Set-Cookie || beresp.http.Cache-Control ~ \"private|no-store\") {\n");
+    let cacheable = VCL_CACHEABLE_STATUSES
+        .iter()
+        .map(|s| format!("beresp.status != {s}"))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    // A short hit-for-miss marker (uncacheable, 1 s): later requests go to the app on their own
+    // instead of queueing behind one another, and nothing of the answer is kept.
+    let _ = writeln!(
+        out,
+        "sub vcl_backend_response {{\n  if ({cacheable}) {{\n    set beresp.ttl = 1s;\n    set beresp.uncacheable = true;\n    return (deliver);\n  }}"
+    );
+    out.push_str(
+        "  if (beresp.http.Set-Cookie || beresp.http.Cache-Control ~ \"private|no-store\") {\n",
+    );
     out.push_str("    set beresp.uncacheable = true;\n    return (deliver);\n  }\n");
     let _ = writeln!(
         out,
-        "  set beresp.ttl = {}s;\n  return (deliver);\n}}",
+        "  set beresp.ttl = {}s;\n  return (deliver);\n}}\n",
         edge.cache_ttl_seconds
     );
+    // The app unreachable: Varnish's own 503 is not kept either.
+    out.push_str("sub vcl_backend_error {\n  set beresp.ttl = 0s;\n  set beresp.grace = 0s;\n  set beresp.uncacheable = true;\n}\n");
     out
 }
 
@@ -319,6 +403,50 @@ mod tests {
         assert_eq!(vcl_path_regex("/a\nb"), None);
     }
 
+    /// What the VCL must say whatever the spec: the client from the connection, the normalised
+    /// path matched, per-client and failed answers never cached. (app/tests/edge_hostile.rs runs
+    /// it in a real varnishd.)
+    #[test]
+    fn vcl_sets_the_client_normalises_paths_and_caches_only_shared_answers() {
+        let mut edge = Edge {
+            rate_limit_per_second: 50,
+            cache_ttl_seconds: 60,
+            purge_allowed: vec![([10, 0, 0, 0], 8)],
+            blocked_paths: vec!["/Admin.php".into()],
+            trusted_proxies: vec![],
+        };
+        let vcl = varnish_vcl(&edge, "127.0.0.1", 8081);
+        let recv = &vcl[vcl.find("sub vcl_recv").expect("vcl_recv")..];
+        let first_use = recv.find("req.http.X-Forwarded-For").expect("XFF set");
+        assert_eq!(
+            &recv[first_use..first_use + 48],
+            "req.http.X-Forwarded-For = client.ip;\n  if (req."
+        );
+        assert!(!vcl.contains("trusted_proxies"));
+        assert!(vcl.contains("\"10.0.0.0\"/8;"));
+        assert!(vcl.contains("blob.transcode(decoding = URL"));
+        assert!(vcl.contains("req.http.X-Ladder-Path ~ \"^/admin\\.php\""));
+        assert!(
+            !vcl.contains("req.url ~ \"^/admin"),
+            "blocked paths match the normalised path, not the raw URL"
+        );
+        let guard = vcl
+            .lines()
+            .find(|l| l.contains("beresp.status != 200"))
+            .expect("status guard");
+        for status in ["429", "500", "502", "503", "504", "401", "403"] {
+            assert!(!guard.contains(status), "{status} must not be cacheable");
+        }
+        assert!(vcl.contains("sub vcl_backend_error {\n  set beresp.ttl = 0s;"));
+
+        edge.trusted_proxies = vec![([10, 244, 0, 0], 16)];
+        let vcl = varnish_vcl(&edge, "127.0.0.1", 8081);
+        assert!(vcl.contains("acl trusted_proxies {\n  \"10.244.0.0\"/16;\n}"));
+        assert!(vcl.contains("if (client.ip ~ trusted_proxies"));
+        assert!(vcl.contains("resolve = false"));
+        assert!(vcl.contains("} else {\n    set req.http.X-Forwarded-For = client.ip;"));
+    }
+
     #[test]
     fn shard_map_is_the_apps_format() {
         let shards: Vec<_> = (0..3)
@@ -342,6 +470,7 @@ mod tests {
             cache_ttl_seconds: 60,
             purge_allowed: vec![],
             blocked_paths: vec!["/admin".into()],
+            trusted_proxies: vec![],
         };
         let rules: contract::Rules =
             serde_json::from_str(&edge_policy_json(&edge)).expect("the app parses it");

@@ -1,6 +1,13 @@
 //! The edge (phases 2-4): the policy the app enforces itself (rate limits,
 //! blocked paths, purge networks) and, from phase 3, a Varnish cache in
 //! front of the app with a TLS-originating sidecar, and the CDN config.
+//!
+//! Who the client is (docs/edge.md): the app believes `X-Forwarded-For` only
+//! from a connection that presented the edge's client certificate (phase 3
+//! up: open-source Varnish speaks no TLS to backends, so its ghostunnel
+//! sidecar originates TLS and presents the certificate) or from a peer inside
+//! `spec.edge.trustedProxyCidrs` (the ingress, phase 2). The VCL sets that
+//! header itself from the connection; a client's own is never passed on.
 
 use super::app::{AppFile, Wiring};
 use super::build::{
@@ -19,6 +26,13 @@ const TIER: &str = "varnish";
 const HTTP: Port = Port::new("http", 8080);
 /// Loopback port of the edge pod's TLS origination sidecar (Varnish's backend).
 const EDGE_TLS_ORIGIN_PORT: i32 = 8081;
+/// Subject common name of the edge's client certificate: the one identity whose
+/// connections may name the client in `X-Forwarded-For`. No other certificate of the
+/// phase CA has it (servers are named after their Services, CockroachDB's users are
+/// `root` and `ladder`).
+const EDGE_CLIENT_NAME: &str = "ladder-edge";
+/// How often the sidecar re-reads its certificate (cert-manager renews it in place).
+const EDGE_CERT_RELOAD: &str = "300s";
 
 /// Builds the edge policy (and the Varnish tier when the phase has one) and
 /// wires the app to them.
@@ -50,12 +64,21 @@ pub(super) fn build(
         ));
         wiring
             .env
-            .push(env(contract::env::TRUST_FORWARDED_FOR, "true"));
+            .push(env(contract::env::EDGE_CLIENT_NAME, EDGE_CLIENT_NAME));
+    }
+    if !edge.trusted_proxies.is_empty() {
+        let cidrs = edge
+            .trusted_proxies
+            .iter()
+            .map(|(o, p)| format!("{}.{}.{}.{}/{p}", o[0], o[1], o[2], o[3]))
+            .collect::<Vec<_>>()
+            .join(",");
+        wiring.env.push(env(contract::env::TRUSTED_PROXIES, cidrs));
     }
 }
 
 /// Varnish → ghostunnel (same pod, loopback) → the app over TLS, verified
-/// against the CA.
+/// against the CA, presenting the edge's client certificate.
 fn cache(
     v: &Validated,
     varnish: &DataComponent,
@@ -67,7 +90,9 @@ fn cache(
     let owner = Owner::component(TIER, "edge");
     let app_host = format!("{}.{}.svc", child_name(v, "app"), v.namespace);
     let vcl = config::varnish_vcl(edge, "127.0.0.1", EDGE_TLS_ORIGIN_PORT);
-    let tls = tls::server(v, d, "edge", std::slice::from_ref(&name));
+    // A client certificate: nothing connects to the edge over TLS, the edge
+    // connects to the app.
+    let tls = tls::client(v, d, "edge", EDGE_CLIENT_NAME);
     let cm = push_config_file(v, d, "edge-vcl", TIER, "default.vcl", &vcl);
     let origin = format!("http://{name}.{}.svc:{}", v.namespace, HTTP.number);
     let cdn = config::cdn_json(edge, &origin);
@@ -84,6 +109,7 @@ fn cache(
         format!("--cacert={TLS_DIR}/ca.crt"),
         format!("--cert={TLS_DIR}/tls.crt"),
         format!("--key={TLS_DIR}/tls.key"),
+        format!("--timed-reload={EDGE_CERT_RELOAD}"),
     ])
     .mounts(vec![mount("tls", TLS_DIR, true)])
     .probe(tcp_probe(EDGE_TLS_ORIGIN_PORT))

@@ -1,11 +1,11 @@
-//! The edge policy (phases 2-4): rate limit, cache TTL, who may PURGE and
-//! which paths the WAF blocks. These values end up in the VCL and the app's
+//! The edge policy (phases 2-4): rate limit, cache TTL, who may PURGE, which
+//! paths the WAF blocks and which proxies may name the client. These values end up in the VCL and the app's
 //! rules file, so each is parsed into a form that cannot carry anything else.
 
 use super::fields;
 use super::{Edge, Invalid};
 use ladder_crds::catalogue::{PhaseProfile, defaults};
-use ladder_crds::scalingphase::EdgeSpec;
+use ladder_crds::scalingphase::{Cidr, EdgeSpec};
 
 /// Parses `a.b.c.d/n` into octets and prefix length.
 pub fn parse_cidr(s: &str) -> Option<([u8; 4], u8)> {
@@ -49,21 +49,25 @@ pub(super) fn edge(e: &EdgeSpec, profile: &PhaseProfile) -> Result<Option<Edge>,
         0,
         86_400,
     )?;
-    if e.purge_allowed_cidrs.len() > 16 || e.blocked_paths.len() > 32 {
+    if e.purge_allowed_cidrs.len() > 16
+        || e.trusted_proxy_cidrs.len() > 16
+        || e.blocked_paths.len() > 32
+    {
         return Err(Invalid::field(
             "spec.edge",
-            "at most 16 purge networks and 32 blocked paths",
+            "at most 16 purge networks, 16 trusted proxy networks and 32 blocked paths",
         ));
     }
-    let mut purge_allowed = Vec::new();
-    for c in &e.purge_allowed_cidrs {
-        purge_allowed.push(parse_cidr(&c.0).ok_or_else(|| {
-            Invalid::field(
-                "spec.edge.purgeAllowedCidrs",
-                format!("{:?} is not an IPv4 CIDR", c.0),
-            )
-        })?);
-    }
+    let cidrs = |field: &str, list: &[Cidr]| {
+        list.iter()
+            .map(|c| {
+                parse_cidr(&c.0)
+                    .ok_or_else(|| Invalid::field(field, format!("{:?} is not an IPv4 CIDR", c.0)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let purge_allowed = cidrs("spec.edge.purgeAllowedCidrs", &e.purge_allowed_cidrs)?;
+    let trusted_proxies = cidrs("spec.edge.trustedProxyCidrs", &e.trusted_proxy_cidrs)?;
     let mut blocked_paths = Vec::new();
     for p in &e.blocked_paths {
         if !is_url_path(&p.0) {
@@ -79,6 +83,7 @@ pub(super) fn edge(e: &EdgeSpec, profile: &PhaseProfile) -> Result<Option<Edge>,
         cache_ttl_seconds: ttl,
         purge_allowed,
         blocked_paths,
+        trusted_proxies,
     }))
 }
 
@@ -115,8 +120,14 @@ mod tests {
             .expect("phase 2 has an edge");
         assert_eq!(e.rate_limit_per_second, 50);
         assert_eq!(e.cache_ttl_seconds, defaults::EDGE_CACHE_TTL_SECONDS);
+        assert!(e.trusted_proxies.is_empty());
+        let e = edge(&spec("{trustedProxyCidrs: [10.244.0.0/16]}"), &p2)
+            .expect("valid")
+            .expect("phase 2 has an edge");
+        assert_eq!(e.trusted_proxies, vec![([10, 244, 0, 0], 16)]);
         for bad in [
             "{purgeAllowedCidrs: [300.1.1.1/8]}",
+            "{trustedProxyCidrs: [10.0.0.0/33]}",
             "{blockedPaths: ['/a\" ; return (pass)']}",
             "{blockedPaths: [no-slash]}",
             "{rateLimitPerSecond: 0}",

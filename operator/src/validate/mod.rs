@@ -124,6 +124,9 @@ pub struct Edge {
     pub purge_allowed: Vec<([u8; 4], u8)>,
     /// Path prefixes the WAF blocks.
     pub blocked_paths: Vec<String>,
+    /// Networks of the proxies in front of the first Ladder tier, parsed: their
+    /// `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<([u8; 4], u8)>,
 }
 
 /// OIDC settings.
