@@ -424,8 +424,13 @@ pub struct DataEvent {
 /// What happened to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataChange {
-    /// It got a deletion timestamp.
-    Deleting,
+    /// It got a deletion timestamp. `orphan`: deleted with
+    /// `propagationPolicy: Orphan` (its pods and claims stay, as when the
+    /// operator re-creates a StatefulSet to grow its volumes).
+    Deleting {
+        /// The `orphan` finalizer was set.
+        orphan: bool,
+    },
     /// It is gone.
     Gone,
     /// An object of the same name with another UID appeared: the old one
@@ -488,9 +493,10 @@ fn note(state: &Mutex<GuardState>, kind: Holder, meta: &kube::api::ObjectMeta, g
         && !st
             .events
             .iter()
-            .any(|e| e.uid == uid && e.what == DataChange::Deleting)
+            .any(|e| e.uid == uid && matches!(e.what, DataChange::Deleting { .. }))
     {
-        st.events.push(event(DataChange::Deleting));
+        let orphan = meta.finalizers.iter().flatten().any(|f| f == "orphan");
+        st.events.push(event(DataChange::Deleting { orphan }));
     }
     st.uids.insert((kind, name), uid);
 }
@@ -560,6 +566,33 @@ impl DataGuard {
     /// Every deletion and replacement seen, oldest first.
     pub fn events(&self) -> Vec<DataEvent> {
         self.state.lock().expect("guard").events.clone()
+    }
+
+    /// The events that may have lost data: every one but a StatefulSet
+    /// deleted with its pods and claims orphaned, its disappearance and its
+    /// re-creation under the same name (the claims, which the guard also
+    /// watches, are the data).
+    pub fn data_events(&self) -> Vec<DataEvent> {
+        let events = self.events();
+        let orphaned = |uid: &str| {
+            events.iter().any(|e| {
+                e.kind == Holder::Postgres
+                    && e.uid == uid
+                    && e.what == DataChange::Deleting { orphan: true }
+            })
+        };
+        events
+            .iter()
+            .filter(|e| {
+                !(e.kind == Holder::Postgres
+                    && match &e.what {
+                        DataChange::Deleting { orphan } => *orphan,
+                        DataChange::Gone => orphaned(&e.uid),
+                        DataChange::Replaced { was } => orphaned(was),
+                    })
+            })
+            .cloned()
+            .collect()
     }
 }
 
