@@ -363,19 +363,34 @@ pub async fn check_ledger_pg(url: &str, ledger: &Ledger) -> anyhow::Result<usize
 
 /// Every `links` row of the PostgreSQL databases at `urls`: code →
 /// (database index, target, deleted).
-pub async fn links_in(
-    urls: &[String],
-) -> anyhow::Result<HashMap<String, Vec<(usize, String, bool)>>> {
-    let mut seen: HashMap<String, Vec<(usize, String, bool)>> = HashMap::new();
+pub async fn links_in(urls: &[String]) -> anyhow::Result<Links> {
+    links_of(urls, None).await
+}
+
+/// Rows of `links` by code: (database index, target, deleted) per copy.
+pub type Links = HashMap<String, Vec<(usize, String, bool)>>;
+
+/// Like [`links_in`], for the rows of `codes` only (when given).
+pub async fn links_of(urls: &[String], codes: Option<Vec<String>>) -> anyhow::Result<Links> {
+    let mut seen = Links::new();
     for (i, url) in urls.iter().enumerate() {
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
             .await
             .with_context(|| format!("connect to database {i}"))?;
-        let rows: Vec<(String, String, bool)> =
-            sqlx::query_as("SELECT code, target, deleted FROM links")
-                .fetch_all(&mut conn)
-                .await
-                .with_context(|| format!("read links of database {i}"))?;
+        let rows: Vec<(String, String, bool)> = match &codes {
+            None => {
+                sqlx::query_as("SELECT code, target, deleted FROM links")
+                    .fetch_all(&mut conn)
+                    .await
+            }
+            Some(codes) => {
+                sqlx::query_as("SELECT code, target, deleted FROM links WHERE code = ANY($1)")
+                    .bind(codes)
+                    .fetch_all(&mut conn)
+                    .await
+            }
+        }
+        .with_context(|| format!("read links of database {i}"))?;
         for (code, target, deleted) in rows {
             seen.entry(code).or_default().push((i, target, deleted));
         }
@@ -387,7 +402,7 @@ pub async fn links_in(
 /// of a tier): every acknowledged link in exactly one of them, with its
 /// acknowledged content. Returns how many live links were checked.
 pub async fn check_ledger_in(urls: &[String], ledger: &Ledger) -> anyhow::Result<usize> {
-    let seen = links_in(urls).await?;
+    let seen = links_of(urls, Some(ledger.links.keys().cloned().collect())).await?;
     if ledger.links.is_empty() {
         bail!("the ledger is empty: the load acknowledged nothing");
     }

@@ -487,6 +487,8 @@ pub struct Run {
     pub message: String,
     /// Its stdout and stderr.
     pub log: PathBuf,
+    /// How long the process ran, in seconds.
+    pub secs: f64,
 }
 
 #[derive(Debug, Default)]
@@ -666,6 +668,7 @@ async fn run_pod(
         state.lock().expect("runner state").errors.push(why);
         return;
     }
+    let clock = std::time::Instant::now();
     let exit_code = match run_process(&prepared).await {
         Ok(code) => code,
         Err(e) => {
@@ -695,6 +698,7 @@ async fn run_pod(
         exit_code,
         message,
         log: prepared.log,
+        secs: clock.elapsed().as_secs_f64(),
     });
 }
 
