@@ -2,7 +2,11 @@
 # The operator part of `make demo` (hack/demo.sh calls it with KUBECONFIG set,
 # after the control plane is up): installs the CRDs, starts the operator in
 # the background (log .ladder/operator.log, pid .ladder/operator.pid, metrics
-# on 127.0.0.1:${LADDER_OPERATOR_PORT:-9464}), applies the sample ScalingPhase
+# on 127.0.0.1:${LADDER_OPERATOR_PORT:-9464}), shows a transition with data
+# (ScalingPhase `mvp`: the app on loopback on phase 0 with links in it, the
+# climb to phase 1 step by step with the migration Job's pod run on loopback
+# by the e2e runner, the links counted through the app at the end; bounded by
+# LADDER_DEMO_TRANSITION_TIMEOUT, 300 s), then applies the sample ScalingPhase
 # from examples/, waits for Ready, climbs it from phase 1 to phase 2 and shows
 # the status and the children. Stop the operator with:
 #   kill "$(cat .ladder/operator.pid)"
@@ -74,6 +78,15 @@ wait_ready() {
   "$KUBECTL" -n "$NS" get sp shop -o yaml >&2
   die "ScalingPhase shop did not become Ready in phase $phase"
 }
+
+echo
+log "a transition with data: ScalingPhase mvp climbs from phase 0 (SQLite) to 1 (PostgreSQL)"
+log "(kwok runs no containers: the e2e runner runs the migration Job's pod, ladder-app migrate, on loopback)"
+cargo build -q -p ladder-app --bin ladder-app
+cargo build -q -p ladder-e2e --bin demo-transition
+LADDER_APP_BIN="$CARGO_TARGET_DIR/debug/ladder-app" \
+  "$CARGO_TARGET_DIR/debug/demo-transition" --namespace "$NS" --name mvp --links 200 \
+  --timeout "${LADDER_DEMO_TRANSITION_TIMEOUT:-300}"
 
 echo
 log "applying examples/phase-1-growth.yaml (PostgreSQL + PgBouncer, Redis, 2 app replicas, TLS, NetworkPolicies)"

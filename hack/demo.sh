@@ -2,8 +2,9 @@
 # `make demo`: Ladder's main job on this machine, with the embedded default
 # (the local control plane in hack/). Installs what it needs, brings up the
 # control plane and the data services, shows the nodes by region, then (when
-# the operator is built) installs the CRDs, runs the operator and applies a
-# sample ScalingPhase. Between the two, the companion app serves a link on
+# the operator is built) installs the CRDs, runs the operator, shows a phase
+# transition with data (0 -> 1: SQLite to PostgreSQL, the migration really
+# run on loopback) and applies a sample ScalingPhase. Between the two, the companion app serves a link on
 # phase 0 (SQLite) and phase 1 (PgBouncer + Redis) on loopback.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"

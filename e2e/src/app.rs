@@ -1,7 +1,9 @@
 //! The app on loopback for transition tests: `ladder-app serve` on phase 0
 //! (SQLite in a directory the migration runner maps the app's data claim
-//! to), a bounded load generator keeping a ledger of *acknowledged* writes,
-//! and the check that every acknowledged write is in a PostgreSQL database.
+//! to) or on any tier's `LADDER_STORE`, a bounded load generator keeping a
+//! ledger of *acknowledged* writes (and the windows in which writes were
+//! refused, as the app's clients saw them), and the check that every
+//! acknowledged write is in a PostgreSQL database or spread over shards.
 //!
 //! The app follows the migration's cut-over pointer by itself (it polls its
 //! tier's control row), so the same process ends up serving from the new
@@ -62,17 +64,22 @@ impl LoopbackApp {
     /// phase-1 wiring would give it, so it can follow a cut-over to a
     /// PostgreSQL tier whose URL carries none.
     pub async fn start_phase0(data_dir: &Path) -> anyhow::Result<Self> {
+        let store = format!("sqlite:{}", data_dir.join("ladder.db").display());
+        Self::start(data_dir, &store).await
+    }
+
+    /// Starts the app on `store` (a `LADDER_STORE` value whose hosts and
+    /// files are already local), logging into `dir`, and waits until it is
+    /// ready.
+    pub async fn start(dir: &Path, store: &str) -> anyhow::Result<Self> {
         let bin = crate::app_bin()?;
         let port = free_port();
-        let log = data_dir.join("app.log");
+        let log = dir.join("app.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin)
             .arg("serve")
             .env_clear()
-            .env(
-                "LADDER_STORE",
-                format!("sqlite:{}", data_dir.join("ladder.db").display()),
-            )
+            .env("LADDER_STORE", store)
             .env("LADDER_LISTEN", format!("127.0.0.1:{port}"))
             .env("LADDER_DB_PASSWORD", local_pg_password()?)
             .env("LADDER_POLL_INTERVAL_MS", "100")
@@ -132,7 +139,7 @@ pub fn http() -> reqwest::Client {
 /// code → last acknowledged target (`None`: an acknowledged delete). A code
 /// whose last operation got no answer (transport error) is `uncertain`: it
 /// must still exist, but its content is not checked.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Ledger {
     /// The acknowledged state of each code.
     pub links: HashMap<String, Option<String>>,
@@ -142,6 +149,17 @@ pub struct Ledger {
     pub acked: u64,
     /// Writes refused with 503 (fenced), then retried.
     pub refused: u64,
+    /// Each time writes stopped being acknowledged: from the first attempt
+    /// that was refused (503) or got no answer, to the next acknowledged
+    /// write, as the client measured it.
+    pub unavailable: Vec<Duration>,
+}
+
+impl Ledger {
+    /// The longest window without an acknowledged write, if there was one.
+    pub fn longest_unavailable(&self) -> Option<Duration> {
+        self.unavailable.iter().max().copied()
+    }
 }
 
 /// A bounded load: one client, at most ~100 writes/s, stopped by
@@ -149,6 +167,11 @@ pub struct Ledger {
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Held by the generator around each write (with its retries), and by
+    /// [`Load::pause`] while paused (tokio's mutex is fair: the pause waits
+    /// for the write in flight only).
+    gate: Arc<tokio::sync::Mutex<()>>,
+    paused: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
     ledger: Arc<Mutex<Ledger>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -157,14 +180,46 @@ impl Load {
     /// Starts creating, updating and deleting links through `base`.
     pub fn start(base: String, limit: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let task = tokio::spawn(run_load(base, limit, stop.clone(), ledger.clone()));
-        Load { stop, ledger, task }
+        let task = tokio::spawn(run_load(
+            base,
+            limit,
+            stop.clone(),
+            gate.clone(),
+            ledger.clone(),
+        ));
+        Load {
+            stop,
+            gate,
+            paused: Mutex::new(None),
+            ledger,
+            task,
+        }
     }
 
     /// Writes acknowledged so far.
     pub fn acked(&self) -> u64 {
         self.ledger.lock().expect("ledger").acked
+    }
+
+    /// Stops sending after the request in flight and returns the ledger as
+    /// it stands then (every write it holds is answered), so a test can
+    /// compare it with a database; [`Load::resume`] goes on.
+    pub async fn pause(&self) -> anyhow::Result<Ledger> {
+        if self.task.is_finished() {
+            bail!("the load generator stopped");
+        }
+        let guard = tokio::time::timeout(Duration::from_secs(60), self.gate.clone().lock_owned())
+            .await
+            .context("the load generator did not pause within 60 s (a write kept being refused)")?;
+        *self.paused.lock().expect("pause") = Some(guard);
+        Ok(self.ledger.lock().expect("ledger").clone())
+    }
+
+    /// Resumes after [`Load::pause`].
+    pub fn resume(&self) {
+        self.paused.lock().expect("pause").take();
     }
 
     /// Stops the load and returns the ledger.
@@ -180,12 +235,16 @@ async fn run_load(
     base: String,
     limit: Duration,
     stop: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Mutex<()>>,
     ledger: Arc<Mutex<Ledger>>,
 ) -> anyhow::Result<()> {
     let c = http();
     let deadline = Instant::now() + limit;
     let mut i = 0u64;
+    // Since when no write has been acknowledged (the first refused attempt).
+    let mut down_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let gate = gate.lock().await;
         i += 1;
         let roll = rand::random::<u8>() % 10;
         let existing: Option<String> = {
@@ -205,6 +264,7 @@ async fn run_load(
                 return Ok(());
             }
             let target = format!("https://example.com/{i}");
+            let sent = Instant::now();
             let result = match &existing {
                 Some(code) if roll == 0 => {
                     c.delete(format!("{base}/api/v1/links/{code}")).send().await
@@ -224,6 +284,7 @@ async fn run_load(
             };
             match result {
                 Ok(r) if r.status() == 503 => {
+                    down_since.get_or_insert(sent);
                     ledger.lock().expect("ledger").refused += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
@@ -238,6 +299,9 @@ async fn run_load(
                     };
                     let mut l = ledger.lock().expect("ledger");
                     l.acked += 1;
+                    if let Some(since) = down_since.take() {
+                        l.unavailable.push(since.elapsed());
+                    }
                     match (&existing, created) {
                         (Some(code), _) if roll == 0 => {
                             l.links.insert(code.clone(), None);
@@ -254,6 +318,7 @@ async fn run_load(
                 }
                 Ok(r) => bail!("the load generator got {}", r.status()),
                 Err(_) => {
+                    down_since.get_or_insert(sent);
                     if let Some(code) = &existing {
                         ledger
                             .lock()
@@ -265,6 +330,7 @@ async fn run_load(
             }
             break;
         }
+        drop(gate);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
@@ -292,31 +358,74 @@ pub fn primary_db_url(db: &str) -> anyhow::Result<String> {
 /// of the PostgreSQL database at `url`, with its acknowledged content.
 /// Returns how many live links were checked.
 pub async fn check_ledger_pg(url: &str, ledger: &Ledger) -> anyhow::Result<usize> {
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
-    let rows: Vec<(String, String, bool)> =
-        sqlx::query_as("SELECT code, target, deleted FROM links")
-            .fetch_all(&mut conn)
+    check_ledger_in(&[url.to_owned()], ledger).await
+}
+
+/// Every `links` row of the PostgreSQL databases at `urls`: code →
+/// (database index, target, deleted).
+pub async fn links_in(urls: &[String]) -> anyhow::Result<Links> {
+    links_of(urls, None).await
+}
+
+/// Rows of `links` by code: (database index, target, deleted) per copy.
+pub type Links = HashMap<String, Vec<(usize, String, bool)>>;
+
+/// Like [`links_in`], for the rows of `codes` only (when given).
+pub async fn links_of(urls: &[String], codes: Option<Vec<String>>) -> anyhow::Result<Links> {
+    let mut seen = Links::new();
+    for (i, url) in urls.iter().enumerate() {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
             .await
-            .context("read links")?;
-    let seen: HashMap<String, (String, bool)> = rows
-        .into_iter()
-        .map(|(code, target, deleted)| (code, (target, deleted)))
-        .collect();
+            .with_context(|| format!("connect to database {i}"))?;
+        let rows: Vec<(String, String, bool)> = match &codes {
+            None => {
+                sqlx::query_as("SELECT code, target, deleted FROM links")
+                    .fetch_all(&mut conn)
+                    .await
+            }
+            Some(codes) => {
+                sqlx::query_as("SELECT code, target, deleted FROM links WHERE code = ANY($1)")
+                    .bind(codes)
+                    .fetch_all(&mut conn)
+                    .await
+            }
+        }
+        .with_context(|| format!("read links of database {i}"))?;
+        for (code, target, deleted) in rows {
+            seen.entry(code).or_default().push((i, target, deleted));
+        }
+    }
+    Ok(seen)
+}
+
+/// Like [`check_ledger_pg`] over the union of several databases (the shards
+/// of a tier): every acknowledged link in exactly one of them, with its
+/// acknowledged content. Returns how many live links were checked.
+pub async fn check_ledger_in(urls: &[String], ledger: &Ledger) -> anyhow::Result<usize> {
+    let seen = links_of(urls, Some(ledger.links.keys().cloned().collect())).await?;
     if ledger.links.is_empty() {
         bail!("the ledger is empty: the load acknowledged nothing");
     }
     let mut live = 0;
     let mut problems = Vec::new();
     for (code, expected) in &ledger.links {
-        let Some((target, deleted)) = seen.get(code) else {
-            problems.push(format!("{code}: acknowledged, missing"));
-            continue;
+        let (target, deleted) = match seen.get(code).map(Vec::as_slice) {
+            None | Some([]) => {
+                problems.push(format!("{code}: acknowledged, missing"));
+                continue;
+            }
+            Some([(_, target, deleted)]) => (target, *deleted),
+            Some(many) => {
+                let dbs: Vec<usize> = many.iter().map(|(i, _, _)| *i).collect();
+                problems.push(format!("{code}: in several databases {dbs:?}"));
+                continue;
+            }
         };
         if ledger.uncertain.contains(code) {
             continue;
         }
         match expected {
-            Some(t) if *deleted => problems.push(format!("{code}: deleted, expected {t}")),
+            Some(t) if deleted => problems.push(format!("{code}: deleted, expected {t}")),
             Some(t) if t != target => problems.push(format!("{code}: {target}, expected {t}")),
             Some(_) => live += 1,
             None if !deleted => problems.push(format!("{code}: acknowledged delete lost")),

@@ -11,6 +11,7 @@
 //! and Service IPs are never contacted.
 
 pub mod app;
+pub mod climb;
 pub mod load;
 pub mod runner;
 

@@ -490,6 +490,8 @@ pub struct Run {
     pub message: String,
     /// Its stdout and stderr.
     pub log: PathBuf,
+    /// How long the process ran, in seconds.
+    pub secs: f64,
 }
 
 #[derive(Debug, Default)]
@@ -669,6 +671,7 @@ async fn run_pod(
         state.lock().expect("runner state").errors.push(why);
         return;
     }
+    let clock = std::time::Instant::now();
     let exit_code = match run_process(&prepared).await {
         Ok(code) => code,
         Err(e) => {
@@ -698,6 +701,7 @@ async fn run_pod(
         exit_code,
         message,
         log: prepared.log,
+        secs: clock.elapsed().as_secs_f64(),
     });
 }
 
