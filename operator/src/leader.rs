@@ -276,6 +276,7 @@ pub enum Lost {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Sighting {
     version: String,
+    holder: String,
     since: Instant,
 }
 
@@ -383,10 +384,14 @@ impl<S: LeaseStore> Elector<S> {
             let version = lease.metadata.resource_version.clone().unwrap_or_default();
             let sighting = match seen.take() {
                 Some(s) if s.version == version => s,
-                _ => {
-                    info!(holder = current, "standing by: the leader Lease is held");
+                previous => {
+                    // Once per holder, not once per renewal.
+                    if previous.is_none_or(|p| p.holder != current) {
+                        info!(holder = current, "standing by: the leader Lease is held");
+                    }
                     Sighting {
                         version,
+                        holder: current.to_owned(),
                         since: now,
                     }
                 }
