@@ -364,13 +364,26 @@ impl<S: LeaseStore> Elector<S> {
         lease
     }
 
+    /// Like [`Self::lead`] for an acquisition: `None` when the answer came so
+    /// late that the term it started is already over (the apiserver was
+    /// slow); the Lease is ours, so the next look renews it at once.
+    fn lead_if_in_time(&self, lease: Lease, sent: Instant) -> Option<Lease> {
+        let lease = self.lead(lease, sent);
+        if self.fence.allows_writes() {
+            Some(lease)
+        } else {
+            self.fence.close();
+            None
+        }
+    }
+
     /// One look at the Lease as a candidate; `Some` when this candidate now leads.
     async fn try_acquire(&self, seen: &mut Option<Sighting>) -> Result<Option<Lease>, kube::Error> {
         // The term is counted from before the first request: never longer than it really is.
         let sent = Instant::now();
         let Some(lease) = self.store.get().await? else {
             return match self.store.create(self.claim(None)).await {
-                Ok(l) => Ok(Some(self.lead(l, sent))),
+                Ok(l) => Ok(self.lead_if_in_time(l, sent)),
                 Err(e) if conflict(&e) => Ok(None),
                 Err(e) => Err(e),
             };
@@ -417,7 +430,7 @@ impl<S: LeaseStore> Elector<S> {
         match self.store.replace(self.claim(Some(&lease))).await {
             Ok(l) => {
                 *seen = None;
-                Ok(Some(self.lead(l, sent)))
+                Ok(self.lead_if_in_time(l, sent))
             }
             Err(e) if conflict(&e) => Ok(None),
             Err(e) => Err(e),

@@ -44,6 +44,10 @@ use crate::reconcile::{self, Context};
 use crate::telemetry;
 use ladder_crds::scalingphase::ScalingPhase;
 
+/// How long any request may wait for the apiserver's answer (its own
+/// request timeout is 60 s; ours is shorter so a reconcile retries sooner).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Options of `ladder-operator run`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -171,12 +175,19 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Fence::open()
     };
+    // kube sets no response timeout: a request the apiserver never answers
+    // (seen when etcd restarts under it) would hang its reconcile, and so
+    // that ScalingPhase, for good. This bounds the wait for the response
+    // head only, so watches (whose head comes at once) are unaffected.
+    let timeout = tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT);
     let client = kube::client::ClientBuilder::try_from(config.clone())?
         .with_layer(&count)
+        .with_layer(&timeout)
         .with_layer(&WriteGateLayer::new(fence.clone()))
         .build();
     let lease_client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
+        .with_layer(&timeout)
         .build();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -36,6 +36,8 @@ struct Handle {
     server: Arc<Mutex<Server>>,
     who: String,
     link: Arc<Mutex<Link>>,
+    /// The next request is answered only after this long.
+    slow_next: Arc<Mutex<Option<Duration>>>,
 }
 
 fn api_error(code: u16, reason: &str) -> kube::Error {
@@ -48,6 +50,10 @@ impl Handle {
     }
 
     async fn reach(&self) -> Result<(), kube::Error> {
+        let slow = self.slow_next.lock().expect("lock").take();
+        if let Some(d) = slow {
+            tokio::time::sleep(d).await;
+        }
         let link = *self.link.lock().expect("lock");
         match link {
             Link::Up => Ok(()),
@@ -103,6 +109,7 @@ fn handle(server: &Arc<Mutex<Server>>, who: &str) -> Handle {
         server: server.clone(),
         who: who.into(),
         link: Arc::new(Mutex::new(Link::Up)),
+        slow_next: Arc::new(Mutex::new(None)),
     }
 }
 
@@ -447,4 +454,28 @@ async fn the_gate_refuses_writes_outside_the_term_and_passes_reads() {
         .body(())
         .expect("request");
     assert!(svc.oneshot(req).now_or_never().expect("ready").is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquisition_answered_after_the_deadline_does_not_lead() {
+    let s = server();
+    let a = handle(&s, "a");
+    let e = elector(&a);
+    // The create reaches the server only after 5 s: past a 4 s term.
+    *a.slow_next.lock().expect("lock") = Some(Duration::from_secs(5));
+    let t0 = Instant::now();
+    e.acquire().await;
+    assert!(e.fence.allows_writes(), "leads with a term still to run");
+    let writes = writes_by(&s, "a");
+    assert_eq!(writes.len(), 2, "the late create, then a prompt renewal");
+    assert_eq!(
+        writes[1],
+        t0 + Duration::from_secs(6),
+        "renewed on the next look"
+    );
+    assert_eq!(
+        e.fence.valid_until(),
+        Some(t0 + Duration::from_secs(10)),
+        "the term counts from the prompt renewal"
+    );
 }
