@@ -98,9 +98,17 @@ impl ChartIdentity {
     }
 
     fn install_blocking(namespace: &str, sets: &[String]) -> anyhow::Result<Self> {
+        // `helm template` assumes an old Kubernetes unless told the cluster's.
+        let version: serde_json::Value =
+            serde_json::from_str(&kubectl(&["version", "-o", "json"], None)?)?;
+        let kube_version = version["serverVersion"]["gitVersion"]
+            .as_str()
+            .context("the apiserver's version")?
+            .to_owned();
         let mut cmd = Command::new(helm()?);
         cmd.current_dir(repo_root())
             .args(["template", namespace, "charts/ladder-operator"])
+            .args(["--kube-version", &kube_version])
             .args(["--namespace", namespace])
             .args(["--set", &format!("watchNamespaces={{{namespace}}}")])
             .args(["--set", "crds.enabled=false"]);
@@ -179,6 +187,42 @@ impl ChartIdentity {
         format!(
             "system:serviceaccount:{}:{}",
             self.namespace, self.service_account
+        )
+    }
+
+    /// `kubectl auth can-i VERB RESOURCE` as this ServiceAccount, in
+    /// namespace `ns` (all namespaces when `None`).
+    pub fn can_i(&self, verb: &str, resource: &str, ns: Option<&str>) -> anyhow::Result<bool> {
+        let user = format!("--as={}", self.user());
+        let mut args = vec!["auth", "can-i", verb, resource, user.as_str()];
+        match ns {
+            Some(ns) => args.extend(["-n", ns]),
+            None => args.push("--all-namespaces"),
+        }
+        // can-i exits 1 for "no": read the answer, not the status.
+        let out = Command::new("kubectl").args(&args).output()?;
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            other => bail!(
+                "kubectl {args:?}: {other} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// `kubectl auth can-i --list -n NS` as this ServiceAccount.
+    pub fn can_i_list(&self, ns: &str) -> anyhow::Result<String> {
+        kubectl(
+            &[
+                "auth",
+                "can-i",
+                "--list",
+                "-n",
+                ns,
+                &format!("--as={}", self.user()),
+            ],
+            None,
         )
     }
 
