@@ -46,7 +46,7 @@
 //! keeps reporting `true`), so it has no deadline of its own; and an expired
 //! Lease is force-released with an unconditional patch. Those are design
 //! choices of the crate, not bugs we could work around from outside, so this
-//! module stays hand-written (about 300 lines) and is tested with tokio's
+//! module stays hand-written and is tested with tokio's
 //! paused clock in `leader/tests.rs`.
 
 use std::future::Future;
