@@ -7,9 +7,17 @@
 #   hack/cluster.sh up      build what is missing, start what is not running
 #   hack/cluster.sh down    stop exactly the processes `up` started, remove the state
 #   hack/cluster.sh status  show what runs
+#   hack/cluster.sh stop  etcd|kube-apiserver   stop that one component (fault injection)
+#   hack/cluster.sh start etcd|kube-apiserver   start it again and wait until it is healthy
 #
 # State, logs and the kubeconfig live in .ladder/cluster/. `up` is idempotent:
 # a second `up` while one runs waits for it, then finds everything running.
+#
+# The apiserver writes an audit log of every write (create, update, patch,
+# delete; metadata only: who, user agent, verb, object, code, time) to
+# .ladder/cluster/audit.log, so tests can prove which process wrote what (the
+# e2e leader-election test counts the writes of a paused leader). Node
+# heartbeat Leases are left out: kwok renews them all the time.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
@@ -26,6 +34,8 @@ PKI="$CLUSTER_DIR/pki"
 PIDS="$CLUSTER_DIR/pids"
 KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+AUDIT_LOG="$CLUSTER_DIR/audit.log"
+AUDIT_POLICY="$CLUSTER_DIR/audit-policy.yaml"
 
 kc() { kubectl --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
@@ -131,20 +141,33 @@ kwok_stages() {
   done
 }
 
-cmd_up() {
-  local t0=$SECONDS
-  bash "$LADDER_ROOT/hack/build-k8s.sh"
-  mkdir -p "$CLUSTER_DIR" "$PIDS"
-  make_pki
-  write_kubeconfig
+write_audit_policy() {
+  cat > "$AUDIT_POLICY" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  # kwok's node heartbeats: a write per node every few seconds, never asked about.
+  - level: None
+    namespaces: ["kube-node-lease"]
+    resources: [{group: coordination.k8s.io, resources: [leases]}]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+POLICY
+}
 
+start_etcd() {
   start etcd "$LADDER_BIN/etcd" --name ladder --data-dir "$CLUSTER_DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "ladder=http://127.0.0.1:$ETCD_PEER_PORT" \
     --unsafe-no-fsync --quota-backend-bytes=4294967296 --log-level=warn
   wait_until etcd 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+}
 
+start_apiserver() {
+  write_audit_policy
   start kube-apiserver "$LADDER_BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
@@ -156,8 +179,22 @@ cmd_up() {
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --authorization-mode RBAC --allow-privileged=true \
     --max-requests-inflight 800 --max-mutating-requests-inflight 400 \
+    --audit-policy-file "$AUDIT_POLICY" --audit-log-path "$AUDIT_LOG" \
+    --audit-log-format json --audit-log-mode blocking \
+    --audit-log-maxsize 200 --audit-log-maxbackup 1 \
     --v=1
   wait_until kube-apiserver 90 apiserver_ready
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  bash "$LADDER_ROOT/hack/build-k8s.sh"
+  mkdir -p "$CLUSTER_DIR" "$PIDS"
+  make_pki
+  write_kubeconfig
+
+  start_etcd
+  start_apiserver
 
   start kube-controller-manager "$LADDER_BIN/kube-controller-manager" \
     --kubeconfig "$KUBECONFIG_FILE" \
@@ -199,20 +236,50 @@ cmd_up() {
   log "control plane up in $((SECONDS - t0))s; export KUBECONFIG=${KUBECONFIG_FILE#"$LADDER_ROOT/"}"
 }
 
+stop_component() { # stop_component NAME: SIGTERM, then SIGKILL after 10 s
+  local name="$1" pid
+  [[ -f $PIDS/$name.pid ]] || return 0
+  pid="$(cat "$PIDS/$name.pid")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $name (pid $pid)"
+  fi
+}
+
 cmd_down() {
-  local i name pid
+  local i
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    name="${COMPONENTS[$i]}"
-    [[ -f $PIDS/$name.pid ]] || continue
-    pid="$(cat "$PIDS/$name.pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
-      log "stopped $name (pid $pid)"
-    fi
+    stop_component "${COMPONENTS[$i]}"
   done
   rm -rf "$CLUSTER_DIR"
+}
+
+# Only the two components a control-plane fault test takes away; the others
+# reconnect by themselves when they come back.
+faultable() {
+  case "${1:-}" in
+    etcd|kube-apiserver) ;;
+    *) echo "usage: $0 stop|start etcd|kube-apiserver" >&2; exit 2 ;;
+  esac
+  [[ -f $KUBECONFIG_FILE ]] || die "no cluster in ${CLUSTER_DIR#"$LADDER_ROOT/"}: run \`$0 up\` first"
+}
+
+cmd_stop() {
+  faultable "$1"
+  stop_component "$1"
+  rm -f "$PIDS/$1.pid"
+}
+
+cmd_start() {
+  faultable "$1"
+  # Keep the log of the run that was stopped.
+  [[ -f $CLUSTER_DIR/$1.log ]] && mv "$CLUSTER_DIR/$1.log" "$CLUSTER_DIR/$1.log.prev"
+  case "$1" in
+    etcd) start_etcd ;;
+    kube-apiserver) start_apiserver ;;
+  esac
 }
 
 cmd_status() {
@@ -227,8 +294,11 @@ cmd_status() {
 mkdir -p "$LADDER_STATE"
 case "${1:-}" in
   up|down) exec flock -o "$LADDER_STATE/cluster.lock" "$0" "__$1" ;;
+  stop|start) exec flock -o "$LADDER_STATE/cluster.lock" "$0" "__$1" "${2:-}" ;;
   __up) cmd_up ;;
   __down) cmd_down ;;
+  __stop) cmd_stop "$2" ;;
+  __start) cmd_start "$2" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|stop NAME|start NAME" >&2; exit 2 ;;
 esac

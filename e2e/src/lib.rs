@@ -11,7 +11,9 @@
 //! and Service IPs are never contacted.
 
 pub mod app;
+pub mod chart_sa;
 pub mod climb;
+pub mod faults;
 pub mod load;
 pub mod runner;
 
@@ -420,6 +422,16 @@ impl Operator {
         Self::spawn_bin(namespace, &operator_bin()?)
     }
 
+    /// Like [`Operator::spawn_candidate`], with extra arguments to `run`
+    /// and extra environment variables (e.g. `--identity`, a `KUBECONFIG`).
+    pub fn spawn_candidate_with(
+        namespace: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(namespace, &operator_bin()?, args, env)
+    }
+
     fn spawn_bin(namespace: &str, bin: &Path) -> anyhow::Result<Self> {
         Self::spawn_with(namespace, bin, &[], &[])
     }
@@ -524,6 +536,21 @@ impl Operator {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...) with `kill`.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {}", self.child.id());
+        Ok(())
+    }
+
+    /// Whether the process is still running (has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.

@@ -2,6 +2,11 @@
 //! every pod Running under the `restricted` Pod Security profile; a step
 //! that moves no data walks the transition machine to Done; a step that moves
 //! data never cuts over before its migration is verified.
+//!
+//! The operator runs as the Helm chart's ServiceAccount with exactly the
+//! chart's RBAC in namespaced mode ([`ChartIdentity`]), never as the admin:
+//! a permission the chart lacks fails the phase that needs it, and a test
+//! asks the apiserver what that identity may not do.
 
 use std::time::Duration;
 
@@ -10,6 +15,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::ListParams;
 use ladder_crds::scalingphase::TransitionStep;
+use ladder_e2e::chart_sa::ChartIdentity;
 use ladder_e2e::{Operator, TestNamespace, client, install_crds, repo_root, wait_for};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -28,11 +34,27 @@ fn example(phase: i32) -> String {
     std::fs::read_to_string(file.path()).expect("readable")
 }
 
+/// The chart's ServiceAccount and RBAC for `ns`, and the operator running as it.
+async fn as_chart_sa(ns: &TestNamespace) -> anyhow::Result<(ChartIdentity, Operator)> {
+    let sa = ChartIdentity::install(&ns.name, &[]).await?;
+    let op = sa.start_operator(&[]).await?;
+    Ok((sa, op))
+}
+
+/// Nothing the operator asked for was refused.
+fn never_forbidden(op: &Operator) {
+    let log = op.log_text();
+    assert!(
+        !log.contains("forbidden"),
+        "the chart's RBAC refused the operator something:\n{log}"
+    );
+}
+
 async fn phase_on_its_own(phase: i32) -> anyhow::Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new(&client, &format!("e2e-phase{phase}")).await?;
-    let op = Operator::start(&ns.name).await?;
+    let (_sa, op) = as_chart_sa(&ns).await?;
     ns.apply_sp(&example(phase)).await?;
     let sp = ns
         .wait_ready("shop", phase, READY_TIMEOUT)
@@ -101,6 +123,7 @@ async fn phase_on_its_own(phase: i32) -> anyhow::Result<()> {
             .iter()
             .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
     );
+    never_forbidden(&op);
     ns.delete().await;
     Ok(())
 }
@@ -138,7 +161,7 @@ async fn a_step_without_data_walks_the_transition_to_done() -> anyhow::Result<()
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new(&client, "e2e-steps").await?;
-    let op = Operator::start(&ns.name).await?;
+    let (_sa, op) = as_chart_sa(&ns).await?;
     ns.apply_sp(&example(1)).await?;
     ns.wait_ready("shop", 1, READY_TIMEOUT)
         .await
@@ -155,6 +178,7 @@ async fn a_step_without_data_walks_the_transition_to_done() -> anyhow::Result<()
     // Every step left an Event.
     let log = op.log_text();
     assert!(log.contains("\"applied\""));
+    never_forbidden(&op);
     ns.delete().await;
     Ok(())
 }
@@ -168,7 +192,7 @@ async fn a_climb_that_moves_data_waits_for_a_verified_migration() -> anyhow::Res
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::new(&client, "e2e-unverified").await?;
-    let op = Operator::start(&ns.name).await?;
+    let (_sa, op) = as_chart_sa(&ns).await?;
     ns.apply_sp(&example(0)).await?;
     ns.wait_ready("shop", 0, READY_TIMEOUT)
         .await
@@ -238,6 +262,76 @@ async fn a_climb_that_moves_data_waits_for_a_verified_migration() -> anyhow::Res
         matches!(step, Some(TransitionStep::Migrate | TransitionStep::Verify)),
         "{step:?}"
     );
+    never_forbidden(&op);
+    ns.delete().await;
+    Ok(())
+}
+
+/// What the phase suite's identity may not do, asked of the apiserver: no
+/// Secrets outside its namespace (kube-system's least of all), no
+/// cluster-wide RBAC, no Leases but its own, nothing it could escalate with.
+#[tokio::test]
+async fn the_operator_identity_of_the_phase_suite_holds_least_privilege() -> anyhow::Result<()> {
+    let client = client().await?;
+    let ns = TestNamespace::new(&client, "e2e-rbac").await?;
+    let sa = ChartIdentity::install(&ns.name, &[]).await?;
+    let own = Some(ns.name.as_str());
+    let lease = format!("leases.coordination.k8s.io/{}", sa.lease_name);
+    for (verb, resource, scope) in [
+        ("create", "deployments.apps", own),
+        ("create", "secrets", own),
+        ("patch", "scalingphases.ladder.dev/status", own),
+        ("update", lease.as_str(), own),
+        ("list", "nodes", None),
+    ] {
+        assert!(
+            sa.can_i(verb, resource, scope)?,
+            "the operator needs to {verb} {resource} in {scope:?}"
+        );
+    }
+    for (verb, resource, scope) in [
+        ("get", "secrets", Some("kube-system")),
+        ("list", "secrets", Some("default")),
+        ("list", "secrets", None),
+        (
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            None,
+        ),
+        ("create", "clusterroles.rbac.authorization.k8s.io", None),
+        ("create", "leases.coordination.k8s.io", Some("kube-system")),
+        (
+            "update",
+            "leases.coordination.k8s.io/kube-controller-manager",
+            Some("kube-system"),
+        ),
+        ("update", "leases.coordination.k8s.io", Some("default")),
+        ("update", "leases.coordination.k8s.io/someone-else", own),
+        ("delete", "leases.coordination.k8s.io", own),
+        ("escalate", "roles.rbac.authorization.k8s.io", own),
+        ("bind", "roles.rbac.authorization.k8s.io", own),
+        ("impersonate", "serviceaccounts", own),
+        ("create", "deployments.apps", Some("default")),
+        ("delete", "namespaces", None),
+    ] {
+        assert!(
+            !sa.can_i(verb, resource, scope)?,
+            "the operator must NOT be able to {verb} {resource} in {scope:?}"
+        );
+    }
+    let list = sa.can_i_list(&ns.name)?;
+    assert!(!list.contains("*.*"), "a wildcard rule:\n{list}");
+    eprintln!(
+        "kubectl auth can-i --list -n {} --as={}:\n{list}",
+        ns.name,
+        sa.user()
+    );
+    eprintln!(
+        "kubectl auth can-i --list -n kube-system --as={}:\n{}",
+        sa.user(),
+        sa.can_i_list("kube-system")?
+    );
+    drop(sa);
     ns.delete().await;
     Ok(())
 }

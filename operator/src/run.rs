@@ -6,6 +6,13 @@
 //! ([`crate::integrations`]), then runs the Controller until SIGTERM or
 //! Ctrl-C, finishing in-flight reconciles, releasing the Lease and flushing
 //! traces on the way out.
+//!
+//! Leadership ([`crate::leader`]) is enforced in the client, not only in the
+//! control flow: every write goes through a gate that refuses it once the
+//! renew deadline has passed. A leader that loses its term stays up as a
+//! standby (reconciles are skipped, reads continue) and reconciles everything
+//! again when it leads again, so an apiserver outage longer than the deadline
+//! costs no process restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,11 +38,15 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::integrations;
-use crate::leader::Elector;
+use crate::leader::{Elector, Fence, KubeLeases, Timing, WriteGateLayer};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::telemetry;
 use ladder_crds::scalingphase::ScalingPhase;
+
+/// How long any request may wait for the apiserver's answer (its own
+/// request timeout is 60 s; ours is shorter so a reconcile retries sooner).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of `ladder-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -55,7 +66,8 @@ pub struct RunArgs {
     /// This candidate's identity (the pod name in a cluster); hostname-pid when unset.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Seconds a Lease stays valid without renewal.
+    /// Seconds a Lease stays valid without renewal (3 to 3600). The leader
+    /// stops writing after two thirds of it without a successful renewal.
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
     /// ScalingPhases reconciled at once (bounds the load on the apiserver).
@@ -136,18 +148,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let config = kube::Config::infer()
+    let timing = Timing::from_lease_seconds(args.lease_seconds).map_err(anyhow::Error::msg)?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    // Each replica names itself, so the apiserver's audit log tells them apart.
+    let agent = format!("ladder-operator/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("identity is not a valid header value")?,
+    ));
     // Count every request to the API server (ladder_api_requests_total).
     let counted = metrics.clone();
-    let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::util::MapRequestLayer::new(
-            move |req: http::Request<kube::client::Body>| {
-                counted.api_request(req.method().as_str());
-                req
-            },
-        ))
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counted.api_request(req.method().as_str());
+        req
+    });
+    // Every write of the operator passes the leader fence; the Lease's own
+    // client cannot (a candidate writes the Lease before it leads).
+    let fence = if args.leader_election {
+        Fence::closed()
+    } else {
+        Fence::open()
+    };
+    // kube sets no response timeout: a request the apiserver never answers
+    // (seen when etcd restarts under it) would hang its reconcile, and so
+    // that ScalingPhase, for good. This bounds the wait for the response
+    // head only, so watches (whose head comes at once) are unaffected.
+    let timeout = tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT);
+    let client = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&count)
+        .with_layer(&timeout)
+        .with_layer(&WriteGateLayer::new(fence.clone()))
+        .build();
+    let lease_client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .with_layer(&timeout)
         .build();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -185,53 +225,36 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("ScalingPhase CRD not available: {e}");
     }
 
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
     let elector = args.leader_election.then(|| {
-        Elector::new(
-            client.clone(),
-            &args.lease_namespace,
+        Arc::new(Elector::new(
+            KubeLeases::new(lease_client, &args.lease_namespace, &args.lease_name),
             &args.lease_name,
             &identity,
-            Duration::from_secs(args.lease_seconds),
-        )
+            timing,
+            fence.clone(),
+        ))
     });
+    let (leading_tx, leading) = watch::channel(true);
+    let mut keeper = None;
     if let Some(e) = &elector {
         info!(%identity, lease = %args.lease_name, "waiting to become leader");
+        ready.store(true, Ordering::Relaxed); // a standby is healthy and ready
         let mut stop = stop_rx.clone();
-        loop {
-            match e.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(err) => warn!(%err, "leader election failed; retrying"),
-            }
-            ready.store(true, Ordering::Relaxed); // a standby is healthy and ready
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {},
-                _ = stop.wait_for(|s| *s) => { let _ = http.await; return Ok(()); }
-            }
-        }
+        let lease = tokio::select! {
+            lease = e.acquire() => lease,
+            _ = stop.wait_for(|s| *s) => { let _ = http.await; return Ok(()); }
+        };
         metrics.leader.set(1);
         info!(%identity, "became leader");
-        let e = e.clone();
-        let stop_tx = stop_tx.clone();
+        keeper = Some(tokio::spawn({
+            let e = e.clone();
+            async move { e.keep(lease, leading_tx).await }
+        }));
         let metrics = metrics.clone();
+        let mut leading = leading.clone();
         tokio::spawn(async move {
-            let period = e.duration() / 3;
-            loop {
-                tokio::time::sleep(period).await;
-                match e.try_acquire_or_renew().await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        error!("lost the leader Lease; stopping so no two leaders act");
-                        metrics.leader.set(0);
-                        let _ = stop_tx.send(true);
-                        return;
-                    }
-                    Err(err) => warn!(%err, "renewing the Lease failed; retrying"),
-                }
+            while leading.changed().await.is_ok() {
+                metrics.leader.set(i64::from(*leading.borrow_and_update()));
             }
         });
     }
@@ -340,9 +363,25 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         // A CRD of an optional integration appeared or went away: every
         // ScalingPhase renders differently now.
         .reconcile_all_on(integrations::changes(integrations))
+        // Leading again after a lost term: what happened meanwhile was skipped.
+        .reconcile_all_on(regained(leading.clone()))
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(
+            move |sp, ctx| {
+                // A standby skips; its writes would be refused anyway (the gate).
+                let leads = *leading.borrow();
+                async move {
+                    if leads {
+                        reconcile::reconcile(sp, ctx).await
+                    } else {
+                        Ok(kube::runtime::controller::Action::await_change())
+                    }
+                }
+            },
+            reconcile::error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "controller event");
@@ -351,6 +390,9 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         .await;
     info!("controller stopped");
     detector.abort();
+    if let Some(keeper) = keeper {
+        keeper.abort();
+    }
     if let Some(e) = &elector {
         metrics.leader.set(0);
         if let Err(err) = e.release().await {
@@ -360,4 +402,16 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = http.await;
     Ok(())
+}
+
+/// A tick each time `leading` turns true.
+fn regained(leading: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(leading, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    })
 }

@@ -202,9 +202,14 @@ pub(super) fn oidc(v: &Validated, oidc: &Oidc, d: &mut Desired, wiring: &mut Wir
             metadata: meta(v, &name, APP_TIER, "rbac"),
             rules: Some(vec![
                 rule(&["ladder.dev"], &["scalingphases", "loadreports"], verbs),
+                // One rule per API group: a rule grants the product of its
+                // groups and resources, and the operator (which must hold
+                // all it grants, having no `escalate`) holds no core
+                // "deployments" or apps "pods".
+                rule(&[""], &["pods", "services"], &["get", "list", "watch"]),
                 rule(
-                    &["", "apps"],
-                    &["pods", "services", "deployments", "statefulsets"],
+                    &["apps"],
+                    &["deployments", "statefulsets"],
                     &["get", "list", "watch"],
                 ),
             ]),
