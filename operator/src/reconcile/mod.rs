@@ -77,6 +77,10 @@ pub const DRIFT_CHECK: Duration = Duration::from_secs(300);
 /// How long the watches get to deliver the operator's own writes before a
 /// child still missing from the stores counts as missing.
 pub const SETTLE: Duration = Duration::from_secs(3);
+/// How long after its own writes the operator reports only a finished
+/// rollout: a rollout that completes within it costs one status write, not
+/// one per step; a slower one is reported as rolling out when it ends.
+pub const QUIET_ROLLOUT: Duration = Duration::from_secs(10);
 /// Triggers of one ScalingPhase within this long of each other make one
 /// reconcile (the burst of watch events after an apply, a rollout's
 /// status updates).

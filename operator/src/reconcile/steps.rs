@@ -20,7 +20,9 @@ use super::plan::{self, Plan};
 use super::report::{self, now};
 use super::shapes::{render_shape, validated_at};
 use super::volumes;
-use super::{Context, Error, NOT_READY_REQUEUE, PROMOTER_SAMPLE, SETTLE, TRANSITION_REQUEUE};
+use super::{
+    Context, Error, NOT_READY_REQUEUE, PROMOTER_SAMPLE, QUIET_ROLLOUT, TRANSITION_REQUEUE,
+};
 use crate::apply::{self, ApplyError};
 use crate::promoter;
 use crate::render::{self, Desired, Kind};
@@ -140,7 +142,12 @@ pub(super) async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Acti
 
     // 8. status (pure compute; patched only when it changed) and Events.
     let all_ready = seen.all_ready();
-    let settled = seen.settled() || ctx.since_write(&uid).is_none_or(|d| d >= SETTLE);
+    // Within QUIET_ROLLOUT of its own writes, the operator reports only a
+    // finished rollout: what the stores show before is either out of date
+    // or a moment of a rollout about to finish (one status write, not two).
+    let since_write = ctx.since_write(&uid);
+    let fresh = since_write.is_some_and(|d| d < QUIET_ROLLOUT);
+    let settled = !fresh || (seen.settled() && all_ready);
     let written_status = report_status(
         sp,
         ctx,
@@ -161,7 +168,10 @@ pub(super) async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Acti
     }
     match plan {
         Plan::Settle(left) => after = after.min(left),
-        _ if !written_status => after = after.min(SETTLE),
+        _ if !written_status => {
+            let left = since_write.map_or(QUIET_ROLLOUT, |d| QUIET_ROLLOUT.saturating_sub(d));
+            after = after.min(left.max(Duration::from_millis(100)));
+        }
         _ => {}
     }
     Ok(Action::requeue(after))
@@ -348,10 +358,11 @@ async fn write_children(
 /// it when it changed. Returns whether the status is as observed now
 /// (written, or already so).
 ///
-/// While the stores do not yet show the operator's own latest writes
-/// (`settled` false), what they show is out of date ("not created yet"
-/// for what was just created), so the write waits for the next reconcile,
-/// which the watch events of those writes bring within moments, unless a
+/// Within [`QUIET_ROLLOUT`] of the operator's own writes (`settled` false), what
+/// the stores show is out of date ("not created yet" for what was just
+/// created) or a rollout in progress, so the write waits for the next
+/// reconcile, which the watch events of the rollout bring within moments
+/// (and a requeue at the end of the window at the latest), unless a
 /// decision (a transition step, a target, a block) must be recorded now.
 #[allow(clippy::too_many_arguments)]
 async fn report_status(

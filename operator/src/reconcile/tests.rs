@@ -337,7 +337,7 @@ async fn a_new_scaling_phase_is_applied_then_reported_once_then_left_alone() {
     }
     let action = run.await.expect("joined").expect("applied");
     assert!(
-        requeue_of(&action).is_some_and(|d| d <= SETTLE),
+        requeue_of(&action).is_some_and(|d| d <= QUIET_ROLLOUT),
         "{action:?}"
     );
     api.assert_idle();
@@ -449,7 +449,7 @@ async fn a_deleted_child_is_re_created_alone() {
     let action = run.await.expect("joined").expect("repaired");
     // The status waits for the watch to show the Service again.
     assert!(
-        requeue_of(&action).is_some_and(|d| d <= SETTLE),
+        requeue_of(&action).is_some_and(|d| d <= QUIET_ROLLOUT),
         "{action:?}"
     );
     api.assert_idle();
@@ -476,6 +476,57 @@ async fn a_child_just_written_is_not_re_created_before_the_watch_shows_it() {
         requeue_of(&action).is_some_and(|d| d <= SETTLE),
         "{action:?}"
     );
+    api.assert_idle();
+}
+
+#[tokio::test]
+async fn a_rollout_in_progress_is_reported_only_once_it_is_no_longer_fresh() {
+    let (ctx, mut api, mut w) = context();
+    let sp = shop("{phase: 0}");
+    observe_all(&mut w, &sp);
+    // The Deployment is there, not ready yet.
+    let mut d: Deployment = serde_json::from_value(
+        rendered(&sp)
+            .objects()
+            .into_iter()
+            .find(|o| o["kind"] == "Deployment")
+            .expect("a Deployment"),
+    )
+    .expect("a Deployment");
+    d.metadata.generation = Some(1);
+    d.status = Some(DeploymentStatus {
+        observed_generation: Some(1),
+        ready_replicas: Some(0),
+        ..DeploymentStatus::default()
+    });
+    w.deployments.apply_watcher_event(&WatchEvent::Apply(d));
+
+    // Applied a moment ago: a rollout about to finish, not worth a write.
+    applied_before(&ctx, &hash_of(&sp), Duration::from_secs(1));
+    let action = tokio::time::timeout(WAIT, reconcile(Arc::new(sp.clone()), ctx.clone()))
+        .await
+        .expect("no request was made")
+        .expect("waiting for the rollout");
+    assert!(
+        requeue_of(&action).is_some_and(|d| d < QUIET_ROLLOUT),
+        "{action:?}"
+    );
+    api.assert_idle();
+
+    // Still rolling out after QUIET_ROLLOUT: reported as such.
+    applied_before(&ctx, &hash_of(&sp), QUIET_ROLLOUT + Duration::from_secs(1));
+    let run = tokio::spawn(reconcile(Arc::new(sp.clone()), ctx));
+    let status = api.expect_status(&sp).await;
+    let ready = condition(&status, status::types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", status::reasons::NOT_READY)
+    );
+    assert_eq!(
+        condition(&status, status::types::PROGRESSING).reason,
+        status::reasons::ROLLING_OUT
+    );
+    run.await.expect("joined").expect("reported");
     api.assert_idle();
 }
 
