@@ -25,8 +25,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PartialObjectMeta;
 use kube::api::{Api, ListParams};
@@ -40,6 +38,7 @@ use tracing::{error, info, warn};
 use crate::integrations;
 use crate::leader::{Elector, Fence, KubeLeases, Timing, WriteGateLayer};
 use crate::metrics::Metrics;
+use crate::reconcile::stores::{Scope, Stores};
 use crate::reconcile::{self, Context};
 use crate::telemetry;
 use ladder_crds::scalingphase::ScalingPhase;
@@ -79,6 +78,11 @@ pub struct RunArgs {
     /// Only reconcile ScalingPhases in this namespace (all when unset).
     #[arg(long, env = "LADDER_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Without `--namespace`: watch Secrets only in these namespaces
+    /// (comma-separated; the chart's `rbac.secretNamespaces`, where the
+    /// operator may read Secrets). Everywhere when unset.
+    #[arg(long, env = "LADDER_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
     /// Export traces (a span per reconcile) over OTLP/HTTP to this base URL,
     /// e.g. http://otel-collector:4318 (spans go to `<URL>/v1/traces`).
     /// Off when unset.
@@ -315,6 +319,20 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         .touched_objects()
         .for_each(|_| futures::future::ready(())),
     );
+    // The children, cached by label-selected watches: the reconciler reads
+    // readiness and presence there, and their deletions wake it.
+    let scope = Scope {
+        namespace: args.namespace.clone(),
+        secret_namespaces: args.secret_namespaces.clone(),
+    };
+    let (stores, child_triggers) = Stores::watch(&client, &scope);
+    if let Err(late) = stores.wait_until_ready(Duration::from_secs(60)).await {
+        error!(
+            kinds = ?late,
+            "cannot list the operator's children of these kinds (see the watch errors above: RBAC?)"
+        );
+        anyhow::bail!("children of kinds {late:?} could not be listed");
+    }
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -322,6 +340,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
             recorder,
             nodes,
             integrations.clone(),
+            stores,
         )
         .with_load(reconcile::LoadSources {
             reports,
@@ -329,32 +348,20 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         }),
     );
 
-    // Only what affects readiness is watched: workload status changes wake
-    // the reconciler. Other children are repaired on the drift interval.
-    let children = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::render::MANAGED_BY_LABEL,
-        crate::render::MANAGED_BY
-    ));
-    let (deploys, stss, jobs): (Api<Deployment>, Api<StatefulSet>, Api<Job>) = match &args.namespace
-    {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    // ScalingPhases, minus the operator's own status writes (a predicate on
+    // what can change a reconcile's outcome).
+    let (sp_store, sp_writer) = reflector::store();
+    let sp_stream = reflector(
+        sp_writer,
+        watcher(sps, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(reconcile::trigger, Default::default());
     ready.store(true, Ordering::Relaxed);
     info!("controller starting");
-    Controller::new(sps, watcher::Config::default().any_semantic())
-        .owns(deploys, children.clone())
-        .owns(stss, children.clone())
-        .owns(jobs, children)
+    Controller::for_stream(sp_stream, sp_store)
+        .reconcile_on(child_triggers)
         // A new LoadReport is a new load sample for the ScalingPhase it names.
         .watches(reports_api, watcher::Config::default(), |r: LoadReport| {
             let ns = r.metadata.namespace.clone()?;
@@ -365,7 +372,11 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         .reconcile_all_on(integrations::changes(integrations))
         // Leading again after a lost term: what happened meanwhile was skipped.
         .reconcile_all_on(regained(leading.clone()))
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(args.concurrency)
+                .debounce(reconcile::DEBOUNCE),
+        )
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
             move |sp, ctx| {

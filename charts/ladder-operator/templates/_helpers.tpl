@@ -56,6 +56,9 @@ limit them to rbac.secretNamespaces. No rule has `escalate`, `bind`,
 `impersonate`, `deletecollection` or a wildcard: the operator may create the
 Roles and RoleBindings a phase renders only because it holds every
 permission they grant (that is Kubernetes's rule without `escalate`).
+`list` and `watch` on every core kind it writes (Secrets included) feed its
+label-selected watches: it reads readiness and presence of its children
+there, prunes from them, and re-creates a deleted child within seconds.
 */ -}}
 {{- define "ladder.rules.namespaced" -}}
 # The ScalingPhase: read it, write its status and the operator's finalizer;

@@ -18,14 +18,19 @@
 //! and one pruner; they are pruned only while their CRD is installed.
 //!
 //! Every write is server-side apply under [`FIELD_MANAGER`] with `force`:
-//! these objects are ours alone. Pruning deletes labelled children of the
-//! ScalingPhase that are no longer desired, never a PersistentVolumeClaim
-//! or a credential Secret.
+//! these objects are ours alone; [`apply`] returns the generation each write
+//! produced, so the reconciler can tell its watches' copies that are older.
+//! Pruning deletes labelled children of the ScalingPhase that are no longer
+//! desired, never a PersistentVolumeClaim or a credential Secret: the
+//! reconciler finds them in its stores of the core kinds and deletes them
+//! with [`delete`]; the optional kinds, which it does not watch, are listed
+//! by [`prune_third_party`].
 
 pub mod secrets;
 pub mod volumes;
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -116,11 +121,25 @@ impl ApplyError {
     }
 }
 
-/// Where the children of one ScalingPhase live, and the counters.
+/// One object the apply step wrote, and the generation it has now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name.
+    pub name: String,
+    /// `metadata.generation` in the apiserver's answer (none for kinds
+    /// without one).
+    pub generation: Option<i64>,
+}
+
+/// Where the children of one ScalingPhase live, the counters, and what
+/// was written.
 struct Target<'a> {
     client: &'a Client,
     ns: &'a str,
     metrics: &'a Metrics,
+    written: Mutex<Vec<Written>>,
 }
 
 impl Target<'_> {
@@ -143,10 +162,19 @@ impl Target<'_> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         for item in items {
             let name = item.name_any();
-            api.patch(&name, &pp, &Patch::Apply(item))
+            let now = api
+                .patch(&name, &pp, &Patch::Apply(item))
                 .await
                 .map_err(ApplyError::apply(kind, &name))?;
             self.metrics.applied(kind.name());
+            self.written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(Written {
+                    kind,
+                    name,
+                    generation: now.meta().generation,
+                });
         }
         Ok(())
     }
@@ -231,17 +259,19 @@ impl Target<'_> {
     }
 }
 
-/// Applies the desired set in [`Kind::APPLY_ORDER`].
+/// Applies the desired set in [`Kind::APPLY_ORDER`]. Returns what it
+/// wrote (generated Secrets aside: they are created once, never written).
 pub async fn apply(
     client: &Client,
     ns: &str,
     desired: &Desired,
     metrics: &Metrics,
-) -> Result<(), ApplyError> {
+) -> Result<Vec<Written>, ApplyError> {
     let t = Target {
         client,
         ns,
         metrics,
+        written: Mutex::default(),
     };
     let d = desired;
     for kind in Kind::APPLY_ORDER {
@@ -271,7 +301,9 @@ pub async fn apply(
             }
         }
     }
-    Ok(())
+    Ok(t.written
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// Label selector of every child of a ScalingPhase.
@@ -336,15 +368,77 @@ impl Children<'_> {
     }
 }
 
-/// Deletes children of the ScalingPhase (by label and controller owner
-/// reference) that are not in `desired`, in the reverse of
-/// [`Kind::APPLY_ORDER`] (dependents first). PersistentVolumeClaims and
-/// Secrets are never pruned: data and credentials outlive a phase change,
-/// and leave only with the ScalingPhase under `deletionPolicy: Delete`.
-///
-/// Third-party kinds are pruned only while `served` says their CRD is
-/// installed (otherwise none can exist: deleting a CRD deletes its objects).
-pub async fn prune(
+/// Deletes child `name` of a core `kind` (the reconciler found it stale in
+/// its stores). Already gone is fine. Secrets and PersistentVolumeClaims
+/// are refused here: they are never pruned (data and credentials outlive a
+/// phase change and leave only with the ScalingPhase under
+/// `deletionPolicy: Delete`).
+pub async fn delete(
+    client: &Client,
+    ns: &str,
+    kind: Kind,
+    name: &str,
+    metrics: &Metrics,
+) -> Result<(), ApplyError> {
+    let t = Target {
+        client,
+        ns,
+        metrics,
+        written: Mutex::default(),
+    };
+    let dp = DeleteParams::background();
+    let result = match kind {
+        Kind::Secret | Kind::PersistentVolumeClaim => return Ok(()),
+        Kind::Issuer | Kind::Certificate | Kind::ServiceMonitor | Kind::ScaledObject => {
+            match kind.third_party() {
+                Some(tp) => t.dynamic(tp).delete(name, &dp).await.map(|_| ()),
+                None => return Ok(()),
+            }
+        }
+        Kind::ServiceAccount => t
+            .api::<ServiceAccount>()
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+        Kind::Role => t.api::<Role>().delete(name, &dp).await.map(|_| ()),
+        Kind::RoleBinding => t.api::<RoleBinding>().delete(name, &dp).await.map(|_| ()),
+        Kind::ConfigMap => t.api::<ConfigMap>().delete(name, &dp).await.map(|_| ()),
+        Kind::Service => t.api::<Service>().delete(name, &dp).await.map(|_| ()),
+        Kind::NetworkPolicy => t.api::<NetworkPolicy>().delete(name, &dp).await.map(|_| ()),
+        Kind::StatefulSet => t.api::<StatefulSet>().delete(name, &dp).await.map(|_| ()),
+        Kind::Deployment => t.api::<Deployment>().delete(name, &dp).await.map(|_| ()),
+        Kind::Job => t.api::<Job>().delete(name, &dp).await.map(|_| ()),
+        Kind::PodDisruptionBudget => t
+            .api::<PodDisruptionBudget>()
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+        Kind::HorizontalPodAutoscaler => t
+            .api::<HorizontalPodAutoscaler>()
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(kind = kind.name(), %name, "pruned child no longer desired");
+            metrics.pruned(kind.name());
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(ApplyError::Prune {
+            kind: kind.name(),
+            source,
+        }),
+    }
+}
+
+/// Lists and deletes children of the optional third-party kinds (by label
+/// and controller owner reference) that are not in `desired`, dependents
+/// first. Only kinds whose CRD `served` says is installed (otherwise none
+/// can exist: deleting a CRD deletes its objects); the core kinds are the
+/// reconciler's, from its stores ([`delete`]).
+pub async fn prune_third_party(
     client: &Client,
     ns: &str,
     sp: &str,
@@ -357,38 +451,16 @@ pub async fn prune(
         client,
         ns,
         metrics,
+        written: Mutex::default(),
     };
     let children = Children { sp, uid, metrics };
     for kind in Kind::APPLY_ORDER.into_iter().rev() {
-        let keep = desired.names(kind);
-        let c = &children;
-        // Exhaustive: a new kind must say whether and how it is pruned.
-        match kind {
-            Kind::Secret | Kind::PersistentVolumeClaim => {}
-            Kind::Issuer | Kind::Certificate | Kind::ServiceMonitor | Kind::ScaledObject => {
-                if let Some(tp) = kind.third_party()
-                    && served.serves(tp)
-                {
-                    c.prune(&t.dynamic(tp), kind, &keep).await?;
-                }
-            }
-            Kind::ServiceAccount => c.prune(&t.api::<ServiceAccount>(), kind, &keep).await?,
-            Kind::Role => c.prune(&t.api::<Role>(), kind, &keep).await?,
-            Kind::RoleBinding => c.prune(&t.api::<RoleBinding>(), kind, &keep).await?,
-            Kind::ConfigMap => c.prune(&t.api::<ConfigMap>(), kind, &keep).await?,
-            Kind::Service => c.prune(&t.api::<Service>(), kind, &keep).await?,
-            Kind::NetworkPolicy => c.prune(&t.api::<NetworkPolicy>(), kind, &keep).await?,
-            Kind::StatefulSet => c.prune(&t.api::<StatefulSet>(), kind, &keep).await?,
-            Kind::Deployment => c.prune(&t.api::<Deployment>(), kind, &keep).await?,
-            Kind::Job => c.prune(&t.api::<Job>(), kind, &keep).await?,
-            Kind::PodDisruptionBudget => {
-                c.prune(&t.api::<PodDisruptionBudget>(), kind, &keep)
-                    .await?;
-            }
-            Kind::HorizontalPodAutoscaler => {
-                c.prune(&t.api::<HorizontalPodAutoscaler>(), kind, &keep)
-                    .await?;
-            }
+        if let Some(tp) = kind.third_party()
+            && served.serves(tp)
+        {
+            children
+                .prune(&t.dynamic(tp), kind, &desired.names(kind))
+                .await?;
         }
     }
     Ok(())
