@@ -119,6 +119,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// The ScalingPhase a LoadReport is a load sample for.
+fn report_target(r: &LoadReport) -> Option<ObjectRef<ScalingPhase>> {
+    let ns = r.metadata.namespace.as_deref()?;
+    Some(ObjectRef::new(&r.spec.scaling_phase).within(ns))
+}
+
 /// Runs the operator until a shutdown signal, then flushes its traces.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&args.log_format, args.otlp_endpoint.as_deref())?;
@@ -139,14 +145,17 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
-    // Count every request to the API server (ladder_api_requests_total).
-    let counted = metrics.clone();
+    // Count every request to the API server (ladder_api_requests_total,
+    // rest_client_requests_total).
+    let host = config
+        .cluster_url
+        .authority()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::util::MapRequestLayer::new(
-            move |req: http::Request<kube::client::Body>| {
-                counted.api_request(req.method().as_str());
-                req
-            },
+        .with_layer(&crate::metrics::client::ApiRequestLayer::new(
+            metrics.clone(),
+            &host,
         ))
         .build();
     let ready = Arc::new(AtomicBool::new(false));
@@ -313,8 +322,12 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         crate::render::MANAGED_BY_LABEL,
         crate::render::MANAGED_BY
     ));
-    let (deploys, stss, jobs): (Api<Deployment>, Api<StatefulSet>, Api<Job>) = match &args.namespace
-    {
+    #[allow(clippy::type_complexity)]
+    let (deploys, stss, jobs): (
+        Api<PartialObjectMeta<Deployment>>,
+        Api<PartialObjectMeta<StatefulSet>>,
+        Api<PartialObjectMeta<Job>>,
+    ) = match &args.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
@@ -328,21 +341,48 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     };
     ready.store(true, Ordering::Relaxed);
     info!("controller starting");
-    Controller::new(sps, watcher::Config::default().any_semantic())
-        .owns(deploys, children.clone())
-        .owns(stss, children.clone())
-        .owns(jobs, children)
+    // The watches are what Controller::new/owns/watches would open (owned
+    // children metadata-only, as `owns` does); they are built as streams only
+    // so that each trigger passes through `queue`, which models the
+    // Controller's queue for workqueue_depth (see crate::metrics::runtime).
+    let queue = metrics.runtime.clone();
+    queue.set_max_concurrency(args.concurrency);
+    let (sp_store, sp_writer) = reflector::store();
+    queue.watch_store(sp_store.clone());
+    let sp_events = reflector(
+        sp_writer,
+        watcher(sps, watcher::Config::default().any_semantic()),
+    )
+    .applied_objects();
+    Controller::for_stream(queue.triggers(sp_events), sp_store)
+        .owns_stream(queue.owner_triggers::<ScalingPhase, _, _, _>(
+            watcher(deploys, children.clone()).touched_objects(),
+        ))
+        .owns_stream(queue.owner_triggers::<ScalingPhase, _, _, _>(
+            watcher(stss, children.clone()).touched_objects(),
+        ))
+        .owns_stream(
+            queue
+                .owner_triggers::<ScalingPhase, _, _, _>(watcher(jobs, children).touched_objects()),
+        )
         // A new LoadReport is a new load sample for the ScalingPhase it names.
-        .watches(reports_api, watcher::Config::default(), |r: LoadReport| {
-            let ns = r.metadata.namespace.clone()?;
-            Some(ObjectRef::new(&r.spec.scaling_phase).within(&ns))
-        })
+        .watches_stream(
+            queue.mapped_triggers(
+                watcher(reports_api, watcher::Config::default()).touched_objects(),
+                report_target,
+            ),
+            |r: LoadReport| report_target(&r),
+        )
         // A CRD of an optional integration appeared or went away: every
         // ScalingPhase renders differently now.
-        .reconcile_all_on(integrations::changes(integrations))
+        .reconcile_all_on(queue.all_triggers(integrations::changes(integrations)))
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(
+            queue.reconciler(reconcile::reconcile),
+            queue.error_policy(reconcile::error_policy),
+            ctx,
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "controller event");
