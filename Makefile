@@ -69,9 +69,9 @@ services-up: ## install and start PostgreSQL (+replica), PgBouncer, Redis, Click
 services-down: ## stop the data services and remove their state
 	@hack/services.sh down
 
-bench: cluster-up ## benchmark the operator (time to Ready vs kubectl apply, 200/1000 ScalingPhases, RSS); writes bench/operator.md
+bench: cluster-up ## benchmark the operator next to a floor measured in the same run (per phase, 200/1000 ScalingPhases, requests, churn, RSS); writes bench/operator.md (BENCH_QUICK=1: smoke run; BENCH_FULL=1: also 5,000)
 	$(CARGO) build --release -p ladder-operator --locked
-	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q -p ladder-e2e --locked --bin bench-operator -- --many 200 --most 1000
+	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q --release -p ladder-e2e --locked --bin bench-operator
 
 bench-promotion: cluster-up ## benchmark the promoter (reaction time to a threshold, status writes/min at steady load); writes bench/promotion.md
 	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q -p ladder-e2e --locked --bin bench-promotion

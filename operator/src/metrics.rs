@@ -1,5 +1,13 @@
-//! Prometheus metrics, all prefixed `ladder_`.
+//! Prometheus metrics: Ladder's own, prefixed `ladder_`, and the
+//! controller-runtime-compatible ones ([`runtime`]: `controller_runtime_*`,
+//! `workqueue_*`, `rest_client_requests_total`) without prefix, so the PromQL
+//! written for Go operators works on Ladder too. Both are served on `/metrics`.
+//! [`client`] is the tower layer on the kube client that counts its requests.
 
+pub mod client;
+pub mod runtime;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -28,6 +36,13 @@ pub struct CategoryLabel {
 pub struct VerbLabel {
     /// HTTP method of the request (GET, PATCH, POST, DELETE, PUT).
     pub method: String,
+    /// The verb as the apiserver's `apiserver_request_total` names it
+    /// (GET, LIST, WATCH, APPLY, PATCH, POST, PUT, DELETE).
+    pub verb: String,
+    /// API group (empty: core).
+    pub group: String,
+    /// Resource, `resource/subresource` for a subresource.
+    pub resource: String,
 }
 
 /// Labels naming one ScalingPhase.
@@ -76,8 +91,12 @@ pub struct ReasonLabel {
 /// The operator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
-    /// The registry served on `/metrics`.
+    /// The registry of the `ladder_` metrics.
     pub registry: Registry,
+    /// The registry of the controller-runtime-compatible metrics (no prefix).
+    runtime_registry: Registry,
+    /// The controller-runtime-compatible metrics of the ScalingPhase controller.
+    pub runtime: Arc<runtime::Runtime>,
     reconciles: Counter,
     errors: Family<CategoryLabel, Counter>,
     duration: Histogram,
@@ -101,6 +120,11 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("ladder");
+        let mut runtime_registry = Registry::default();
+        let runtime = Arc::new(runtime::Runtime::new(
+            runtime::CONTROLLER,
+            &mut runtime_registry,
+        ));
         let reconciles = Counter::default();
         let errors = Family::<CategoryLabel, Counter>::default();
         let duration = Histogram::new([
@@ -113,7 +137,7 @@ impl Default for Metrics {
         let api_requests = Family::<VerbLabel, Counter>::default();
         registry.register(
             "api_requests",
-            "Requests sent to the Kubernetes API, by HTTP method (watches included)",
+            "Requests sent to the Kubernetes API, by HTTP method, apiserver verb, group and resource (watches included)",
             api_requests.clone(),
         );
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
@@ -195,6 +219,8 @@ impl Default for Metrics {
         conditions.register(&mut registry);
         Self {
             conditions,
+            runtime_registry,
+            runtime,
             active_phase,
             transitions,
             step_seconds,
@@ -246,10 +272,13 @@ impl Metrics {
         self.status_writes.inc();
     }
     /// One request to the API server.
-    pub fn api_request(&self, method: &str) {
+    pub fn api_request(&self, method: &str, c: &client::Classified) {
         self.api_requests
             .get_or_create(&VerbLabel {
                 method: method.into(),
+                verb: c.verb.into(),
+                group: c.group.clone(),
+                resource: c.resource.clone(),
             })
             .inc();
     }
@@ -304,10 +333,14 @@ impl Metrics {
             })
             .inc();
     }
-    /// The text exposition.
+    /// The text exposition of both registries (the queue gauges computed now).
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
+        self.runtime.refresh();
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &self.runtime_registry))
+            .and_then(|()| text::encode_eof(&mut out));
         out
     }
 }
@@ -476,5 +509,72 @@ mod condition_tests {
         let left = lines(&m);
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].contains(r#"name="blog""#) && left[0].ends_with(" 0"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_exposition_holds_ladder_and_controller_runtime_names() {
+        use tower::{Layer, ServiceExt};
+        let m = Arc::new(Metrics::default());
+        // The layer as run.rs stacks it, around a stand-in for the API server.
+        let server = tower::service_fn(|req: http::Request<()>| async move {
+            let status = if req.uri().path().ends_with("/missing") {
+                404
+            } else {
+                200
+            };
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(status)
+                    .body(())
+                    .expect("response"),
+            )
+        });
+        let svc = client::ApiRequestLayer::new(m.clone(), "127.0.0.1:6443").layer(server);
+        let apply = http::Request::patch("/apis/apps/v1/namespaces/a/deployments/web")
+            .header("content-type", "application/apply-patch+yaml")
+            .body(())
+            .expect("request");
+        let missing = http::Request::get("/api/v1/namespaces/a/secrets/missing")
+            .body(())
+            .expect("request");
+        let _ = svc.clone().oneshot(apply).await;
+        let _ = svc.oneshot(missing).await;
+        m.reconciled(0.02);
+        let text = m.encode();
+        for series in [
+            r#"ladder_api_requests_total{method="PATCH",verb="APPLY",group="apps",resource="deployments"} 1"#,
+            r#"ladder_api_requests_total{method="GET",verb="GET",group="",resource="secrets"} 1"#,
+            r#"rest_client_requests_total{code="200",host="127.0.0.1:6443",method="PATCH"} 1"#,
+            r#"rest_client_requests_total{code="404",host="127.0.0.1:6443",method="GET"} 1"#,
+            "ladder_reconciles_total 1",
+        ] {
+            assert!(text.contains(series), "{series} missing in\n{text}");
+        }
+        for name in [
+            "controller_runtime_reconcile",
+            "controller_runtime_reconcile_time_seconds",
+            "workqueue_depth",
+            "rest_client_requests",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing in\n{text}"
+            );
+            assert!(
+                !text.contains(&format!("ladder_{name}")),
+                "{name} must not be prefixed"
+            );
+        }
+        assert_eq!(
+            text.matches("# EOF").count(),
+            1,
+            "one EOF marker, at the end"
+        );
+        assert!(text.trim_end().ends_with("# EOF"));
     }
 }

@@ -135,6 +135,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// The ScalingPhase a LoadReport is a load sample for.
+fn report_target(r: &LoadReport) -> Option<ObjectRef<ScalingPhase>> {
+    let ns = r.metadata.namespace.as_deref()?;
+    Some(ObjectRef::new(&r.spec.scaling_phase).within(ns))
+}
+
 /// Runs the operator until a shutdown signal, then flushes its traces.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&args.log_format, args.otlp_endpoint.as_deref())?;
@@ -166,12 +172,14 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         http::header::USER_AGENT,
         http::HeaderValue::from_str(&agent).context("identity is not a valid header value")?,
     ));
-    // Count every request to the API server (ladder_api_requests_total).
-    let counted = metrics.clone();
-    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        counted.api_request(req.method().as_str());
-        req
-    });
+    // Count every request to the API server (ladder_api_requests_total,
+    // rest_client_requests_total).
+    let host = config
+        .cluster_url
+        .authority()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let count = crate::metrics::client::ApiRequestLayer::new(metrics.clone(), &host);
     // Every write of the operator passes the leader fence; the Lease's own
     // client cannot (a candidate writes the Lease before it leads).
     let fence = if args.leader_election {
@@ -349,8 +357,13 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     );
 
     // ScalingPhases, minus the operator's own status writes (a predicate on
-    // what can change a reconcile's outcome).
+    // what can change a reconcile's outcome). Each trigger passes through
+    // `queue`, which models the Controller's queue for workqueue_depth (see
+    // crate::metrics::runtime).
+    let queue = metrics.runtime.clone();
+    queue.set_max_concurrency(args.concurrency);
     let (sp_store, sp_writer) = reflector::store();
+    queue.watch_store(sp_store.clone());
     let sp_stream = reflector(
         sp_writer,
         watcher(sps, watcher::Config::default().any_semantic()),
@@ -358,20 +371,30 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     .default_backoff()
     .touched_objects()
     .predicate_filter(reconcile::trigger, Default::default());
+    let counted = queue.clone();
+    let child_triggers = child_triggers.inspect(move |o: &ObjectRef<ScalingPhase>| {
+        counted.triggered(crate::metrics::runtime::Key {
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+        });
+    });
     ready.store(true, Ordering::Relaxed);
     info!("controller starting");
-    Controller::for_stream(sp_stream, sp_store)
+    Controller::for_stream(queue.triggers(sp_stream), sp_store)
         .reconcile_on(child_triggers)
         // A new LoadReport is a new load sample for the ScalingPhase it names.
-        .watches(reports_api, watcher::Config::default(), |r: LoadReport| {
-            let ns = r.metadata.namespace.clone()?;
-            Some(ObjectRef::new(&r.spec.scaling_phase).within(&ns))
-        })
+        .watches_stream(
+            queue.mapped_triggers(
+                watcher(reports_api, watcher::Config::default()).touched_objects(),
+                report_target,
+            ),
+            |r: LoadReport| report_target(&r),
+        )
         // A CRD of an optional integration appeared or went away: every
         // ScalingPhase renders differently now.
-        .reconcile_all_on(integrations::changes(integrations))
+        .reconcile_all_on(queue.all_triggers(integrations::changes(integrations)))
         // Leading again after a lost term: what happened meanwhile was skipped.
-        .reconcile_all_on(regained(leading.clone()))
+        .reconcile_all_on(queue.all_triggers(regained(leading.clone())))
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(args.concurrency)
@@ -379,7 +402,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         )
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(
-            move |sp, ctx| {
+            queue.reconciler(move |sp, ctx| {
                 // A standby skips; its writes would be refused anyway (the gate).
                 let leads = *leading.borrow();
                 async move {
@@ -389,8 +412,8 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
                         Ok(kube::runtime::controller::Action::await_change())
                     }
                 }
-            },
-            reconcile::error_policy,
+            }),
+            queue.error_policy(reconcile::error_policy),
             ctx,
         )
         .for_each(|res| async move {
