@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Ladder's scripts and tests use, when missing:
 # the data services (PostgreSQL 15, PgBouncer, Redis, ClickHouse, Varnish),
-# openssl and curl for the control plane, wrk for benchmarks; for the images
+# openssl and curl for the control plane, wrk for benchmarks, perf (linux-perf)
+# to profile them (see bench/app.md); for the images
 # (hack/images.sh) umoci and musl-tools plus Rust's musl target; promtool
 # (Debian's prometheus) for the alert rules in deploy/observability/; a venv
 # with PyPI's chdb-core (ClickHouse's current engine, for the app's SQL).
@@ -14,6 +15,7 @@ for pair in postgresql-15:/usr/lib/postgresql/15/bin/postgres pgbouncer:/usr/sbi
             redis-server:/usr/bin/redis-server redis-tools:/usr/bin/redis-cli \
             clickhouse-server:/usr/sbin/clickhouse-server varnish:/usr/sbin/varnishd \
             openssl:/usr/bin/openssl curl:/usr/bin/curl wrk:/usr/bin/wrk sqlite3:/usr/bin/sqlite3 \
+            linux-perf:/usr/bin/perf \
             postgresql-client-15:/usr/lib/postgresql/15/bin/pgbench \
             umoci:/usr/bin/umoci musl-tools:/usr/bin/musl-gcc prometheus:/usr/bin/promtool \
             ca-certificates:/etc/ssl/certs/ca-certificates.crt; do

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -26,12 +26,17 @@ pub(crate) const HARD_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Builds the whole application from the route table ([`crate::routes::ROUTES`]).
 ///
-/// Layers, outermost first: `observe` → the request timeout (503 `timeout`) → for resources
-/// (and paths no route serves) only: load shedding at the concurrency limit (503 `overloaded`) → `limit` (WAF, rate) → for
-/// the management API only: `authenticate` → handler. Operational endpoints sit outside the
-/// concurrency limit so a kubelet probe gets through an overloaded app. Timeout and limit are
-/// tower's, behind `HandleErrorLayer`, as in axum's examples: their refusals are [`ApiError`]s
-/// like every other.
+/// Layers, outermost first: `observe` → the request timeout (503 `timeout`) → the body limit →
+/// the router → for resources (and paths no route serves) only: load shedding at the concurrency limit (503 `overloaded`)
+/// → `limit` (WAF, rate) → for the management API only: `authenticate` → handler. Operational
+/// endpoints sit outside the concurrency limit so a kubelet probe gets through an overloaded
+/// app. Timeout and limit are tower's, behind `HandleErrorLayer`, as in axum's examples: their
+/// refusals are [`ApiError`]s like every other.
+///
+/// Why it is put together this way (the redirect is the hot path): `Router::layer` wraps every
+/// route separately and boxes each layer, so a request paid one boxed clone of the service
+/// per layer. The layers every request passes are therefore one static stack around the whole
+/// router, and the resource layers one stack per route.
 pub fn app(state: AppState) -> Router {
     use crate::routes::{Access, router};
     let management = router(Access::Management)
@@ -41,27 +46,27 @@ pub fn app(state: AppState) -> Router {
         // Inside `limit`: a path no route serves still meets the WAF and the rate limit, so a
         // blocked prefix is refused (403) whether or not a route exists under it.
         .fallback(|| async { ApiError::NotFound })
-        .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(refusal))
                 .load_shed()
                 // Global: `Router::layer` applies a layer per route, and one budget must cover
                 // them all.
-                .layer(GlobalConcurrencyLimitLayer::new(state.config.max_in_flight)),
+                .layer(GlobalConcurrencyLimitLayer::new(state.config.max_in_flight))
+                .layer(middleware::from_fn_with_state(state.clone(), limit)),
         );
-    Router::new()
+    let routes = Router::new()
         .merge(resources)
         .merge(router(Access::Operational))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(refusal))
-                .timeout(state.config.request_timeout),
-        )
+        .with_state(state.clone());
+    let front = ServiceBuilder::new()
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(HandleErrorLayer::new(refusal))
+        .timeout(state.config.request_timeout)
+        .layer(axum::extract::DefaultBodyLimit::max(HARD_BODY_LIMIT))
+        .service(routes);
+    Router::new().fallback_service(front)
 }
 
 /// The errors of tower's timeout and load-shedding layers, as API errors.
@@ -109,18 +114,30 @@ impl Drop for InFlight {
     }
 }
 
+/// The `method` label: the standard methods by name, anything else `other` (an attacker's
+/// made-up methods must not grow the metric without bound).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Counts and times every request. It runs outside the router (see [`app`]), so the route
+/// label comes from the route table ([`crate::routes::matching`]) rather than axum's
+/// `MatchedPath`: the same row, found without allocating.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let operational = matches!(
-        route.as_str(),
-        "/metrics" | "/healthz" | "/readyz" | "/load"
-    );
+    let method = method_label(req.method());
+    let route = crate::routes::matching(req.uri().path()).map_or("unmatched", |r| r.path);
+    let operational = matches!(route, "/metrics" | "/healthz" | "/readyz" | "/load");
     // Dropped (and the gauge decremented) however the request ends.
     let _in_flight = (!operational).then(|| InFlight::enter(&state.metrics.in_flight));
     let resp = next.run(req).await;

@@ -249,7 +249,7 @@ impl RedirectCache {
             ),
             RedirectCache::Redis(r) => {
                 if let Some(hit) = r.near.as_ref().and_then(|n| n.get(code)) {
-                    Metrics::inc(&metrics.cache, "hit", 1);
+                    metrics.cache_hit.inc();
                     return Some(hit);
                 }
                 let generation = r
@@ -268,17 +268,17 @@ impl RedirectCache {
                         v
                     }
                     None => {
-                        Metrics::inc(&metrics.cache, "error", 1);
+                        metrics.cache_error.inc();
                         None
                     }
                 }
             }
         };
-        Metrics::inc(
-            &metrics.cache,
-            if found.is_some() { "hit" } else { "miss" },
-            1,
-        );
+        if found.is_some() {
+            metrics.cache_hit.inc();
+        } else {
+            metrics.cache_miss.inc();
+        }
         found
     }
 

@@ -232,9 +232,55 @@ pub enum ClickSink {
 /// the flusher, or shutdown, forever); the batch is kept for the next flush.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Clicks not flushed yet: code → (day number, count) pairs. Keyed by code alone so that
+/// counting a click of a code already pending allocates nothing (a `(String, day)` key would
+/// need an owned `String` for every lookup).
+#[derive(Debug, Default)]
+struct Pending {
+    counts: HashMap<String, Vec<(i32, i64)>>,
+    /// (code, day) pairs held: what `cap` bounds.
+    keys: usize,
+}
+
+impl Pending {
+    /// Adds `n` clicks of `code` on `day`; false (nothing added) when that would be a new
+    /// (code, day) pair beyond `cap`.
+    fn add(&mut self, code: &str, day: i32, n: i64, cap: usize) -> bool {
+        if let Some(days) = self.counts.get_mut(code) {
+            if let Some(c) = days.iter_mut().find(|(d, _)| *d == day) {
+                c.1 += n;
+                return true;
+            }
+            if self.keys >= cap {
+                return false;
+            }
+            days.push((day, n));
+        } else {
+            if self.keys >= cap {
+                return false;
+            }
+            self.counts.insert(code.to_owned(), vec![(day, n)]);
+        }
+        self.keys += 1;
+        true
+    }
+
+    /// Everything pending, as ((code, day), count); leaves it empty.
+    fn take(&mut self) -> Vec<((String, i32), i64)> {
+        self.keys = 0;
+        std::mem::take(&mut self.counts)
+            .into_iter()
+            .flat_map(|(code, days)| {
+                days.into_iter()
+                    .map(move |(day, n)| ((code.clone(), day), n))
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct DbClicks {
-    pending: Arc<Mutex<HashMap<(String, i32), i64>>>,
+    pending: Arc<Mutex<Pending>>,
     store: StoreHandle,
     metrics: Arc<Metrics>,
     cap: usize,
@@ -247,7 +293,11 @@ impl DbClicks {
     /// Writes what is pending in one transaction; on failure puts it back (up to `cap` keys).
     async fn flush(&self) -> anyhow::Result<()> {
         let _one = self.flushing.lock().await;
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if batch.is_empty() {
             return Ok(());
         }
@@ -275,12 +325,10 @@ impl DbClicks {
                 // A timed-out transaction may still commit: counts could be stored twice. A
                 // click count is not worth a two-phase protocol; losing them all is worse.
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                for (k, n) in batch {
-                    if p.len() >= self.cap && !p.contains_key(&k) {
+                for ((code, day), n) in batch {
+                    if !p.add(&code, day, n, self.cap) {
                         Metrics::inc(&self.metrics.clicks, "dropped", n as u64);
-                        continue;
                     }
-                    *p.entry(k).or_default() += n;
                 }
                 Err(err.context(format!("{total} clicks kept for retry")))
             }
@@ -417,20 +465,20 @@ impl ClickSink {
         match self {
             ClickSink::Off => {}
             ClickSink::Db(d) => {
-                let mut p = d.pending.lock().unwrap_or_else(|e| e.into_inner());
                 // Days since the epoch: formatting a date per click is measurable on the hot path.
-                let key = (code.to_owned(), now.timestamp().div_euclid(86_400) as i32);
-                if let Some(n) = p.get_mut(&key) {
-                    *n += 1;
-                } else if p.len() < 1_000_000 {
-                    p.insert(key, 1);
-                } else {
-                    Metrics::inc(&metrics.clicks, "dropped", 1);
+                let day = now.timestamp().div_euclid(86_400) as i32;
+                let added = d
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(code, day, 1, 1_000_000);
+                if !added {
+                    metrics.clicks_dropped.inc();
                 }
             }
             ClickSink::ClickHouse(c) => {
                 if c.tx.try_send((code.to_owned(), now)).is_err() {
-                    Metrics::inc(&metrics.clicks, "dropped", 1);
+                    metrics.clicks_dropped.inc();
                 }
             }
         }
@@ -447,6 +495,27 @@ impl ClickSink {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pending_counts_per_code_and_day_within_the_cap() {
+        let mut p = super::Pending::default();
+        assert!(p.add("abc", 1, 1, 2));
+        assert!(p.add("abc", 1, 2, 2), "an existing pair always adds up");
+        assert!(p.add("abc", 2, 1, 2));
+        assert!(!p.add("xyz", 1, 1, 2), "a third pair is beyond the cap");
+        assert!(
+            p.add("abc", 2, 4, 2),
+            "existing pairs still count at the cap"
+        );
+        let mut rows = p.take();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![(("abc".to_owned(), 1), 3), (("abc".to_owned(), 2), 5)]
+        );
+        assert!(p.take().is_empty());
+        assert!(p.add("xyz", 1, 1, 2), "the cap counts what is pending now");
+    }
+
     #[test]
     fn day_numbers_format_as_utc_dates() {
         assert_eq!(super::day_string(0), "1970-01-01");

@@ -18,10 +18,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+/// Labels of `ladder_http_requests_total`. Static strings: building them costs no allocation
+/// on the request path (the route is a row of `crate::routes::ROUTES` or `unmatched`, the
+/// method one of the standard ones or `other`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
     pub status: u16,
 }
 
@@ -51,7 +54,14 @@ pub struct Metrics {
     /// Write transactions retried after SQLSTATE 40001/40P01.
     pub tx_retries: Counter,
     pub cache: Family<OutcomeLabels, Counter>,
+    /// `cache{outcome="hit"}`, `"miss"` and `"error"`, looked up once: the redirect path counts
+    /// every lookup.
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
+    pub cache_error: Counter,
     pub clicks: Family<OutcomeLabels, Counter>,
+    /// `clicks{outcome="dropped"}`, looked up once (counted on the redirect path).
+    pub clicks_dropped: Counter,
     pub rate_limited: Counter,
     pub purges: Family<OutcomeLabels, Counter>,
     /// Re-read configuration files by source and outcome.
@@ -171,7 +181,18 @@ impl Metrics {
             "share of 5xx responses over the load window",
             load_error_rate.clone(),
         );
+        let outcome = |family: &Family<OutcomeLabels, Counter>, outcome: &str| {
+            family
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
         Metrics {
+            cache_hit: outcome(&cache, "hit"),
+            cache_miss: outcome(&cache, "miss"),
+            cache_error: outcome(&cache, "error"),
+            clicks_dropped: outcome(&clicks, "dropped"),
             registry,
             http_requests,
             http_duration,

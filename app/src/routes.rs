@@ -215,6 +215,29 @@ fn first_literal(path: &str) -> Option<&str> {
     (!first.is_empty() && !first.starts_with('{')).then_some(first)
 }
 
+/// The route that serves `path`, as axum's router picks it: the first row of the table whose
+/// path matches segment by segment (a `{parameter}` matches one non-empty segment; literal
+/// routes come before `/{code}`). None when no route serves the path.
+pub fn matching(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| path_matches(r.path, path))
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut want, mut got) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') => {
+                if g.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
 /// True when `code` is the first segment of a route, so `/{code}` could never reach it.
 pub fn reserved(code: &str) -> bool {
     ROUTES.iter().any(|r| first_literal(r.path) == Some(code))
@@ -241,6 +264,27 @@ mod tests {
         }
         assert!(!reserved("code"), "a parameter name is not a literal");
         assert!(!reserved("abc"));
+    }
+
+    #[test]
+    fn paths_match_the_route_axum_serves_them_by() {
+        let route = |p: &str| matching(p).map(|r| r.path);
+        assert_eq!(route("/abc123"), Some("/{code}"));
+        assert_eq!(
+            route("/healthz"),
+            Some("/healthz"),
+            "a literal wins over {{code}}"
+        );
+        assert_eq!(route("/api/v1/links"), Some("/api/v1/links"));
+        assert_eq!(route("/api/v1/links/abc"), Some("/api/v1/links/{code}"));
+        assert_eq!(
+            route("/api/v1/links/abc/stats"),
+            Some("/api/v1/links/{code}/stats")
+        );
+        assert_eq!(route("/"), None, "a parameter is never empty");
+        assert_eq!(route("/abc/"), None);
+        assert_eq!(route("/a/b"), None);
+        assert_eq!(route("/api/v1/links/abc/other"), None);
     }
 
     #[test]

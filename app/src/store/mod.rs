@@ -17,6 +17,7 @@
 //! `ladder_control` (write fence with its lease + cut-over pointer, one row per data layout) and
 //! `ladder_migrate_checkpoint`.
 
+pub mod conns;
 pub mod pg;
 pub mod replicas;
 pub mod sharded;

@@ -18,6 +18,12 @@
 //! - schema migrations take `pg_advisory_xact_lock` (transaction-scoped) instead of a session lock,
 //!   and run as plain simple-protocol SQL.
 //!
+//! ## Two sets of connections
+//! The statements a request waits on (the redirect lookup, link writes, the WAL position of the
+//! replica tier) run on [`super::conns::HotPool`], which does not ping a connection on every
+//! checkout and return as sqlx's pool does; everything else (schema, fence, clicks, migration)
+//! keeps sqlx's `PgPool`. Both open connections lazily and hold at most `max_connections` each.
+//!
 //! ## Distributed SQL
 //! [`PgMode::Distributed`] runs every write transaction at SERIALIZABLE (CockroachDB's only level)
 //! and retries it on SQLSTATE 40001 (and 40P01) with exponential backoff and jitter, counting
@@ -37,8 +43,9 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use rand::Rng;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres, Row};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 
+use super::conns::HotPool;
 use super::{
     Claim, ClickRow, Control, Holder, Link, LinkRow, MigrationStore, ReadCtx, ReadFrom, Store,
     StoreError, StoreOptions, StoreResult, WriteAck,
@@ -66,6 +73,8 @@ const MAX_ATTEMPTS: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The request path's connections (see `super::conns`).
+    hot: HotPool,
     mode: PgMode,
     tier_id: String,
     metrics: Arc<Metrics>,
@@ -171,12 +180,14 @@ impl PgStore {
             // what a client waits either way.
             options = options.options([("statement_timeout", t.as_millis().to_string())]);
         }
+        let hot = HotPool::new(options.clone(), opts.max_connections, opts.acquire_timeout);
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
             .connect_lazy_with(options);
         Ok(PgStore {
             pool,
+            hot,
             mode,
             tier_id: tier_id.to_owned(),
             metrics,
@@ -341,7 +352,8 @@ impl PgStore {
     }
 
     /// Runs one self-contained write statement that checks the fence itself (a `FOR SHARE`
-    /// CTE on the control row) and returns the rows it changed. Direct mode sends it alone: one
+    /// CTE on the control row) and returns the rows it changed, on a request-path connection
+    /// (`super::conns`). Direct mode sends it alone: one
     /// round trip with a cached prepared statement, atomic by itself. Through PgBouncer it is
     /// wrapped in BEGIN/COMMIT (see the module doc); in distributed mode it runs at SERIALIZABLE
     /// and is retried on 40001 like every write.
@@ -352,17 +364,31 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = if self.mode == PgMode::Direct {
-                make().execute(&self.pool).await.map(|r| r.rows_affected())
-            } else {
-                async {
-                    let mut tx = self.begin().await?;
-                    let n = make().execute(&mut *tx).await?.rows_affected();
-                    tx.commit().await?;
-                    Ok::<u64, sqlx::Error>(n)
-                }
-                .await
-            };
+            let result = async {
+                let mut c = self.hot.acquire().await?;
+                let result = match self.mode {
+                    PgMode::Direct => make().execute(c.conn()).await.map(|r| r.rows_affected()),
+                    mode => {
+                        async {
+                            let mut tx = match mode {
+                                PgMode::Distributed => {
+                                    c.conn()
+                                        .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                                        .await?
+                                }
+                                _ => c.conn().begin().await?,
+                            };
+                            let n = make().execute(&mut *tx).await?.rows_affected();
+                            tx.commit().await?;
+                            Ok::<u64, sqlx::Error>(n)
+                        }
+                        .await
+                    }
+                };
+                c.settle(&result, self.mode != PgMode::Direct);
+                result
+            }
+            .await;
             match result {
                 Ok(n) => {
                     self.metrics.record_tx();
@@ -397,11 +423,26 @@ impl PgStore {
     }
 
     /// The primary's current WAL position (replica tier: read-your-writes token).
+    /// Read on a request-path connection (`super::conns`): every write of the replica tier waits
+    /// for it.
     pub async fn current_lsn(&self) -> StoreResult<u64> {
-        let rows = self
-            .read_rows(self.q("SELECT pg_current_wal_lsn()::text"))
-            .await?;
-        let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+        let text: String = if self.mode == PgMode::Bouncer {
+            // Through PgBouncer: the simple protocol, one round trip and no statement.
+            let mut c = self.hot.acquire().await.map_err(e)?;
+            let row = sqlx::raw_sql("SELECT pg_current_wal_lsn()::text")
+                .fetch_one(c.conn())
+                .await;
+            c.settle(&row, false);
+            row.map_err(e)?.get(0)
+        } else {
+            let mut c = self.hot.acquire().await.map_err(e)?;
+            let row = self
+                .q("SELECT pg_current_wal_lsn()::text")
+                .fetch_one(c.conn())
+                .await;
+            c.settle(&row, false);
+            row.map_err(e)?.get(0)
+        };
         parse_lsn(&text).ok_or_else(|| StoreError::Other(anyhow::anyhow!("bad LSN {text:?}")))
     }
 
@@ -481,16 +522,21 @@ impl Store for PgStore {
             let sql = format!(
                 "SELECT code, target, created_ms FROM links WHERE code = '{code}' AND NOT deleted"
             );
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(e)?
+            let mut c = self.hot.acquire().await.map_err(e)?;
+            let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(c.conn())
+                .await;
+            c.settle(&row, false);
+            row.map_err(e)?
         } else {
-            self.q("SELECT code, target, created_ms FROM links WHERE code = $1 AND NOT deleted")
+            let mut c = self.hot.acquire().await.map_err(e)?;
+            let row = self
+                .q("SELECT code, target, created_ms FROM links WHERE code = $1 AND NOT deleted")
                 .bind(code.to_owned())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(e)?
+                .fetch_optional(c.conn())
+                .await;
+            c.settle(&row, false);
+            row.map_err(e)?
         };
         Ok((
             row.map(|r| Link {
