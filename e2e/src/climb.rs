@@ -121,12 +121,13 @@ impl Databases {
         let replica = port_of("LADDER_PG_REPLICA_URL")?;
         let mut specific = Vec::new();
         let mut each = |db_in: &str, db_local: &str, primary_host: &str, set: &str| {
+            // The rendered URLs name Services by `<name>.<namespace>.svc`.
             specific.push((
-                format!("{sp}-pgbouncer:6432/{db_in}?"),
+                format!("{sp}-pgbouncer.{ns}.svc:6432/{db_in}?"),
                 format!("localhost:{bouncer}/{db_local}?"),
             ));
             specific.push((
-                format!("{primary_host}:5432/{db_in}?"),
+                format!("{primary_host}.{ns}.svc:5432/{db_in}?"),
                 format!("localhost:{primary}/{db_local}?"),
             ));
             for i in 0..8 {

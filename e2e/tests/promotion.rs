@@ -827,6 +827,7 @@ struct Prometheus {
 impl Prometheus {
     async fn start(target: std::net::SocketAddr) -> anyhow::Result<Self> {
         let dir = temp_dir("prometheus");
+        std::fs::create_dir_all(&dir)?;
         let port = ladder_e2e::app::free_port();
         let config = dir.join("prometheus.yml");
         std::fs::write(

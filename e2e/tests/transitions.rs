@@ -44,7 +44,7 @@ fn hosts(ns: &str, db: &str, data: &std::path::Path, bouncer: Option<u16>) -> Ho
     hosts.rewrites.insert(
         0,
         (
-            format!("{SP}-pgbouncer:6432/ladder?"),
+            format!("{SP}-pgbouncer.{ns}.svc:6432/ladder?"),
             format!("localhost:{bouncer}/{db}?"),
         ),
     );
