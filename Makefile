@@ -11,7 +11,7 @@ export KUBECONFIG_LADDER := $(CURDIR)/.ladder/cluster/kubeconfig
 CARGO ?= cargo
 
 .PHONY: help demo test test-unit test-rendered test-integration test-e2e lint fmt crds check-crds \
-        cluster-up cluster-down services-up services-down toolchain bench bench-app bench-promotion clean images chart-files
+        cluster-up cluster-down services-up services-down toolchain bench bench-app bench-promotion bench-transitions clean images chart-files
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -75,6 +75,12 @@ bench: cluster-up ## benchmark the operator next to a floor measured in the same
 
 bench-promotion: cluster-up ## benchmark the promoter (reaction time to a threshold, status writes/min at steady load); writes bench/promotion.md
 	KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q -p ladder-e2e --locked --bin bench-promotion
+
+bench-transitions: services-up cluster-up ## time each step of 0->1 and 2->3 climbs with seeded rows, beside pg_dump | psql of the same rows; writes bench/transitions.md
+	$(CARGO) build -q --release --locked -p ladder-operator -p ladder-app
+	set -a; source .ladder/services.env; set +a; \
+	  LADDER_OPERATOR_BIN=$(CARGO_TARGET_DIR)/release/ladder-operator LADDER_APP_BIN=$(CARGO_TARGET_DIR)/release/ladder-app \
+	  KUBECONFIG=$(KUBECONFIG_LADDER) $(CARGO) run -q --release -p ladder-e2e --locked --bin bench-transitions
 
 bench-app: ## benchmark ladder-app per tier beside its ceilings; writes bench/app.md
 	@hack/bench-app.sh

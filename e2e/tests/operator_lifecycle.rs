@@ -245,10 +245,7 @@ fn unhash(text: &str) -> String {
     while let Some(i) = rest.find(MARK) {
         let (head, tail) = rest.split_at(i + MARK.len());
         out.push_str(head);
-        let hex = tail
-            .bytes()
-            .take_while(u8::is_ascii_hexdigit)
-            .count();
+        let hex = tail.bytes().take_while(u8::is_ascii_hexdigit).count();
         if hex > 0 {
             out.push_str("HASH");
         }

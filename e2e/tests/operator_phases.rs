@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::ListParams;
 use ladder_crds::scalingphase::TransitionStep;
 use ladder_e2e::chart_sa::ChartIdentity;
@@ -166,6 +166,9 @@ async fn a_step_without_data_walks_the_transition_to_done() -> anyhow::Result<()
     ns.wait_ready("shop", 1, READY_TIMEOUT)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", op.log_text()))?;
+    // Phase 1's server certificate names the primary only.
+    let replica = format!("shop-postgres-replica.{}.svc", ns.name);
+    assert!(!cert_names(&ns, "shop-postgres-tls", &replica).await?);
     ns.apply_sp(&example(2)).await?;
     let sp = ns
         .wait_ready("shop", 2, READY_TIMEOUT)
@@ -174,6 +177,14 @@ async fn a_step_without_data_walks_the_transition_to_done() -> anyhow::Result<()
     let status = sp.status.expect("status");
     let history: Vec<i32> = status.history.iter().map(|h| h.phase).collect();
     assert_eq!(history, vec![1, 2]);
+    // The climb re-issued it for the replicas' names (verify-full clients of
+    // the read replicas check them).
+    assert!(
+        cert_names(&ns, "shop-postgres-tls", &replica).await?,
+        "shop-postgres-tls does not name {replica} after 1 -> 2\n{}",
+        op.log_text()
+    );
+    assert!(op.log_text().contains("re-issued a leaf certificate"));
     assert!(status.transition.is_none(), "{:?}", status.transition);
     // Every step left an Event.
     let log = op.log_text();
@@ -181,6 +192,21 @@ async fn a_step_without_data_walks_the_transition_to_done() -> anyhow::Result<()
     never_forbidden(&op);
     ns.delete().await;
     Ok(())
+}
+
+/// Whether the certificate in Secret `name` names `host` (a DER dNSName is
+/// the host's ASCII bytes).
+async fn cert_names(ns: &TestNamespace, name: &str, host: &str) -> anyhow::Result<bool> {
+    use rustls::pki_types::pem::PemObject as _;
+    let secret: Secret = ns.api::<Secret>().get(name).await?;
+    let pem = secret
+        .data
+        .and_then(|d| d.get("tls.crt").cloned())
+        .map(|b| b.0)
+        .unwrap_or_default();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| anyhow::anyhow!("{name}: tls.crt is not a PEM certificate: {e:?}"))?;
+    Ok(der.windows(host.len()).any(|w| w == host.as_bytes()))
 }
 
 /// A climb that moves data (0 → 1: SQLite → PostgreSQL) never cuts over on

@@ -1,12 +1,16 @@
 //! Generated Secrets: credentials (random passwords) and certificates (the
-//! phase CA and the leaves it signs), created once and never rewritten.
+//! phase CA and the leaves it signs).
 //!
 //! The renderer only names them ([`GeneratedSecret`]); [`ensure`] creates
-//! the missing ones with fresh randomness and leaves existing ones alone,
-//! so a password or key never changes under a running pod. The one write
-//! to an existing Secret adds a file derived from its password that an
-//! earlier version did not write (Redis' password include); it replaces
-//! nothing.
+//! the missing ones with fresh randomness. A password or the CA never
+//! changes once written. Two writes touch an existing Secret: a file derived
+//! from its password that an earlier version did not write (Redis' password
+//! include) is added, replacing nothing; and a leaf certificate is
+//! re-issued ([`reissue_reason`]) when it no longer names every host the
+//! phase serves under (a climb added replicas or shards), or when it is past
+//! two thirds of its lifetime ([`LEAF_LIFETIME`]), as cert-manager renews.
+//! The old leaf stays valid until it expires, so a server that has not
+//! reloaded yet keeps serving.
 //!
 //! The CA is constrained (`pathlen:0`, DNS names of the phase's namespace
 //! only, no IP address); a leaf is a server or a client certificate, never
@@ -22,6 +26,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use rand::Rng;
 use rand::distr::Alphanumeric;
+use time::{Duration, OffsetDateTime};
+use tracing::info;
 
 use super::{ApplyError, FIELD_MANAGER};
 use crate::metrics::Metrics;
@@ -133,8 +139,54 @@ fn leaf_params(
         TlsUsage::Client => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     }];
     params.use_authority_key_identifier_extension = true;
-    params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+    let now = OffsetDateTime::now_utc();
+    // A little before now: clocks of the peers may lag the operator's.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + LEAF_LIFETIME;
     Ok(params)
+}
+
+/// How long a leaf certificate is valid. It is re-issued after two thirds.
+pub const LEAF_LIFETIME: Duration = Duration::days(365);
+
+/// Why the leaf certificate `pem` must be re-issued for `dns_names` at
+/// `now`, or `None` while it is good: it must name every one of the hosts
+/// (a climb adds replica and shard names to a phase's certificates), and
+/// it is renewed once two thirds of its validity have passed. A
+/// certificate that cannot be read is re-issued too.
+pub fn reissue_reason(pem: &str, dns_names: &[String], now: OffsetDateTime) -> Option<String> {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return Some("its certificate is not PEM".into());
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return Some("its certificate cannot be parsed".into());
+    };
+    let named: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(missing) = dns_names.iter().find(|d| !named.contains(d)) {
+        return Some(format!("it does not name {missing}"));
+    }
+    let validity = cert.validity();
+    let (from, until) = (
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    );
+    let renew_at = from + (until - from) * 2 / 3;
+    (now >= renew_at)
+        .then(|| format!("it is past two thirds of its lifetime (valid until {until})"))
 }
 
 /// Files a credentials Secret of `kind` holds besides `username` and
@@ -315,6 +367,28 @@ async fn ensure_one(
 ) -> Result<BTreeMap<String, ByteString>, SecretError> {
     if let Some(found) = api.get_opt(&s.name).await? {
         let data = found.data.unwrap_or_default();
+        if let SecretContent::Tls { ca, dns_names, .. } = &s.content {
+            let pem = data
+                .get("tls.crt")
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default();
+            if let Some(why) = reissue_reason(&pem, dns_names, OffsetDateTime::now_utc()) {
+                if ca_data.is_none() {
+                    *ca_data = api.get_opt(ca).await?.and_then(|c| c.data);
+                }
+                let fresh = generate(&s.content, ca_data.as_ref())?;
+                // Key and certificate are replaced together (one patch).
+                let patch = serde_json::json!({ "stringData": fresh });
+                let pp = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                let patched = api.patch(&s.name, &pp, &Patch::Merge(&patch)).await?;
+                metrics.applied(Kind::Secret.name());
+                info!(secret = %s.name, reason = %why, "re-issued a leaf certificate");
+                return Ok(patched.data.unwrap_or_default());
+            }
+        }
         let missing = missing_derived_files(&s.content, &data)?;
         if missing.is_empty() {
             return Ok(data);

@@ -409,3 +409,51 @@ fn credentials_are_guarded_by_the_claims_of_their_own_tier() {
     assert!(err.to_string().contains("data-shop-postgres-0"));
     assert_eq!(SecretError::MissingCa.reason(), None);
 }
+
+/// A leaf is re-issued when it lacks a host the phase now serves under, or
+/// once two thirds of its lifetime have passed; not before, and not for a
+/// host list it already covers (in any order, or a subset).
+#[test]
+fn a_leaf_is_reissued_for_new_hosts_and_at_two_thirds_of_its_life() {
+    let ca = generate(&ca_content(), None).expect("ca");
+    let leaf = server_leaf(&ca);
+    let pem = &leaf["tls.crt"];
+    let now = time::OffsetDateTime::now_utc();
+    let hosts = |h: &[&str]| h.iter().map(|&s| s.to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        reissue_reason(pem, &hosts(&["*.db.prod.svc", "db.prod.svc"]), now),
+        None
+    );
+    assert_eq!(reissue_reason(pem, &hosts(&["db.prod.svc"]), now), None);
+    let why = reissue_reason(pem, &hosts(&["db.prod.svc", "db-replica.prod.svc"]), now)
+        .expect("a new host needs a new certificate");
+    assert!(why.contains("db-replica.prod.svc"), "{why}");
+    // Half way: still good; past two thirds: renewed.
+    let half = now + LEAF_LIFETIME / 2;
+    assert_eq!(reissue_reason(pem, &hosts(&["db.prod.svc"]), half), None);
+    let late = now + LEAF_LIFETIME * 7 / 10;
+    let why = reissue_reason(pem, &hosts(&["db.prod.svc"]), late).expect("renewal due");
+    assert!(why.contains("two thirds"), "{why}");
+    // Unreadable: re-issued rather than served.
+    assert!(reissue_reason("not a certificate", &[], now).is_some());
+    // The fresh leaf it is replaced with names the new hosts and verifies
+    // against the same CA.
+    let wider = generate(
+        &tls(
+            "db",
+            &["db.prod.svc", "db-replica.prod.svc"],
+            TlsUsage::Server,
+        ),
+        Some(&bytes(&ca)),
+    )
+    .expect("re-issued leaf");
+    assert_eq!(
+        reissue_reason(
+            &wider["tls.crt"],
+            &hosts(&["db.prod.svc", "db-replica.prod.svc"]),
+            now
+        ),
+        None
+    );
+    assert_eq!(wider["ca.crt"], ca["tls.crt"]);
+}
