@@ -464,8 +464,18 @@ async fn rollback_while_retained_brings_every_write_back() {
             )
         }
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", s.diagnostics()));
+    .await;
+    let sp = match sp {
+        Ok(sp) => sp,
+        Err(e) => {
+            let now = sps.get(SP).await.ok().and_then(|sp| sp.status);
+            panic!(
+                "{e:#}\n--- status:\n{}\n{}",
+                serde_json::to_string_pretty(&now).unwrap_or_default(),
+                s.diagnostics()
+            )
+        }
+    };
     assert_eq!(sp.spec.phase, 1, "the operator never writes spec");
     let ledger = s.load.finish().await.expect("ledger");
     let live = match check_ledger_http(&s.app.base, &ledger).await {

@@ -221,10 +221,21 @@ fn tail(text: &str, n: usize) -> String {
 /// Checks that each live link sits in the shard its slot names in the
 /// rendered shard map. Returns how many were checked.
 async fn check_routing(c: &Climb) -> usize {
+    // Immutable, so named after its content: `<sp>-shard-map-v1-<hash>`.
+    let prefix = format!("{SP}-shard-map-v1");
     let cm =
         c.ns.api::<ConfigMap>()
-            .get(&format!("{SP}-shard-map-v1"))
+            .list(&Default::default())
             .await
+            .expect("ConfigMaps")
+            .items
+            .into_iter()
+            .find(|cm| {
+                cm.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
             .expect("the shard map");
     let text = cm.data.unwrap_or_default()["shard-map.json"].clone();
     let map = ShardMap::parse(&text).expect("shard map");

@@ -448,6 +448,12 @@ async fn report_status(
 /// How soon to look again: quickly while a transition moves, at the end of
 /// the retention window while it waits, slowly when blocked or idle.
 pub(super) fn requeue_after(plan: &transition::Plan, all_ready: bool, f: &Facts<'_>) -> Duration {
+    // A transition just finished: the next step of a walk, or a hold (a
+    // rolled-back step), is decided on the next look. The operator's own
+    // status write does not wake it (the ScalingPhase watch filters it out).
+    if plan.finished.is_some() {
+        return TRANSITION_REQUEUE;
+    }
     match &plan.transition {
         Some(_) if plan.blocked.is_some() => Duration::from_secs(15),
         Some(t) if t.step == TransitionStep::Retain => t
@@ -554,5 +560,10 @@ mod tests {
         });
         assert!(blocked.blocked.is_some());
         assert_eq!(requeue_after(&blocked, true, &f), Duration::from_secs(30));
+        // Done with one step: look again soon, the next one (or a hold)
+        // is only decided then.
+        let mut finished = idle.clone();
+        finished.finished = Some((1, 0));
+        assert_eq!(requeue_after(&finished, true, &f), TRANSITION_REQUEUE);
     }
 }
