@@ -512,6 +512,37 @@ pub async fn open_for_migration(
     opts: &StoreOptions,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn MigrationStore>> {
+    // Opening creates what is missing of the schema and the fence (DDL), which can deadlock
+    // with the writes of the app serving from the same database (SQLSTATE 40P01). Opening
+    // is idempotent, so it is retried like a write that hit a conflict.
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match open_for_migration_once(spec, opts, metrics.clone()).await {
+            Err(e) if attempt < ATTEMPTS && is_conflict(&e) => {
+                tracing::warn!(attempt, error = %e, "opening a store hit a conflict; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` was caused by a serialization failure or a deadlock.
+fn is_conflict(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(StoreError::is_retryable_conflict)
+    })
+}
+
+async fn open_for_migration_once(
+    spec: &StoreSpec,
+    opts: &StoreOptions,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn MigrationStore>> {
     Ok(match spec {
         StoreSpec::Sqlite { path } => {
             Arc::new(sqlite::SqliteStore::open(path, opts, metrics).await?)
@@ -597,5 +628,54 @@ impl StoreHandle {
 
     pub fn set(&self, store: Arc<dyn Store>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    /// A conflict is recognised wherever it sits in the chain (raw, or inside a
+    /// `StoreError`, with context around it); other errors are not retried.
+    #[test]
+    fn conflicts_are_recognised_through_the_error_chain() {
+        #[derive(Debug)]
+        struct Deadlock;
+        impl std::fmt::Display for Deadlock {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("deadlock detected")
+            }
+        }
+        impl std::error::Error for Deadlock {}
+        impl sqlx::error::DatabaseError for Deadlock {
+            fn message(&self) -> &str {
+                "deadlock detected"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some("40P01".into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+        let raw = anyhow::Error::from(sqlx::Error::Database(Box::new(Deadlock)));
+        assert!(is_conflict(&raw.context("creating the fence")));
+        let wrapped = anyhow::Error::from(StoreError::Other(anyhow::Error::from(
+            sqlx::Error::Database(Box::new(Deadlock)),
+        )));
+        assert!(is_conflict(&wrapped.context("opening the source")));
+        assert!(!is_conflict(&anyhow::Error::from(
+            sqlx::Error::PoolTimedOut
+        )));
+        assert!(!is_conflict(&anyhow::anyhow!("deadlock detected")));
     }
 }
