@@ -217,7 +217,15 @@ async fn integrations_follow_their_crds_at_run_time() -> anyhow::Result<()> {
     assert_eq!(app_cert.data["spec"]["issuerRef"]["name"], "shop-ca");
     until("ServiceMonitors replace the annotations", &op, async || {
         Ok(
-            names(&monitors, "shop").await? == ["shop-app", "shop-cockroach-public"]
+            // The app, CockroachDB's own endpoint, and the exporters of
+            // phase 4's Redis and ClickHouse.
+            names(&monitors, "shop").await?
+                == [
+                    "shop-app",
+                    "shop-clickhouse",
+                    "shop-cockroach-public",
+                    "shop-redis",
+                ]
                 && !app_annotated(&ns, "shop").await?,
         )
     })
