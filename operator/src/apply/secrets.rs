@@ -189,6 +189,58 @@ pub fn reissue_reason(pem: &str, dns_names: &[String], now: OffsetDateTime) -> O
         .then(|| format!("it is past two thirds of its lifetime (valid until {until})"))
 }
 
+/// On a leaf's Secret: a digest of the hosts it was checked against.
+pub const TLS_HOSTS_ANNOTATION: &str = "ladder.dev/tls-hosts";
+/// On a leaf's Secret: when it is due for renewal (RFC 3339).
+pub const TLS_RENEW_ANNOTATION: &str = "ladder.dev/tls-renew-after";
+
+/// A digest of a host list, whatever its order.
+pub fn hosts_digest(dns_names: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&str> = dns_names.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let digest = Sha256::digest(sorted.join("\n").as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a leaf's Secret, by the annotations the operator leaves on it
+/// (what its metadata watch sees), was checked for these hosts and is not
+/// yet due for renewal. When not, [`ensure`] reads the certificate itself.
+pub fn leaf_checked(
+    annotations: &BTreeMap<String, String>,
+    dns_names: &[String],
+    now: OffsetDateTime,
+) -> bool {
+    annotations.get(TLS_HOSTS_ANNOTATION) == Some(&hosts_digest(dns_names))
+        && annotations
+            .get(TLS_RENEW_ANNOTATION)
+            .and_then(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|due| now < due)
+}
+
+/// The annotations recording that `pem` was checked for `dns_names`.
+fn leaf_annotations(pem: &str, dns_names: &[String]) -> BTreeMap<String, String> {
+    let due = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .and_then(|(_, p)| {
+            let cert = p.parse_x509().ok()?;
+            let v = cert.validity();
+            let (from, until): (OffsetDateTime, OffsetDateTime) =
+                (v.not_before.to_datetime(), v.not_after.to_datetime());
+            let due: OffsetDateTime = from + (until - from) * 2 / 3;
+            due.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    BTreeMap::from([
+        (TLS_HOSTS_ANNOTATION.to_owned(), hosts_digest(dns_names)),
+        (TLS_RENEW_ANNOTATION.to_owned(), due),
+    ])
+}
+
 /// Files a credentials Secret of `kind` holds besides `username` and
 /// `password`, derived from them.
 fn derived_files(
@@ -377,8 +429,12 @@ async fn ensure_one(
                     *ca_data = api.get_opt(ca).await?.and_then(|c| c.data);
                 }
                 let fresh = generate(&s.content, ca_data.as_ref())?;
+                let notes = leaf_annotations(&fresh["tls.crt"], dns_names);
                 // Key and certificate are replaced together (one patch).
-                let patch = serde_json::json!({ "stringData": fresh });
+                let patch = serde_json::json!({
+                    "metadata": { "annotations": notes },
+                    "stringData": fresh,
+                });
                 let pp = PatchParams {
                     field_manager: Some(FIELD_MANAGER.into()),
                     ..PatchParams::default()
@@ -387,6 +443,17 @@ async fn ensure_one(
                 metrics.applied(Kind::Secret.name());
                 info!(secret = %s.name, reason = %why, "re-issued a leaf certificate");
                 return Ok(patched.data.unwrap_or_default());
+            }
+            let notes = leaf_annotations(&pem, dns_names);
+            let current = found.metadata.annotations.clone().unwrap_or_default();
+            if notes.iter().any(|(k, v)| current.get(k) != Some(v)) {
+                // Checked and good: recorded, so the next applies need no GET.
+                let patch = serde_json::json!({ "metadata": { "annotations": notes } });
+                let pp = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                api.patch(&s.name, &pp, &Patch::Merge(&patch)).await?;
             }
         }
         let missing = missing_derived_files(&s.content, &data)?;
@@ -420,9 +487,17 @@ async fn ensure_one(
         }
         _ => None,
     };
+    let data = generate(&s.content, ca)?;
+    let mut metadata = s.meta.clone();
+    if let SecretContent::Tls { dns_names, .. } = &s.content {
+        metadata
+            .annotations
+            .get_or_insert_default()
+            .extend(leaf_annotations(&data["tls.crt"], dns_names));
+    }
     let secret = Secret {
-        metadata: s.meta.clone(),
-        string_data: Some(generate(&s.content, ca)?),
+        metadata,
+        string_data: Some(data),
         type_: Some(
             if matches!(
                 s.content,

@@ -457,3 +457,25 @@ fn a_leaf_is_reissued_for_new_hosts_and_at_two_thirds_of_its_life() {
     );
     assert_eq!(wider["ca.crt"], ca["tls.crt"]);
 }
+
+/// The metadata watch sees whether a leaf was checked for today's hosts and
+/// is not due: a host added, a renewal time passed, or no annotations (an
+/// earlier version's Secret) each send it back to `ensure`.
+#[test]
+fn a_leaf_is_rechecked_when_its_hosts_change_or_renewal_is_due() {
+    let ca = generate(&ca_content(), None).expect("ca");
+    let leaf = server_leaf(&ca);
+    let hosts = vec!["db.prod.svc".to_owned(), "*.db.prod.svc".to_owned()];
+    let notes = leaf_annotations(&leaf["tls.crt"], &hosts);
+    let now = time::OffsetDateTime::now_utc();
+    assert!(leaf_checked(&notes, &hosts, now));
+    let reordered = vec!["*.db.prod.svc".to_owned(), "db.prod.svc".to_owned()];
+    assert!(
+        leaf_checked(&notes, &reordered, now),
+        "order does not matter"
+    );
+    let more = [hosts.clone(), vec!["db-replica.prod.svc".to_owned()]].concat();
+    assert!(!leaf_checked(&notes, &more, now));
+    assert!(!leaf_checked(&notes, &hosts, now + LEAF_LIFETIME * 7 / 10));
+    assert!(!leaf_checked(&BTreeMap::new(), &hosts, now));
+}

@@ -329,11 +329,21 @@ async fn write_children(
     match plan {
         Plan::Hold | Plan::UpToDate | Plan::Settle(_) => Ok(false),
         Plan::ApplyAll { prune, why } => {
-            // Generated Secrets the stores show exist are left out: they are
-            // never rewritten, so checking them would only cost a GET each.
+            // Generated Secrets the stores show exist are left out (checking
+            // them would only cost a GET each), except a leaf certificate not
+            // yet checked for the hosts it must name now, or due for renewal:
+            // `apply` re-issues it (crate::apply::secrets::reissue_reason).
             let mut todo = desired.clone();
-            todo.generated_secrets
-                .retain(|s| !plan::present(&ctx.stores, Kind::Secret, &ns, &s.name));
+            let now = time::OffsetDateTime::now_utc();
+            todo.generated_secrets.retain(|s| {
+                match (ctx.stores.secret_annotations(&ns, &s.name), &s.content) {
+                    (None, _) => !plan::present(&ctx.stores, Kind::Secret, &ns, &s.name),
+                    (Some(notes), render::SecretContent::Tls { dns_names, .. }) => {
+                        !apply::secrets::leaf_checked(&notes, dns_names, now)
+                    }
+                    (Some(_), _) => false,
+                }
+            });
             let written = apply::apply(&ctx.client, &ns, &todo, &ctx.metrics).await?;
             if *prune {
                 for (kind, child) in plan::stale(&ctx.stores, &ns, &name, &uid, desired) {

@@ -249,6 +249,18 @@ impl Stores {
         }
     }
 
+    /// The annotations of Secret `name` in `ns`, when a store holds it.
+    pub fn secret_annotations(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        self.secrets
+            .iter()
+            .find_map(|s| s.get(&ObjectRef::new(name).within(ns)))
+            .map(|o| o.metadata.annotations.clone().unwrap_or_default())
+    }
+
     /// Metadata of every child of `kind` in `ns` labelled for ScalingPhase
     /// `sp`; `None` for kinds that are not watched.
     pub fn children(&self, kind: Kind, ns: &str, sp: &str) -> Option<Vec<ObjectMeta>> {
