@@ -179,14 +179,19 @@ pub fn reissue_reason(pem: &str, dns_names: &[String], now: OffsetDateTime) -> O
     if let Some(missing) = dns_names.iter().find(|d| !named.contains(d)) {
         return Some(format!("it does not name {missing}"));
     }
-    let validity = cert.validity();
-    let (from, until) = (
-        validity.not_before.to_datetime(),
-        validity.not_after.to_datetime(),
-    );
-    let renew_at = from + (until - from) * 2 / 3;
+    let (renew_at, until) = renewal(&cert);
     (now >= renew_at)
         .then(|| format!("it is past two thirds of its lifetime (valid until {until})"))
+}
+
+/// When `cert` is due for renewal (two thirds into its validity), and when
+/// it expires.
+fn renewal(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> (OffsetDateTime, OffsetDateTime) {
+    let v = cert.validity();
+    let (from, until) = (v.not_before.to_datetime(), v.not_after.to_datetime());
+    (from + (until - from) * 2 / 3, until)
 }
 
 /// On a leaf's Secret: a digest of the hosts it was checked against.
@@ -226,11 +231,7 @@ fn leaf_annotations(pem: &str, dns_names: &[String]) -> BTreeMap<String, String>
     let due = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .ok()
         .and_then(|(_, p)| {
-            let cert = p.parse_x509().ok()?;
-            let v = cert.validity();
-            let (from, until): (OffsetDateTime, OffsetDateTime) =
-                (v.not_before.to_datetime(), v.not_after.to_datetime());
-            let due: OffsetDateTime = from + (until - from) * 2 / 3;
+            let (due, _) = renewal(&p.parse_x509().ok()?);
             due.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
