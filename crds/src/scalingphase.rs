@@ -10,6 +10,11 @@
 //! The rules are mirrored by the operator's `validate`, which the reconciler runs
 //! anyway: the operator must not trust that the CRD installed in a cluster is the
 //! one it was built with.
+//!
+//! Why this file is long (~820 lines): it is the whole user-facing API, and
+//! most of its lines are the field documentation that `kubectl explain` and
+//! the generated CRD show; splitting the spec from its status would only
+//! scatter one schema over several files.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;

@@ -722,14 +722,7 @@ impl MigrationStore for PgStore {
         if n == 1 {
             return Ok(Claim::Granted);
         }
-        let c = self.control().await?;
-        Ok(match c.moved_to {
-            Some(to) => Claim::Moved(to),
-            None => Claim::HeldBy {
-                holder: c.lease_holder.unwrap_or_default(),
-                until_ms: c.lease_until_ms.unwrap_or_default(),
-            },
-        })
+        Ok(Claim::refused(self.control().await?))
     }
 
     async fn renew_fence(

@@ -169,71 +169,9 @@ pub(super) fn stale(
 
 /// The part of `desired` named by `keys`.
 pub(super) fn only(desired: &Desired, keys: &BTreeSet<ChildKey>) -> Desired {
-    fn keep<T: kube::Resource + Clone>(
-        items: &[T],
-        kind: Kind,
-        keys: &BTreeSet<ChildKey>,
-    ) -> Vec<T> {
-        items
-            .iter()
-            .filter(|i| {
-                i.meta()
-                    .name
-                    .as_ref()
-                    .is_some_and(|n| keys.contains(&(kind, n.clone())))
-            })
-            .cloned()
-            .collect()
-    }
-    // Destructured without `..`: a new list in `Desired` must be named here.
-    let Desired {
-        generated_secrets,
-        issuers,
-        certificates,
-        service_accounts,
-        roles,
-        role_bindings,
-        config_maps,
-        persistent_volume_claims,
-        services,
-        network_policies,
-        stateful_sets,
-        deployments,
-        jobs,
-        pod_disruption_budgets,
-        horizontal_pod_autoscalers,
-        service_monitors,
-        scaled_objects,
-        expected,
-    } = desired;
-    Desired {
-        generated_secrets: generated_secrets
-            .iter()
-            .filter(|s| keys.contains(&(Kind::Secret, s.name.clone())))
-            .cloned()
-            .collect(),
-        issuers: keep(issuers, Kind::Issuer, keys),
-        certificates: keep(certificates, Kind::Certificate, keys),
-        service_accounts: keep(service_accounts, Kind::ServiceAccount, keys),
-        roles: keep(roles, Kind::Role, keys),
-        role_bindings: keep(role_bindings, Kind::RoleBinding, keys),
-        config_maps: keep(config_maps, Kind::ConfigMap, keys),
-        persistent_volume_claims: keep(persistent_volume_claims, Kind::PersistentVolumeClaim, keys),
-        services: keep(services, Kind::Service, keys),
-        network_policies: keep(network_policies, Kind::NetworkPolicy, keys),
-        stateful_sets: keep(stateful_sets, Kind::StatefulSet, keys),
-        deployments: keep(deployments, Kind::Deployment, keys),
-        jobs: keep(jobs, Kind::Job, keys),
-        pod_disruption_budgets: keep(pod_disruption_budgets, Kind::PodDisruptionBudget, keys),
-        horizontal_pod_autoscalers: keep(
-            horizontal_pod_autoscalers,
-            Kind::HorizontalPodAutoscaler,
-            keys,
-        ),
-        service_monitors: keep(service_monitors, Kind::ServiceMonitor, keys),
-        scaled_objects: keep(scaled_objects, Kind::ScaledObject, keys),
-        expected: expected.clone(),
-    }
+    let mut part = desired.clone();
+    part.retain(|kind, name| keys.contains(&(kind, name.to_owned())));
+    part
 }
 
 #[cfg(test)]

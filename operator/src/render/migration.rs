@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Resource;
 use ladder_crds::contract::env;
 
-use super::{Desired, ExpectedComponent, GeneratedSecret, SecretContent};
+use super::{Desired, ExpectedComponent, GeneratedSecret, Kind, SecretContent};
 use crate::transition::{JOB_LABEL, JOB_MIGRATE};
 
 /// Env names of `ladder-app migrate` (see `app/src/migrate.rs`).
@@ -33,15 +33,6 @@ pub mod migrate_env {
 
 fn name_of<K: Resource>(k: &K) -> String {
     k.meta().name.clone().unwrap_or_default()
-}
-
-fn union<K: Resource + Clone>(primary: &mut Vec<K>, secondary: Vec<K>) {
-    let have: BTreeSet<String> = primary.iter().map(name_of).collect();
-    primary.extend(
-        secondary
-            .into_iter()
-            .filter(|k| !have.contains(&name_of(k))),
-    );
 }
 
 fn union_secrets(primary: &mut Vec<GeneratedSecret>, secondary: Vec<GeneratedSecret>) {
@@ -71,53 +62,28 @@ fn union_secrets(primary: &mut Vec<GeneratedSecret>, secondary: Vec<GeneratedSec
 }
 
 /// Everything `primary` renders, plus what only `secondary` renders.
-pub fn merge(mut primary: Desired, secondary: Desired) -> Desired {
-    let Desired {
-        generated_secrets,
-        issuers,
-        certificates,
-        service_accounts,
-        roles,
-        role_bindings,
-        config_maps,
-        persistent_volume_claims,
-        services,
-        network_policies,
-        stateful_sets,
-        deployments,
-        jobs,
-        pod_disruption_budgets,
-        horizontal_pod_autoscalers,
-        service_monitors,
-        scaled_objects,
-        expected,
-    } = secondary;
-    union_secrets(&mut primary.generated_secrets, generated_secrets);
-    union(&mut primary.issuers, issuers);
-    union(&mut primary.certificates, certificates);
-    union(&mut primary.service_accounts, service_accounts);
-    union(&mut primary.roles, roles);
-    union(&mut primary.role_bindings, role_bindings);
-    union(&mut primary.config_maps, config_maps);
-    union(
-        &mut primary.persistent_volume_claims,
-        persistent_volume_claims,
+pub fn merge(mut primary: Desired, mut secondary: Desired) -> Desired {
+    union_secrets(
+        &mut primary.generated_secrets,
+        std::mem::take(&mut secondary.generated_secrets),
     );
-    union(&mut primary.services, services);
-    union(&mut primary.network_policies, network_policies);
-    union(&mut primary.stateful_sets, stateful_sets);
-    union(&mut primary.deployments, deployments);
-    union(&mut primary.jobs, jobs);
-    union(&mut primary.pod_disruption_budgets, pod_disruption_budgets);
-    // Only the serving phase's autoscalers: two HPAs on one Deployment fight.
-    let _ = (horizontal_pod_autoscalers, scaled_objects);
-    union(&mut primary.service_monitors, service_monitors);
+    for kind in Kind::APPLY_ORDER {
+        // Only the serving phase's autoscalers: two HPAs on one Deployment fight.
+        if matches!(kind, Kind::HorizontalPodAutoscaler | Kind::ScaledObject) {
+            continue;
+        }
+        if let (Some(mine), Some(theirs)) = (primary.objects_mut(kind), secondary.objects_mut(kind))
+        {
+            mine.absorb(theirs);
+        }
+    }
     let have: BTreeSet<(&'static str, String)> = primary
         .expected
         .iter()
         .map(|e| (e.kind, e.name.clone()))
         .collect();
-    let extra: Vec<ExpectedComponent> = expected
+    let extra: Vec<ExpectedComponent> = secondary
+        .expected
         .into_iter()
         .filter(|e| !have.contains(&(e.kind, e.name.clone())))
         .collect();

@@ -297,20 +297,49 @@ impl Kind {
     }
 }
 
-/// The objects of one kind, whatever their type.
-trait ObjectList {
+/// The rendered objects of one kind, whatever their type: what the code that
+/// walks every kind (apply order, the union of two phases, a subset to
+/// re-apply) needs of a list.
+pub trait ObjectList {
+    /// The objects' names.
     fn names(&self) -> BTreeSet<String>;
+    /// The objects as JSON.
     fn values(&self) -> Vec<serde_json::Value>;
+    /// Keeps only the objects whose name `keep` accepts.
+    fn retain_named(&mut self, keep: &dyn Fn(&str) -> bool);
+    /// Moves in the objects of `other` whose names this list does not have
+    /// (this list wins on a name both hold). `other` is the same kind's list
+    /// of another [`Desired`]; a list of another type is left alone.
+    fn absorb(&mut self, other: &mut dyn ObjectList);
+    /// For [`ObjectList::absorb`]: the list as its concrete type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
-impl<T: kube::Resource + serde::Serialize> ObjectList for Vec<T> {
+fn name_of<T: kube::Resource>(item: &T) -> &str {
+    item.meta().name.as_deref().unwrap_or_default()
+}
+
+impl<T: kube::Resource + serde::Serialize + 'static> ObjectList for Vec<T> {
     fn names(&self) -> BTreeSet<String> {
-        self.iter().filter_map(|i| i.meta().name.clone()).collect()
+        self.iter().map(|i| name_of(i).to_owned()).collect()
     }
     fn values(&self) -> Vec<serde_json::Value> {
         self.iter()
             .filter_map(|i| serde_json::to_value(i).ok())
             .collect()
+    }
+    fn retain_named(&mut self, keep: &dyn Fn(&str) -> bool) {
+        self.retain(|i| keep(name_of(i)));
+    }
+    fn absorb(&mut self, other: &mut dyn ObjectList) {
+        let Some(other) = other.as_any_mut().downcast_mut::<Vec<T>>() else {
+            return;
+        };
+        let have = self.names();
+        self.extend(other.drain(..).filter(|i| !have.contains(name_of(i))));
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
@@ -325,7 +354,7 @@ enum Listed<'a> {
 
 impl Desired {
     /// The list of one kind. Destructured without `..`: a new list in
-    /// `Desired` must get a [`Kind`] here.
+    /// `Desired` must get a [`Kind`] here (and in [`Desired::objects_mut`]).
     fn of_kind(&self, kind: Kind) -> Listed<'_> {
         let Desired {
             generated_secrets,
@@ -366,6 +395,62 @@ impl Desired {
             Kind::ServiceMonitor => service_monitors,
             Kind::ScaledObject => scaled_objects,
         })
+    }
+
+    /// The rendered objects of one kind, to change in place; `None` for the
+    /// generated Secrets, which are not objects yet.
+    pub fn objects_mut(&mut self, kind: Kind) -> Option<&mut dyn ObjectList> {
+        let Desired {
+            generated_secrets: _,
+            issuers,
+            certificates,
+            service_accounts,
+            roles,
+            role_bindings,
+            config_maps,
+            persistent_volume_claims,
+            services,
+            network_policies,
+            stateful_sets,
+            deployments,
+            jobs,
+            pod_disruption_budgets,
+            horizontal_pod_autoscalers,
+            service_monitors,
+            scaled_objects,
+            expected: _,
+        } = self;
+        Some(match kind {
+            Kind::Secret => return None,
+            Kind::Issuer => issuers,
+            Kind::Certificate => certificates,
+            Kind::ServiceAccount => service_accounts,
+            Kind::Role => roles,
+            Kind::RoleBinding => role_bindings,
+            Kind::ConfigMap => config_maps,
+            Kind::PersistentVolumeClaim => persistent_volume_claims,
+            Kind::Service => services,
+            Kind::NetworkPolicy => network_policies,
+            Kind::StatefulSet => stateful_sets,
+            Kind::Deployment => deployments,
+            Kind::Job => jobs,
+            Kind::PodDisruptionBudget => pod_disruption_budgets,
+            Kind::HorizontalPodAutoscaler => horizontal_pod_autoscalers,
+            Kind::ServiceMonitor => service_monitors,
+            Kind::ScaledObject => scaled_objects,
+        })
+    }
+
+    /// Keeps only the children `keep` accepts (by kind and name), generated
+    /// Secrets included; the expected workloads are left as they are.
+    pub fn retain(&mut self, keep: impl Fn(Kind, &str) -> bool) {
+        self.generated_secrets
+            .retain(|s| keep(Kind::Secret, &s.name));
+        for kind in Kind::APPLY_ORDER {
+            if let Some(list) = self.objects_mut(kind) {
+                list.retain_named(&|name| keep(kind, name));
+            }
+        }
     }
 
     /// The names of the desired objects of one kind.
