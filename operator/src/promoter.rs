@@ -342,10 +342,15 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
     };
     // A demotion decided earlier (perhaps held for approval) that the load
     // no longer asks for is withdrawn, so nobody approves a step the load
-    // has since taken back.
+    // has since taken back. Only on evidence: the latest sample must show
+    // the load back at or above the demotion threshold. A gap in the data
+    // (the app's Pods roll during the very step down, and their reports
+    // are not believed until the new Pods report) withdraws nothing, as
+    // missing data never moves a phase.
     if policy.mode == AutoscaleMode::Auto
         && target.is_some_and(|t| t < current)
         && recommended >= current
+        && observed_tps.is_some_and(|t| t >= down_below)
     {
         target = Some(current);
     }

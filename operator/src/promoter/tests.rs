@@ -260,6 +260,65 @@ fn a_held_demotion_is_withdrawn_when_the_load_comes_back() {
     assert_eq!(d.target, Some(1));
 }
 
+/// The 2026-11-30 e2e failure: Auto decided 2 -> 1, and while the step ran
+/// the app's Pods rolled, so the last sample had no believable report. The
+/// demotion must stand (and, once phase 1 is active, the target with it):
+/// a gap in the data is not the load coming back.
+#[test]
+fn a_gap_in_the_data_does_not_withdraw_a_decided_demotion() {
+    let p = Policy {
+        min_dwell: 0,
+        min_phase: 1,
+        ..auto()
+    };
+    let mut h = History::default();
+    for t in (0..=3600).step_by(15) {
+        h.push(
+            Sample {
+                at: ts(t),
+                tps: Some(5.0),
+            },
+            p.horizon(),
+        );
+    }
+    h.push(
+        Sample {
+            at: ts(3615),
+            tps: None,
+        },
+        p.horizon(),
+    );
+    let during = Inputs {
+        target: Some(1),
+        ..inputs(3615, 2, &[])
+    };
+    let d = decide(&p, &h, &during);
+    assert_eq!(
+        d.recommended, 2,
+        "a window with a gap recommends nothing new"
+    );
+    assert_eq!(d.target, Some(1), "the decided demotion stands");
+    // Phase 1 active, no data yet: the target stays where the step went.
+    let after = Inputs {
+        target: Some(1),
+        ..inputs(3615, 1, &[])
+    };
+    assert_eq!(decide(&p, &h, &after).target, Some(1));
+    // The load really back above the threshold withdraws it (as before).
+    h.push(
+        Sample {
+            at: ts(3630),
+            tps: Some(400.0),
+        },
+        p.horizon(),
+    );
+    let back = Inputs {
+        target: Some(1),
+        ..inputs(3630, 2, &[])
+    };
+    assert_eq!(decide(&p, &h, &back).target, Some(2));
+}
+
 #[test]
 fn max_and_min_phase_bound_the_recommendation() {
     let p = Policy {

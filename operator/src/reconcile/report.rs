@@ -28,6 +28,23 @@ pub(super) fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// Sets to null, at every depth of nested objects, the fields `before` has
+/// and `next` lacks, so that a JSON merge patch of `next` over `before`
+/// removes them. Arrays are replaced whole by a merge patch: left alone.
+fn null_dropped(next: &mut serde_json::Value, before: &serde_json::Value) {
+    let (Some(next), Some(before)) = (next.as_object_mut(), before.as_object()) else {
+        return;
+    };
+    for (key, old) in before {
+        match next.get_mut(key) {
+            Some(new) => null_dropped(new, old),
+            None => {
+                next.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+}
+
 /// Patches status when it differs from the stored one. Returns whether it wrote.
 pub(super) async fn patch_status(
     sp: &ScalingPhase,
@@ -47,17 +64,15 @@ pub(super) async fn patch_status(
     let api: Api<ScalingPhase> =
         Api::namespaced(ctx.client.clone(), &sp.namespace().unwrap_or_default());
     // A merge patch keeps what it does not mention: fields the new status
-    // drops (a finished transition, a cleared target) are sent as null.
+    // drops (a finished transition, a cleared target, a threshold the
+    // latest recommendation does not name) are sent as null.
     let mut fields = serde_json::to_value(&next).unwrap_or_default();
-    if let (Some(map), Some(before)) = (
-        fields.as_object_mut(),
-        sp.status
-            .as_ref()
-            .and_then(|s| serde_json::to_value(s).ok()),
-    ) {
-        for key in before.as_object().into_iter().flat_map(|o| o.keys()) {
-            map.entry(key.clone()).or_insert(serde_json::Value::Null);
-        }
+    if let Some(before) = sp
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+    {
+        null_dropped(&mut fields, &before);
     }
     let body = serde_json::json!({ "status": fields });
     api.patch_status(
@@ -407,5 +422,27 @@ mod tests {
         assert_eq!(round2(9.87), 9.9);
         assert_eq!(round2(0.0), 0.0);
         assert!((round2(0.01234) - 0.012).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_merge_patch_removes_nested_fields_the_new_status_drops() {
+        let before = serde_json::json!({
+            "targetPhase": 2,
+            "recommendation": {"phase": 1, "threshold": 10.0, "since": "t"},
+            "conditions": [{"type": "Ready"}],
+        });
+        let mut next = serde_json::json!({
+            "recommendation": {"phase": 1},
+            "conditions": [],
+        });
+        null_dropped(&mut next, &before);
+        assert_eq!(
+            next,
+            serde_json::json!({
+                "targetPhase": null,
+                "recommendation": {"phase": 1, "threshold": null, "since": null},
+                "conditions": [],
+            })
+        );
     }
 }
