@@ -158,6 +158,33 @@ pub async fn reconcile(src: &dyn MigrationStore, dst: &dyn MigrationStore) -> an
     Ok(())
 }
 
+/// One table of one target partition: the rows `in_part` keeps on each side,
+/// counted and checksummed.
+fn compare<K, R: Clone>(
+    table: &'static str,
+    partition: usize,
+    source: &HashMap<K, R>,
+    target: &HashMap<K, R>,
+    in_part: impl Fn(&R) -> bool,
+    checksum: fn(&[R]) -> u64,
+) -> Check {
+    let tally = |rows: &HashMap<K, R>| {
+        let kept: Vec<R> = rows.values().filter(|r| in_part(r)).cloned().collect();
+        Tally {
+            count: kept.len() as u64,
+            checksum: checksum(&kept),
+        }
+    };
+    let (source, target) = (tally(source), tally(target));
+    Check {
+        table,
+        partition,
+        source,
+        target,
+        ok: source == target,
+    }
+}
+
 /// Counts and checksums per table and target partition, source against target.
 pub async fn verify(
     src: &dyn MigrationStore,
@@ -167,63 +194,25 @@ pub async fn verify(
     let (target, strays) = all_links(dst).await?;
     let src_clicks = all_clicks(src).await?;
     let dst_clicks = all_clicks(dst).await?;
-    let n = dst.partitions();
     let mut checks = Vec::new();
-    for part in 0..n {
-        let s: Vec<LinkRow> = source
-            .values()
-            .filter(|r| dst.partition_of(&r.code) == part)
-            .cloned()
-            .collect();
-        let t: Vec<LinkRow> = target
-            .values()
-            .filter(|r| dst.partition_of(&r.code) == part)
-            .cloned()
-            .collect();
-        let (st, tt) = (
-            Tally {
-                count: s.len() as u64,
-                checksum: link_checksum(&s),
-            },
-            Tally {
-                count: t.len() as u64,
-                checksum: link_checksum(&t),
-            },
-        );
-        checks.push(Check {
-            table: "links",
-            partition: part,
-            source: st,
-            target: tt,
-            ok: st == tt,
-        });
-        let s: Vec<ClickRow> = src_clicks
-            .values()
-            .filter(|r| dst.partition_of(&r.code) == part)
-            .cloned()
-            .collect();
-        let t: Vec<ClickRow> = dst_clicks
-            .values()
-            .filter(|r| dst.partition_of(&r.code) == part)
-            .cloned()
-            .collect();
-        let (st, tt) = (
-            Tally {
-                count: s.len() as u64,
-                checksum: click_checksum(&s),
-            },
-            Tally {
-                count: t.len() as u64,
-                checksum: click_checksum(&t),
-            },
-        );
-        checks.push(Check {
-            table: "clicks_daily",
-            partition: part,
-            source: st,
-            target: tt,
-            ok: st == tt,
-        });
+    for part in 0..dst.partitions() {
+        let code_in = |code: &str| dst.partition_of(code) == part;
+        checks.push(compare(
+            "links",
+            part,
+            &source,
+            &target,
+            |r: &LinkRow| code_in(&r.code),
+            link_checksum,
+        ));
+        checks.push(compare(
+            "clicks_daily",
+            part,
+            &src_clicks,
+            &dst_clicks,
+            |r: &ClickRow| code_in(&r.code),
+            click_checksum,
+        ));
     }
     Ok(Verification { checks, strays })
 }
