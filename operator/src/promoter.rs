@@ -104,6 +104,21 @@ impl Policy {
     pub fn horizon(&self) -> i64 {
         self.promote_after.max(self.demote_after)
     }
+
+    /// Which side of `phase`'s thresholds a load is on: above the
+    /// promotion threshold, below the demotion one, or between (`None`:
+    /// no data).
+    pub fn band(&self, phase: i32, tps: Option<f64>) -> Option<std::cmp::Ordering> {
+        tps.map(|t| {
+            if t >= self.promote_at * ceiling(phase) {
+                std::cmp::Ordering::Greater
+            } else if t < self.demote_below * ceiling(phase - 1) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+    }
 }
 
 /// Phase `n`'s TPS ceiling from the roadmap: 10, 100, 1,000, 10,000, 100,000.
@@ -137,6 +152,22 @@ impl History {
     /// Adds a sample and forgets what is older than `horizon` seconds (plus
     /// one sample before it, which proves the window is covered).
     pub fn push(&mut self, s: Sample, horizon: i64) {
+        self.push_merging(s, horizon, |_, _| false);
+    }
+
+    /// Adds a sample taken while `phase` is active. A sample merged into
+    /// the newest one (see [`MIN_SAMPLE_GAP_SECS`]) on the same side of
+    /// the phase's thresholds keeps the newest one's time: the load has been
+    /// there since then, and a window must not restart because the reports
+    /// come often. Across a threshold the newer sample wins, as in
+    /// [`History::push`].
+    pub fn record(&mut self, s: Sample, policy: &Policy, phase: i32) {
+        self.push_merging(s, policy.horizon(), |a, b| {
+            policy.band(phase, a.tps) == policy.band(phase, b.tps)
+        });
+    }
+
+    fn push_merging(&mut self, s: Sample, horizon: i64, same: impl Fn(&Sample, &Sample) -> bool) {
         if self.samples.back().is_some_and(|last| s.at <= last.at) {
             return;
         }
@@ -149,7 +180,11 @@ impl History {
             && s.at.duration_since(before.at).as_secs() < MIN_SAMPLE_GAP_SECS
         {
             if let Some(last) = self.samples.back_mut() {
-                *last = s;
+                if same(last, &s) {
+                    last.tps = s.tps;
+                } else {
+                    *last = s;
+                }
             }
             return;
         }
@@ -217,6 +252,10 @@ pub struct Inputs<'a> {
 /// The promoter's decision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
+    /// When the clock alone could change this decision (a running window
+    /// or dwell time ends), if it could: the reconciler looks again then,
+    /// rather than at the next report or sample.
+    pub due: Option<Timestamp>,
     /// The TPS to show (the newest fresh sample).
     pub observed_tps: Option<f64>,
     /// The phase the load suggests.
@@ -269,6 +308,12 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
         observed_tps.unwrap_or(0.0),
     );
     let mut waiting: Option<String> = None;
+    let mut due: Option<Timestamp> = None;
+    let window_end = |ok: &dyn Fn(f64) -> bool, secs: i64| {
+        history
+            .run_since(ok)
+            .map(|since| since + SignedDuration::from_secs(secs))
+    };
     if current < policy.max_phase.min(4) {
         match history.window(i.now, policy.promote_after) {
             Some(w) if all(&w, &|t| t >= up_at) => {
@@ -288,6 +333,7 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
             }
             _ => {
                 if observed_tps.is_some_and(|t| t >= up_at) {
+                    due = window_end(&|t| t >= up_at, policy.promote_after);
                     waiting = Some(format!(
                         "load is above {up_at:.0} TPS; promoting once it stays there for {}s",
                         policy.promote_after
@@ -316,6 +362,7 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
             }
             _ => {
                 if observed_tps.is_some_and(|t| t < down_below) {
+                    due = window_end(&|t| t < down_below, policy.demote_after);
                     waiting = Some(format!(
                         "load is below {down_below:.0} TPS; recommending phase {} once it stays there for {}s",
                         current - 1,
@@ -362,6 +409,9 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
         let recent = i.changes.iter().filter(|t| **t > day_ago).count();
         let next_cost = i.cost[usize::try_from(recommended.clamp(0, 4)).unwrap_or(0)];
         if !dwelled {
+            due = i
+                .phase_since
+                .map(|t| t + SignedDuration::from_secs(policy.min_dwell));
             cooldown = (
                 true,
                 reasons::DWELL,
@@ -394,6 +444,7 @@ pub fn decide(policy: &Policy, history: &History, i: &Inputs<'_>) -> Decision {
     // spec.phase whatever the target says (validate::effective_phase).
     let target = target.map(|t| t.clamp(policy.min_phase, policy.max_phase.max(policy.min_phase)));
     Decision {
+        due: due.filter(|t| *t > i.now),
         observed_tps,
         recommended,
         recommendation,

@@ -351,7 +351,7 @@ pub fn simulate(sp: &ScalingPhase, trace: &Trace, start: i32, step: i64) -> Outc
             Some(t) => summary.max_tps = summary.max_tps.max(t),
             None => summary.gap_samples += 1,
         }
-        history.push(Sample { at: now, tps }, policy.horizon());
+        history.record(Sample { at: now, tps }, &policy, active);
         let d = promoter::decide(
             &policy,
             &history,

@@ -319,6 +319,44 @@ fn a_gap_in_the_data_does_not_withdraw_a_decided_demotion() {
     assert_eq!(decide(&p, &h, &back).target, Some(2));
 }
 
+/// A running window says when it ends, so the reconciler can look again
+/// then; a decision nothing but the load can change has no due time.
+#[test]
+fn a_running_window_is_due_at_its_end() {
+    let p = Policy {
+        min_dwell: 0,
+        promote_after: 10,
+        ..auto()
+    };
+    let sample = |t: i64, tps: f64| Sample {
+        at: ts(t),
+        tps: Some(tps),
+    };
+    let mut h = History::default();
+    // Reports every 2 s: the sample at 4 s merges into the one at 2 s,
+    // which keeps its time (both above 8 TPS); the newest value shows.
+    for (t, tps) in [(0, 5.0), (2, 9.0), (4, 9.5)] {
+        h.record(sample(t, tps), &p, 0);
+    }
+    assert_eq!(h.last().and_then(|s| s.tps), Some(9.5));
+    let d = decide(&p, &h, &inputs(4, 0, &[]));
+    assert_eq!(d.recommended, 0);
+    assert_eq!(d.due, Some(ts(12)), "the run above 8 TPS began at 2 s");
+    h.record(sample(12, 9.0), &p, 0);
+    let d = decide(&p, &h, &inputs(12, 0, &[]));
+    assert_eq!((d.recommended, d.due), (1, None));
+    // Merged across a threshold, the newer sample wins: the run starts later.
+    let mut crossing = History::default();
+    for (t, tps) in [(0, 5.0), (2, 5.0), (4, 9.0)] {
+        crossing.record(sample(t, tps), &p, 0);
+    }
+    assert_eq!(decide(&p, &crossing, &inputs(4, 0, &[])).due, Some(ts(14)));
+    // Within the band: nothing is due.
+    let mut quiet = History::default();
+    quiet.record(sample(0, 5.0), &p, 0);
+    assert_eq!(decide(&p, &quiet, &inputs(1, 0, &[])).due, None);
+}
+
 #[test]
 fn max_and_min_phase_bound_the_recommendation() {
     let p = Policy {

@@ -48,7 +48,7 @@ impl Context {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let history = map.entry(uid).or_default();
-        history.push(promoter::Sample { at: now, tps }, policy.horizon());
+        history.record(promoter::Sample { at: now, tps }, &policy, active);
         let changes = phase_changes(sp);
         let inputs = promoter_inputs(sp, active, now, &changes);
         let mut decision = promoter::decide(&policy, history, &inputs);

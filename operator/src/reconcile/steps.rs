@@ -175,9 +175,16 @@ pub(super) async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Acti
 
     // 9. requeue.
     let mut after = requeue_after(&decided, all_ready, &facts);
-    if decision.is_some() {
-        // Sample the load at least this often (LoadReport changes wake us too).
+    if let Some(d) = &decision {
+        // Sample the load at least this often (LoadReport changes wake us
+        // too), and look again the moment a running window ends: waiting for
+        // the next report would add up to a report interval to the reaction.
         after = after.min(PROMOTER_SAMPLE);
+        if let Some(due) = d.due {
+            let left = due.duration_since(sampled_at);
+            let left = Duration::try_from(left).unwrap_or_default() + WINDOW_SLACK;
+            after = after.min(left);
+        }
     }
     match plan {
         Plan::Settle(left) => after = after.min(left),
@@ -210,6 +217,10 @@ fn active_phase(sp: &ScalingPhase, ctx: &Context, declared: i32) -> i32 {
         })
         .unwrap_or(declared)
 }
+
+/// Past the end of a promoter window: the sample that ends it must be older
+/// than the window when the reconciler looks.
+const WINDOW_SLACK: Duration = Duration::from_millis(50);
 
 /// The effective target: the declared phase, or the promoter's target
 /// above it (capped) under `autoscale.mode: Auto`.
