@@ -3,9 +3,11 @@
 # after the control plane is up): installs the CRDs, starts the operator in
 # the background (log .ladder/operator.log, pid .ladder/operator.pid, metrics
 # on 127.0.0.1:${LADDER_OPERATOR_PORT:-9464}), shows a transition with data
-# (ScalingPhase `mvp`: the app on loopback on phase 0 with links in it, the
-# climb to phase 1 step by step with the migration Job's pod run on loopback
-# by the e2e runner, the links counted through the app at the end; bounded by
+# (ScalingPhase `mvp` in autoscale Auto: the app on loopback on phase 0 with
+# links in it, reporting its load; a write load makes it climb to phase 1 by
+# itself, step by step, with the migration Job's pod run on loopback by the
+# e2e runner; the links counted through the app; then, the load stopped, the
+# way back recommended and held for approval; bounded by
 # LADDER_DEMO_TRANSITION_TIMEOUT, 300 s), then applies the sample ScalingPhase
 # from examples/, waits for Ready, climbs it from phase 1 to phase 2 and shows
 # the status and the children. Stop the operator with:
@@ -55,6 +57,14 @@ done
 curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || die "the operator is not ready: see $LOGFILE"
 
 "$KUBECTL" get namespace "$NS" >/dev/null 2>&1 || "$KUBECTL" create namespace "$NS" >/dev/null
+# A rerun starts over: an earlier demo's climbs and steps down left volumes
+# labelled as retired (a later climb would refuse to start on them, as it
+# should with real data). They hold only demo data.
+if [[ -n "$("$KUBECTL" -n "$NS" get sp -o name 2>/dev/null)" ]]; then
+  log "an earlier demo left ScalingPhases in $NS: deleting them and their volumes to start over"
+  "$KUBECTL" -n "$NS" delete sp --all --wait --timeout=120s >/dev/null
+  "$KUBECTL" -n "$NS" delete pvc --all --wait --timeout=120s >/dev/null
+fi
 # Every generated pod must pass the `restricted` Pod Security profile.
 "$KUBECTL" label --overwrite namespace "$NS" pod-security.kubernetes.io/enforce=restricted >/dev/null
 
@@ -80,7 +90,7 @@ wait_ready() {
 }
 
 echo
-log "a transition with data: ScalingPhase mvp climbs from phase 0 (SQLite) to 1 (PostgreSQL)"
+log "auto-promotion with data: under load, ScalingPhase mvp (autoscale Auto) climbs by itself from phase 0 (SQLite) to 1 (PostgreSQL)"
 log "(kwok runs no containers: the e2e runner runs the migration Job's pod, ladder-app migrate, on loopback)"
 cargo build -q -p ladder-app --bin ladder-app
 cargo build -q -p ladder-e2e --bin demo-transition

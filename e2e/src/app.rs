@@ -18,6 +18,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+/// Who a loopback app reports its load as: a Pod of a ScalingPhase's app
+/// (the operator believes a LoadReport only when its owner Pod is one).
+#[derive(Clone, Debug)]
+pub struct ReportAs {
+    /// The namespace of the ScalingPhase.
+    pub namespace: String,
+    /// The ScalingPhase.
+    pub scaling_phase: String,
+    /// The Pod the reports are owned by.
+    pub pod: String,
+    /// `LADDER_LOAD_WINDOW_SECS`.
+    pub window_secs: u64,
+    /// `LADDER_REPORT_INTERVAL_SECS`.
+    pub interval_secs: u64,
+}
+
 /// `ladder-app serve` on a loopback port; killed on drop.
 #[derive(Debug)]
 pub struct LoopbackApp {
@@ -72,18 +88,39 @@ impl LoopbackApp {
     /// files are already local), logging into `dir`, and waits until it is
     /// ready.
     pub async fn start(dir: &Path, store: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, store, None).await
+    }
+
+    /// [`LoopbackApp::start`], the app writing LoadReports as `report`'s Pod
+    /// (into the cluster `KUBECONFIG` names) when set.
+    pub async fn start_with(
+        dir: &Path,
+        store: &str,
+        report: Option<&ReportAs>,
+    ) -> anyhow::Result<Self> {
         let bin = crate::app_bin()?;
         let port = free_port();
         let log = dir.join("app.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin)
-            .arg("serve")
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
             .env_clear()
             .env("LADDER_STORE", store)
             .env("LADDER_LISTEN", format!("127.0.0.1:{port}"))
             .env("LADDER_DB_PASSWORD", local_pg_password()?)
             .env("LADDER_POLL_INTERVAL_MS", "100")
-            .env("RUST_LOG", "info,sqlx=warn")
+            .env("RUST_LOG", "info,sqlx=warn");
+        if let Some(r) = report {
+            let kubeconfig = std::env::var("KUBECONFIG").context("KUBECONFIG is not set")?;
+            cmd.env("LADDER_REPORT_LOAD", "true")
+                .env("LADDER_KUBECONFIG", kubeconfig)
+                .env("LADDER_SCALING_PHASE", &r.scaling_phase)
+                .env("LADDER_NAMESPACE", &r.namespace)
+                .env("LADDER_POD_NAME", &r.pod)
+                .env("LADDER_LOAD_WINDOW_SECS", r.window_secs.to_string())
+                .env("LADDER_REPORT_INTERVAL_SECS", r.interval_secs.to_string());
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

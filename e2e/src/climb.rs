@@ -232,6 +232,9 @@ pub struct Snapshot {
     pub blocked: Option<(String, String)>,
     /// `Ready=True` for the current generation.
     pub ready: bool,
+    /// The promoter's view: `status.observedTPS`, `status.recommendedPhase`
+    /// and (Auto mode) `status.targetPhase`.
+    pub load: (Option<f64>, Option<i32>, Option<i32>),
 }
 
 impl Snapshot {
@@ -254,6 +257,11 @@ impl Snapshot {
             ready: cond("Ready").is_some_and(|c| {
                 c.status == "True" && c.observed_generation == sp.metadata.generation
             }),
+            load: (
+                status.observed_tps,
+                status.recommended_phase,
+                status.target_phase,
+            ),
         }
     }
 
@@ -264,7 +272,15 @@ impl Snapshot {
             self.retain_until,
             &self.blocked,
             self.ready,
-        ) == (o.active, o.transition, o.retain_until, &o.blocked, o.ready)
+            self.load,
+        ) == (
+            o.active,
+            o.transition,
+            o.retain_until,
+            &o.blocked,
+            o.ready,
+            o.load,
+        )
     }
 
     /// The step stored, if a transition is in progress.

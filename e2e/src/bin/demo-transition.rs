@@ -1,25 +1,28 @@
 //! The transition part of `make demo` (hack/demo-operator.sh runs it once
 //! the demo's operator is up): the app on loopback on phase 0 (SQLite) with
-//! links in it, then the ScalingPhase climbing to phase 1 step by step, shown
-//! as `kubectl get sp -w` shows it, with the migration Job's pod run on
-//! loopback by the e2e runner (kwok runs no containers), a small write load
-//! going on throughout, and at the end the links counted through the app,
-//! which now serves them from PostgreSQL.
+//! links in it, reporting its load; a write load pushes its TPS over phase
+//! 0's threshold and the ScalingPhase, in `autoscale.mode: Auto`, climbs to
+//! phase 1 by itself, step by step, shown as `kubectl get sp -w` shows it,
+//! with the migration Job's pod run on loopback by the e2e runner (kwok runs
+//! no containers); the links are counted through the app, which now serves
+//! them from PostgreSQL; then the load stops and the way back to phase 0 is
+//! recommended and held for approval (it would move data).
 //!
 //! Usage: `demo-transition --namespace ladder-demo [--name mvp] [--links 200]
 //! [--timeout 300]` with KUBECONFIG set and the services up. Bounded: it
-//! gives up after `--timeout` seconds. The ScalingPhase stays (at phase 1)
-//! with the rest of the demo; the app and the runner stop with it.
+//! gives up after `--timeout` seconds. The ScalingPhase stays (at phase 1,
+//! its step down awaiting approval) with the rest of the demo; the app and
+//! the runner stop with it.
 //! Every connection goes to 127.0.0.1.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use ladder_crds::scalingphase::ScalingPhase;
-use ladder_e2e::app::{self, Load, LoopbackApp};
+use ladder_e2e::app::{self, Load, LoopbackApp, ReportAs};
 use ladder_e2e::climb::{Databases, Snapshot, SpWatch};
 use ladder_e2e::runner::{Runner, RunnerConfig};
 use ladder_e2e::{client, repo_root};
@@ -38,10 +41,26 @@ fn out(line: &str) {
     let _ = o.flush();
 }
 
+/// Phase 0 in Git; the promoter may take it up to phase 1. Short windows so
+/// the story fits in a demo (the defaults are 5 minutes up and 1 hour down).
+const AUTOSCALE: &str =
+    "{mode: Auto, maxPhase: 1, promoteAfter: 10s, demoteAfter: 20s, minDwell: 0s}";
+
 fn manifest(name: &str, phase: i32) -> String {
     format!(
-        "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {{name: {name}}}\nspec:\n  phase: {phase}\n  transitions: {{retainOldTierFor: 10s}}\n"
+        "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {{name: {name}}}\nspec:\n  phase: {phase}\n  autoscale: {AUTOSCALE}\n  transitions: {{retainOldTierFor: 10s}}\n"
     )
+}
+
+/// The app's load reporting in the demo: a 5 s window, a report every 2 s.
+fn report_as(ns: &str, name: &str, pod: &str) -> ReportAs {
+    ReportAs {
+        namespace: ns.to_owned(),
+        scaling_phase: name.to_owned(),
+        pod: pod.to_owned(),
+        window_secs: 5,
+        interval_secs: 2,
+    }
 }
 
 async fn apply(api: &Api<ScalingPhase>, name: &str, phase: i32) -> anyhow::Result<()> {
@@ -64,14 +83,19 @@ fn row(name: &str, s: &Snapshot, since: Instant) -> String {
         Some((from, to, step)) => format!("{from}->{to} {step:?}"),
         None => String::new(),
     };
+    let (tps, recommended, target) = s.load;
+    let num = |n: Option<i32>| n.map_or(String::new(), |n| n.to_string());
+    let tps = tps.map_or(String::new(), |t| format!("{t}"));
     let blocked = s
         .blocked
         .as_ref()
         .map(|(r, _)| format!("  (blocked: {r})"))
         .unwrap_or_default();
     format!(
-        "{name:<6} {phase:<6} {:<6} {transition:<24} {:>5.1}s{blocked}",
+        "{name:<6} {phase:<6} {:<6} {tps:<6} {:<12} {:<7} {transition:<24} {:>5.1}s{blocked}",
         if s.ready { "True" } else { "False" },
+        num(recommended),
+        num(target),
         s.at.duration_since(since).as_secs_f64()
     )
 }
@@ -153,21 +177,25 @@ async fn main() -> anyhow::Result<()> {
     let watch = SpWatch::start(api.clone(), &name);
     let mut shown = 0;
     out(&format!(
-        "$ kubectl -n {ns} apply -f - <<< 'ScalingPhase {name}: phase 0, retainOldTierFor 10s'"
+        "$ kubectl -n {ns} apply -f - <<< 'ScalingPhase {name}: phase 0, autoscale {AUTOSCALE}'"
     ));
     apply(&api, &name, 0).await?;
     out(&format!("$ kubectl -n {ns} get sp {name} -w"));
     out(&format!(
-        "{:<6} {:<6} {:<6} {:<24} {:>6}",
-        "NAME", "PHASE", "READY", "TRANSITION", "AGE"
+        "{:<6} {:<6} {:<6} {:<6} {:<12} {:<7} {:<24} {:>6}",
+        "NAME", "PHASE", "READY", "TPS", "RECOMMENDED", "TARGET", "TRANSITION", "AGE"
     ));
     wait_until(&name, &watch, &mut shown, since, deadline, |s| {
         s.ready && s.active == Some(0)
     })
     .await?;
 
-    // The app on phase 0: the data claim of the ScalingPhase is its directory.
-    let app = LoopbackApp::start_phase0(&dir).await?;
+    // The app on phase 0: the data claim of the ScalingPhase is its
+    // directory, and it reports its load as the Pod kwok runs for it.
+    let pods = ladder_e2e::load::wait_app_pods(&kube, &ns, &name, limit).await?;
+    let store = format!("sqlite:{}", dir.join("ladder.db").display());
+    let reporter = report_as(&ns, &name, &pods[0].name_any());
+    let app = LoopbackApp::start_with(&dir, &store, Some(&reporter)).await?;
     let http = app::http();
     let mut codes = Vec::with_capacity(links);
     for i in 0..links {
@@ -188,10 +216,9 @@ async fn main() -> anyhow::Result<()> {
     ));
     let load = Load::start(app.base.clone(), limit);
 
-    out(&format!(
-        "$ kubectl -n {ns} apply -f - <<< 'ScalingPhase {name}: phase 1'   (a write load keeps going)"
-    ));
-    apply(&api, &name, 1).await?;
+    out(
+        "  a write load starts: phase 0's ceiling is 10 TPS, so the promoter recommends phase 1 once the load stays above 8 TPS for 10s, and Auto mode climbs",
+    );
     wait_until(&name, &watch, &mut shown, since, deadline, |s| {
         s.ready && s.active == Some(1) && s.transition.is_none()
     })
@@ -238,6 +265,38 @@ async fn main() -> anyhow::Result<()> {
     ));
     if found != links || tier == "sqlite" {
         bail!("the data did not make it: {found} of {links} links, tier {tier}");
+    }
+    let declared = api.get(&name).await?.spec.phase;
+    out(&format!(
+        "  spec.phase is still {declared}: the promoter wrote only status.targetPhase, so Git and Argo CD see no change"
+    ));
+
+    // The way back: the load has stopped. The app restarts as the Pod of
+    // phase 1 (its phase-0 Pod is gone, and a report no Pod of the app owns
+    // is not believed); it follows the cut-over pointer to PostgreSQL.
+    drop(app);
+    let phase1 = ladder_e2e::load::wait_app_pods(&kube, &ns, &name, limit).await?;
+    let reporter = report_as(&ns, &name, &phase1[0].name_any());
+    let app = LoopbackApp::start_with(&dir, &store, Some(&reporter)).await?;
+    out(&format!(
+        "  the load stopped; the app (now Pod {}) reports 0 TPS. Below 3 TPS for 20s, phase 0 is recommended, and since 1 -> 0 moves data, Auto mode holds it for approval:",
+        reporter.pod
+    ));
+    loop {
+        shown = show(&name, &watch, shown, since);
+        if let Some(s) = watch.latest()
+            && let Some((reason, message)) = &s.blocked
+        {
+            if reason != "ApprovalRequired" || s.load.1 != Some(0) {
+                bail!("the transition is blocked: {reason}: {message}");
+            }
+            out(&format!("  {reason}: {message}"));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("gave up after the demo's time limit:\n{}", app.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(runner);
     Ok(())
