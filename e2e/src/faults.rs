@@ -6,6 +6,10 @@
 //!   which waits until it is healthy) when asked or when dropped, so a failing
 //!   test never leaves the cluster down. Tests that take the control plane
 //!   away hold [`CONTROL_PLANE`] so that two of them never overlap.
+//! - [`Partition`] puts a TCP proxy on loopback between one client (an
+//!   operator, through the kubeconfig [`Partition::kubeconfig`] writes) and
+//!   the apiserver, and cuts it: a network partition between that client and
+//!   the control plane, while everyone else still reaches it.
 //! - [`audit_writes`] reads the apiserver's audit log (hack/cluster.sh writes
 //!   every create/update/patch/delete, metadata only, beside the kubeconfig),
 //!   so a test can count the writes of one process by its User-Agent: each
@@ -87,6 +91,122 @@ impl Drop for Outage {
             let _ = cluster("start", self.component);
         }
     }
+}
+
+/// A network partition between one client and the apiserver, on loopback:
+/// a TCP proxy the client's kubeconfig points at.
+///
+/// [`Partition::cut`]: nothing passes and nothing is refused; the open
+/// connections hang and new ones are accepted but go nowhere, as when
+/// packets are dropped. [`Partition::heal`]: every connection that lived
+/// through the cut is closed without delivering what it buffered (as the
+/// TCP and HTTP timeouts of a long partition end them), so no request sent
+/// before or during the cut reaches the apiserver late; new connections
+/// pass again. Dropped, the proxy stops.
+#[derive(Debug)]
+pub struct Partition {
+    addr: std::net::SocketAddr,
+    upstream: String,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    /// A proxy to the apiserver of `KUBECONFIG`, passing everything.
+    pub async fn start() -> anyhow::Result<Self> {
+        let upstream = apiserver_address(&kubeconfig_text()?)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let target = upstream.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(pass(client, target.clone(), watch.clone()));
+            }
+        });
+        Ok(Self {
+            addr,
+            upstream,
+            cut,
+            task,
+        })
+    }
+
+    /// The cluster's kubeconfig with its server pointed at the proxy,
+    /// written to `path` (the apiserver's certificate names 127.0.0.1, so
+    /// TLS passes through unchanged).
+    pub fn kubeconfig(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let text = kubeconfig_text()?;
+        let proxied = text.replace(
+            &format!("https://{}", self.upstream),
+            &format!("https://{}", self.addr),
+        );
+        anyhow::ensure!(
+            proxied != text,
+            "no server https://{} in KUBECONFIG",
+            self.upstream
+        );
+        std::fs::write(path, proxied)?;
+        Ok(())
+    }
+
+    /// Cuts the client off.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Ends the partition.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Ends the connections' tasks too: their `changed()` fails.
+        self.heal();
+    }
+}
+
+/// One proxied connection (see [`Partition`]).
+async fn pass(
+    mut client: tokio::net::TcpStream,
+    upstream: String,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
+    if !*cut.borrow_and_update() {
+        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                cut_off = cut.wait_for(|c| *c) => {
+                    if cut_off.is_err() {
+                        return;
+                    }
+                }
+            }
+        } else {
+            return;
+        }
+    }
+    // Cut: hold the connection, forward nothing, and close it at the heal.
+    let _ = cut.wait_for(|c| !*c).await;
+}
+
+fn kubeconfig_text() -> anyhow::Result<String> {
+    let path = std::env::var_os("KUBECONFIG").context("KUBECONFIG is not set")?;
+    Ok(std::fs::read_to_string(path)?)
+}
+
+/// `host:port` of the first `server: https://...` of a kubeconfig.
+fn apiserver_address(kubeconfig: &str) -> anyhow::Result<String> {
+    kubeconfig
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server:"))
+        .filter_map(|v| v.trim().trim_matches('"').strip_prefix("https://"))
+        .map(|hp| hp.trim_end_matches('/').to_owned())
+        .next()
+        .context("no https server in KUBECONFIG")
 }
 
 /// One write the apiserver recorded.
