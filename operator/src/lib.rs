@@ -18,6 +18,5 @@ pub mod render;
 pub mod run;
 pub mod simulate;
 pub mod status;
-pub mod telemetry;
 pub mod transition;
 pub mod validate;

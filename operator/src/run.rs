@@ -1,6 +1,6 @@
 //! `ladder-operator run`: the long-running operator process.
 //!
-//! Sets up logs and optional OTLP tracing ([`crate::telemetry`]), starts the
+//! Sets up logs and optional OTLP tracing ([`ladder_telemetry`]), starts the
 //! HTTP endpoints (`/metrics`, `/healthz`, `/readyz`), waits to become leader
 //! (unless disabled), starts watching the CRDs of the optional integrations
 //! ([`crate::integrations`]), then runs the Controller until SIGTERM or
@@ -40,7 +40,6 @@ use crate::leader::{Elector, Fence, KubeLeases, Timing, WriteGateLayer};
 use crate::metrics::Metrics;
 use crate::reconcile::stores::{Scope, Stores};
 use crate::reconcile::{self, Context};
-use crate::telemetry;
 use ladder_crds::scalingphase::ScalingPhase;
 
 /// How long any request may wait for the apiserver's answer (its own
@@ -143,7 +142,14 @@ fn report_target(r: &LoadReport) -> Option<ObjectRef<ScalingPhase>> {
 
 /// Runs the operator until a shutdown signal, then flushes its traces.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let telemetry = telemetry::init(&args.log_format, args.otlp_endpoint.as_deref())?;
+    let telemetry = ladder_telemetry::init(ladder_telemetry::Options {
+        service_name: "ladder-operator",
+        service_version: env!("CARGO_PKG_VERSION"),
+        log_format: ladder_telemetry::LogFormat::parse(&args.log_format),
+        log_target: ladder_telemetry::LogTarget::Stderr,
+        default_filter: "info,kube=warn",
+        otlp_endpoint: args.otlp_endpoint.as_deref(),
+    })?;
     if telemetry.exporting() {
         info!(
             endpoint = args.otlp_endpoint.as_deref(),
