@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use axum::error_handling::HandleErrorLayer;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -140,9 +141,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let operational = matches!(route, "/metrics" | "/healthz" | "/readyz" | "/load");
     // Dropped (and the gauge decremented) however the request ends.
     let _in_flight = (!operational).then(|| InFlight::enter(&state.metrics.in_flight));
-    let resp = next.run(req).await;
+    // One span per request, exported over OTLP when the app is given an endpoint (see
+    // `ladder_telemetry`): read per request, the tier follows a cut-over.
+    let span = request_span(method, route, state.store.get().tier());
+    let resp = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = resp.status();
+    record_status(&span, status);
     if !operational {
         state
             .metrics
@@ -160,6 +165,31 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         })
         .inc();
     resp
+}
+
+/// The span of one request, named `<METHOD> <route>` as OpenTelemetry's HTTP conventions name
+/// server spans; the route is the template (`/{code}`), never the path. The store tier is
+/// `ladder.store.tier` (what `/readyz` reports as `store.tier`); the status is recorded by
+/// [`record_status`].
+pub(crate) fn request_span(method: &str, route: &str, tier: &str) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        ladder.store.tier = tier,
+    )
+}
+
+/// Records the response status on a [`request_span`]: a 5xx marks the span as an error.
+pub(crate) fn record_status(span: &tracing::Span, status: StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// The management API's authentication (see `crate::auth`): with an API key hash and/or OIDC

@@ -418,20 +418,34 @@ async fn shutdown_signal() {
 pub async fn main_entry() -> anyhow::Result<std::process::ExitCode> {
     use clap::Parser;
     let cli = crate::config::Cli::parse();
+    // Before any reqwest client: the OTLP exporter's included.
     crate::tls::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .json()
-        .init();
-    match cli.command {
+    // Trace export is configured like any OpenTelemetry SDK's, from the standard variables the
+    // operator renders (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG))
+    // and the user adds in `spec.app.env` (OTEL_EXPORTER_OTLP_ENDPOINT): see `ladder_telemetry`.
+    let endpoint = std::env::var(OTLP_ENDPOINT_ENV).ok();
+    let telemetry = ladder_telemetry::init(ladder_telemetry::Options {
+        service_name: "ladder-app",
+        service_version: env!("CARGO_PKG_VERSION"),
+        log_format: ladder_telemetry::LogFormat::JsonNested,
+        log_target: ladder_telemetry::LogTarget::Stdout,
+        default_filter: "info,sqlx=warn",
+        otlp_endpoint: endpoint.as_deref(),
+    })?;
+    if telemetry.exporting() {
+        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+    }
+    let result = match cli.command {
         crate::config::Command::Serve(args) => {
-            serve(*args).await?;
-            Ok(std::process::ExitCode::SUCCESS)
+            serve(*args).await.map(|()| std::process::ExitCode::SUCCESS)
         }
         crate::config::Command::Migrate(args) => crate::migrate::run(args).await,
         crate::config::Command::Sweep(args) => crate::migrate::run_sweep(args).await,
-    }
+    };
+    // The spans still buffered; the exporter blocks while it sends them.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
 }
+
+/// The base URL traces are exported to (OTLP/HTTP, `<URL>/v1/traces`); no export when unset.
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
