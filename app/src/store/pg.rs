@@ -833,30 +833,34 @@ impl MigrationStore for PgStore {
     }
 
     async fn put_links(&self, rows: &[LinkRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One statement per batch (the rows as arrays), not one round trip
+        // per row: through PgBouncer the copy was bound by round trips.
+        // Content from the source, a fresh local seq (so a later migration
+        // away from this tier sees the row in order); unchanged rows are
+        // left alone. Codes are unique within a batch (one partition's scan).
+        let codes: Vec<String> = rows.iter().map(|r| r.code.clone()).collect();
+        let targets: Vec<String> = rows.iter().map(|r| r.target.clone()).collect();
+        let created: Vec<i64> = rows.iter().map(|r| r.created_ms).collect();
+        let deleted: Vec<bool> = rows.iter().map(|r| r.deleted).collect();
         self.write(false, |conn, _| {
-            let qs: Vec<Q<'static>> = rows
-                .iter()
-                .map(|r| {
-                    // Content from the source, a fresh local seq (so a later migration away from
-                    // this tier sees the row in order); unchanged rows are left alone.
-                    self.q(
-                        "INSERT INTO links (code, target, created_ms, seq, deleted)
-                         VALUES ($1, $2, $3, nextval('ladder_links_seq'), $4)
-                         ON CONFLICT (code) DO UPDATE SET target = excluded.target, created_ms = excluded.created_ms,
-                           seq = excluded.seq, deleted = excluded.deleted
-                         WHERE (links.target, links.created_ms, links.deleted)
-                           IS DISTINCT FROM (excluded.target, excluded.created_ms, excluded.deleted)",
-                    )
-                    .bind(r.code.clone())
-                    .bind(r.target.clone())
-                    .bind(r.created_ms)
-                    .bind(r.deleted)
-                })
-                .collect();
+            let q = self
+                .q("INSERT INTO links (code, target, created_ms, seq, deleted)
+                 SELECT code, target, created_ms, nextval('ladder_links_seq'), deleted
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bool[])
+                   AS batch (code, target, created_ms, deleted)
+                 ON CONFLICT (code) DO UPDATE SET target = excluded.target, created_ms = excluded.created_ms,
+                   seq = excluded.seq, deleted = excluded.deleted
+                 WHERE (links.target, links.created_ms, links.deleted)
+                   IS DISTINCT FROM (excluded.target, excluded.created_ms, excluded.deleted)")
+                .bind(codes.clone())
+                .bind(targets.clone())
+                .bind(created.clone())
+                .bind(deleted.clone());
             Box::pin(async move {
-                for q in qs {
-                    q.execute(&mut *conn).await?;
-                }
+                q.execute(&mut *conn).await?;
                 Ok(Ok(()))
             })
         })
