@@ -340,6 +340,63 @@ async fn auto_mode_climbs_under_real_load_and_recommends_the_way_back() -> anyho
     Ok(())
 }
 
+/// The roadmap's first step taken by the promoter, with the data: phase 0 in
+/// Git, Auto mode, the app on loopback on SQLite reporting its load; a write
+/// load takes it to phase 1 by itself through the transition machine (the
+/// migration Job run for real by the runner); every link is then served from
+/// PostgreSQL; when the load stops, the step back is recommended and, since
+/// it moves data, held with `ApprovalRequired`. This is `make demo`'s story:
+/// the test runs the demo's own program (`demo-transition`, which fails on
+/// any of it) against this test's namespace and operator.
+#[tokio::test]
+async fn auto_mode_climbs_from_sqlite_with_the_data_and_holds_the_way_back_for_approval()
+-> anyhow::Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "e2e-auto-data").await?;
+    let op = Operator::start(&ns.name).await?;
+    let app_bin = ladder_e2e::app_bin()?;
+    let ns_name = ns.name.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_demo-transition"))
+            .args(["--namespace", &ns_name, "--name", "mvp", "--links", "50"])
+            .args(["--timeout", "300"])
+            .env("LADDER_APP_BIN", app_bin)
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo-transition failed:\n{stdout}\n{stderr}\noperator log:\n{}",
+        op.log_text()
+    );
+    for line in [
+        "outcome CutOver",
+        "50 of 50 links created on phase 0 are there",
+        "spec.phase is still 0",
+        "ApprovalRequired: stepping down from phase 1 to 0",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+    let sp = ns.sps().get("mvp").await?;
+    let st = status(&sp);
+    assert_eq!(sp.spec.phase, 0, "the operator never writes spec");
+    assert_eq!(
+        (st.active_phase, st.recommended_phase, st.target_phase),
+        (Some(1), Some(0), Some(0)),
+        "{st:?}"
+    );
+    assert!(
+        st.history.iter().any(|h| h.phase == 1),
+        "the climb is in status.history: {:?}",
+        st.history
+    );
+    ns.delete().await;
+    Ok(())
+}
+
 /// A set of injected reports, re-written (with a fresh `reportedAt`) every
 /// 2 s as app instances would, until `done` holds for ScalingPhase `name`.
 async fn hold_reports_until(
