@@ -258,6 +258,8 @@ mod tests {
                 retain_until: None,
                 rollback_of: None,
                 message: String::new(),
+                from_shards: None,
+                to_shards: None,
             });
         }
         // 3→2 runs (it was approved); 2→1 moves no data: nothing left to approve.
