@@ -102,3 +102,222 @@ pub(super) fn render_shape(
     d.jobs.extend(job);
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::batch::v1::Job;
+
+    fn sp(shards: i32) -> ScalingPhase {
+        serde_yaml::from_str(&format!(
+            "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {{name: shop, namespace: prod, uid: 11111111-2222-3333-4444-555555555555}}\nspec: {{phase: 3, overrides: {{postgres: {{shards: {shards}}}}}}}\n"
+        ))
+        .expect("a ScalingPhase")
+    }
+
+    fn layout(shards: i32, map_version: u32) -> ShardLayout {
+        ShardLayout {
+            shards,
+            map_version,
+        }
+    }
+
+    fn env_of<'a>(c: &'a k8s_openapi::api::core::v1::Container, name: &str) -> Option<&'a str> {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref())
+    }
+
+    fn app_store(d: &Desired) -> String {
+        let app: &Deployment = d
+            .deployments
+            .iter()
+            .find(|x| x.metadata.name.as_deref() == Some("shop-app"))
+            .expect("app");
+        let c = &app.spec.template.spec.as_ref().expect("pod").containers[0];
+        env_of(c, ladder_crds::contract::env::STORE)
+            .expect("store")
+            .to_owned()
+    }
+
+    fn names<K: kube::Resource>(items: &[K]) -> Vec<String> {
+        items
+            .iter()
+            .map(|k| k.meta().name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    fn maps(d: &Desired) -> Vec<String> {
+        names(&d.config_maps)
+            .into_iter()
+            .filter(|n| n.contains("shard-map"))
+            .collect()
+    }
+
+    fn shard_sets(d: &Desired) -> Vec<String> {
+        let mut s: Vec<String> = names(&d.stateful_sets)
+            .into_iter()
+            .filter(|n| n.starts_with("shop-pg-shard-") && !n.ends_with("-replica"))
+            .collect();
+        s.sort();
+        s
+    }
+
+    #[test]
+    fn steady_phase_3_renders_the_layout_in_use() {
+        let world = World::default();
+        // The spec says 4; the layout in use (status) says 2 on map v1: the
+        // spec's count only arrives through a resharding.
+        let d =
+            render_shape(&sp(4), &world, Shape::Steady(3), Some(layout(2, 1))).expect("renders");
+        assert_eq!(shard_sets(&d), vec!["shop-pg-shard-0", "shop-pg-shard-1"]);
+        let m = maps(&d);
+        assert!(
+            m.len() == 1 && m[0].starts_with("shop-shard-map-v1-"),
+            "{m:?}"
+        );
+        assert_eq!(app_store(&d), "shards:/etc/ladder/shard-map/shard-map.json");
+        // Without a layout (no status yet): the spec's count on map v1, as
+        // before resharding existed (the golden files).
+        let plain = render_shape(&sp(4), &world, Shape::Steady(3), None).expect("renders");
+        assert_eq!(shard_sets(&plain).len(), 4);
+        assert_eq!(
+            plain.to_yaml(),
+            render_shape(&sp(4), &world, Shape::Steady(3), Some(layout(4, 1)))
+                .expect("renders")
+                .to_yaml()
+        );
+        // Map v2 after a resharding: its own name, volume and path, and the
+        // version inside the map.
+        let d =
+            render_shape(&sp(4), &world, Shape::Steady(3), Some(layout(4, 2))).expect("renders");
+        assert_eq!(shard_sets(&d).len(), 4);
+        let m = maps(&d);
+        assert!(
+            m.len() == 1 && m[0].starts_with("shop-shard-map-v2-"),
+            "{m:?}"
+        );
+        assert_eq!(
+            app_store(&d),
+            "shards:/etc/ladder/shard-map-v2/shard-map.json"
+        );
+        let cm = d
+            .config_maps
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(&m[0]))
+            .expect("map");
+        let text = &cm.data.as_ref().expect("data")["shard-map.json"];
+        let map = ladder_crds::contract::ShardMap::parse(text).expect("the app's format");
+        assert_eq!((map.version, map.shards.len()), (2, 4));
+    }
+
+    #[test]
+    fn a_resharding_renders_both_maps_the_shards_of_both_and_a_job_between_them() {
+        let world = World::default();
+        let (old, new) = (layout(2, 1), layout(4, 2));
+        let before = Shape::Reshard {
+            serve: old,
+            other: new,
+            job: Some((old, new)),
+        };
+        let d = render_shape(&sp(4), &world, before, None).expect("renders");
+        assert_eq!(shard_sets(&d).len(), 4, "the new shards beside the old");
+        let m = maps(&d);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m.iter().any(|n| n.starts_with("shop-shard-map-v1-")));
+        assert!(m.iter().any(|n| n.starts_with("shop-shard-map-v2-")));
+        assert_eq!(
+            app_store(&d),
+            "shards:/etc/ladder/shard-map/shard-map.json",
+            "the app stays on v1"
+        );
+        let job: &Job = d.jobs.first().expect("the migration Job");
+        assert_eq!(job.metadata.name.as_deref(), Some("shop-reshard-v1-to-v2"));
+        let pod = job
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .spec
+            .as_ref()
+            .expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(
+            env_of(c, migration::migrate_env::FROM),
+            Some("shards:/etc/ladder/shard-map/shard-map.json")
+        );
+        assert_eq!(
+            env_of(c, migration::migrate_env::TO),
+            Some("shards:/etc/ladder/shard-map-v2/shard-map.json")
+        );
+        let volumes: Vec<String> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect();
+        assert!(
+            volumes.contains(&"shard-map".to_owned())
+                && volumes.contains(&"shard-map-v2".to_owned()),
+            "{volumes:?}"
+        );
+        // The certificate covers the hosts of the new shards too.
+        let hosts: Vec<String> = d
+            .generated_secrets
+            .iter()
+            .filter_map(|s| match &s.content {
+                render::SecretContent::Tls { dns_names, .. } => Some(dns_names.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(
+            hosts.iter().any(|h| h.starts_with("shop-pg-shard-3")),
+            "{hosts:?}"
+        );
+
+        // Cut over: the app on v2, v1 and the Job still there.
+        let after = Shape::Reshard {
+            serve: new,
+            other: old,
+            job: Some((old, new)),
+        };
+        let d = render_shape(&sp(4), &world, after, None).expect("renders");
+        assert_eq!(
+            app_store(&d),
+            "shards:/etc/ladder/shard-map-v2/shard-map.json"
+        );
+        assert_eq!(maps(&d).len(), 2, "the old map stays until Retire");
+        let job = d.jobs.first().expect("the migration Job");
+        assert_eq!(job.metadata.name.as_deref(), Some("shop-reshard-v1-to-v2"));
+        let c = &job
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .containers[0];
+        assert_eq!(
+            env_of(c, migration::migrate_env::FROM),
+            Some("shards:/etc/ladder/shard-map/shard-map.json"),
+            "the Job's direction does not follow the app"
+        );
+
+        // A shrink keeps the surplus shards until Retire renders 2 alone.
+        let shrink = Shape::Reshard {
+            serve: layout(2, 2),
+            other: layout(4, 1),
+            job: Some((layout(4, 1), layout(2, 2))),
+        };
+        let d = render_shape(&sp(2), &world, shrink, None).expect("renders");
+        assert_eq!(shard_sets(&d).len(), 4);
+        let d =
+            render_shape(&sp(2), &world, Shape::Steady(3), Some(layout(2, 2))).expect("renders");
+        assert_eq!(shard_sets(&d), vec!["shop-pg-shard-0", "shop-pg-shard-1"]);
+    }
+}
