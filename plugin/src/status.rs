@@ -438,6 +438,8 @@ mod tests {
                 from_shards: None,
                 to_shards: None,
             }),
+            shard_map_version: None,
+            shards: None,
             ready_components: Some("4/5".into()),
             components: vec![
                 ComponentStatus {
