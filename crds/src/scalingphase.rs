@@ -692,7 +692,7 @@ pub struct ScalingPhaseStatus {
     /// climb to phase 3 writes, one more for each resharding since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub shard_map_version: Option<u32>,
+    pub shard_map_version: Option<i32>,
     /// Number of shards the app uses (phase 3 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 64))]
@@ -799,7 +799,7 @@ pub struct ShardLayout {
     pub shards: i32,
     /// Version of the shard map (`<name>-shard-map-v<N>-<hash>`).
     #[schemars(range(min = 1))]
-    pub map_version: u32,
+    pub map_version: i32,
 }
 
 /// The evidence behind `status.recommendedPhase`.

@@ -108,7 +108,7 @@ pub fn moves_data(from: i32, to: i32) -> bool {
 pub const SHARDED: i32 = 3;
 
 /// The shard map version a climb into phase 3 writes.
-pub const FIRST_MAP_VERSION: u32 = 1;
+pub const FIRST_MAP_VERSION: i32 = 1;
 
 /// The name of the migration Job of a step.
 pub fn job_name(scaling_phase: &str, from: i32, to: i32) -> String {

@@ -133,7 +133,7 @@ pub(super) struct Decisions<'a> {
     recommended: Option<i32>,
     blocked: Option<(&'a str, &'a str)>,
     /// The shard layout in use: a restart reshards from it.
-    shards: (Option<i32>, Option<u32>),
+    shards: (Option<i32>, Option<i32>),
 }
 
 impl<'a> Decisions<'a> {

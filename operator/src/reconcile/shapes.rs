@@ -35,7 +35,7 @@ pub(super) fn validated_at(
     }
     let (mut v, profile) = validate::validate(&at, world)?;
     if let (Some(l), Some(pg)) = (layout, v.postgres.as_mut()) {
-        pg.map_version = l.map_version;
+        pg.map_version = u32::try_from(l.map_version).unwrap_or(1);
     }
     Ok((v, profile))
 }
@@ -116,7 +116,7 @@ mod tests {
         .expect("a ScalingPhase")
     }
 
-    fn layout(shards: i32, map_version: u32) -> ShardLayout {
+    fn layout(shards: i32, map_version: i32) -> ShardLayout {
         ShardLayout {
             shards,
             map_version,
