@@ -232,6 +232,8 @@ pub struct Snapshot {
     pub blocked: Option<(String, String)>,
     /// `Ready=True` for the current generation.
     pub ready: bool,
+    /// The shard layout in use (`status.shards`, `status.shardMapVersion`).
+    pub shards: Option<(i32, i32)>,
 }
 
 impl Snapshot {
@@ -254,6 +256,7 @@ impl Snapshot {
             ready: cond("Ready").is_some_and(|c| {
                 c.status == "True" && c.observed_generation == sp.metadata.generation
             }),
+            shards: status.shards.zip(status.shard_map_version),
         }
     }
 
@@ -264,7 +267,15 @@ impl Snapshot {
             self.retain_until,
             &self.blocked,
             self.ready,
-        ) == (o.active, o.transition, o.retain_until, &o.blocked, o.ready)
+            self.shards,
+        ) == (
+            o.active,
+            o.transition,
+            o.retain_until,
+            &o.blocked,
+            o.ready,
+            o.shards,
+        )
     }
 
     /// The step stored, if a transition is in progress.
@@ -293,6 +304,9 @@ impl std::fmt::Display for Snapshot {
             f,
             "PHASE {phase:<2} READY {ready:<5} TRANSITION {transition}"
         )?;
+        if let Some((shards, version)) = self.shards {
+            write!(f, "  SHARDS {shards} (map v{version})")?;
+        }
         if let Some((reason, _)) = &self.blocked {
             write!(f, "  BLOCKED {reason}")?;
         }

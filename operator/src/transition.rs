@@ -131,6 +131,13 @@ pub fn transition_job_name(scaling_phase: &str, t: &TransitionStatus) -> String 
     }
 }
 
+/// The name of the Job that sweeps the rows left behind on reused shards
+/// once shard map `map_version` is the only one (see
+/// [`crate::render::migration::sweep_job`]).
+pub fn sweep_job_name(scaling_phase: &str, map_version: i32) -> String {
+    format!("{scaling_phase}-sweep-shards-v{map_version}")
+}
+
 /// The name of a resharding's migration Job.
 pub fn reshard_job_name(scaling_phase: &str, from: ShardLayout, to: ShardLayout) -> String {
     format!(

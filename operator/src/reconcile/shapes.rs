@@ -52,6 +52,34 @@ pub(super) fn render_at(
     Ok((v, d))
 }
 
+/// One phase alone. In phase 3 on a shard map a resharding wrote (version
+/// 2 and up), with the Job that sweeps the rows the old map left on reused
+/// shards: only in the steady shape, so only once the old map is retired
+/// (after the retention window: a rollback needs those rows until then).
+fn render_steady(
+    sp: &ScalingPhase,
+    world: &World,
+    phase: i32,
+    shards: Option<ShardLayout>,
+) -> Result<Desired, String> {
+    let (v, mut d) = render_at(sp, world, phase, shards)?;
+    if let Some(l) =
+        shards.filter(|l| phase == SHARDED && l.map_version > transition::FIRST_MAP_VERSION)
+    {
+        let name = transition::sweep_job_name(&sp.name_any(), l.map_version);
+        let app = render::child_name(&v, "app");
+        let meta = render::meta(&v, "", "migrate", "migrate");
+        let job = migration::sweep_job(&name, &app, &meta, &d).map_err(|e| e.to_string())?;
+        d.expected.push(render::ExpectedComponent {
+            kind: "Job",
+            name,
+            replicas: 1,
+        });
+        d.jobs.push(job);
+    }
+    Ok(d)
+}
+
 /// Renders a [`Shape`]: one phase, or two side by side with the migration
 /// Job. `shards` is the layout phase 3 renders with in a `Steady` or `Both`
 /// shape ([`transition::Plan::shards`]); a `Reshard` shape names its own.
@@ -62,7 +90,7 @@ pub(super) fn render_shape(
     shards: Option<ShardLayout>,
 ) -> Result<Desired, String> {
     let (serving, beside, v, job) = match shape {
-        Shape::Steady(phase) => return render_at(sp, world, phase, shards).map(|(_, d)| d),
+        Shape::Steady(phase) => return render_steady(sp, world, phase, shards),
         Shape::Both { serve, other, job } => {
             let (v, serving) = render_at(sp, world, serve, shards)?;
             let (_, beside) = render_at(sp, world, other, shards)?;
@@ -319,5 +347,58 @@ mod tests {
         let d =
             render_shape(&sp(2), &world, Shape::Steady(3), Some(layout(2, 2))).expect("renders");
         assert_eq!(shard_sets(&d), vec!["shop-pg-shard-0", "shop-pg-shard-1"]);
+    }
+    #[test]
+    fn the_sweep_runs_only_once_the_old_map_is_retired() {
+        let world = World::default();
+        let jobs = |d: &Desired| names(&d.jobs);
+        // Map v1 (a climb): nothing was left behind.
+        let d =
+            render_shape(&sp(4), &world, Shape::Steady(3), Some(layout(4, 1))).expect("renders");
+        assert!(jobs(&d).is_empty(), "{:?}", jobs(&d));
+        // While both maps run (Retain included): no sweep, the old map's
+        // shards still hold what a rollback reads.
+        let retained = Shape::Reshard {
+            serve: layout(4, 2),
+            other: layout(2, 1),
+            job: Some((layout(2, 1), layout(4, 2))),
+        };
+        let d = render_shape(&sp(4), &world, retained, None).expect("renders");
+        assert_eq!(jobs(&d), vec!["shop-reshard-v1-to-v2"]);
+        // Retired: the sweep, on the app's store, counted for readiness.
+        let d =
+            render_shape(&sp(4), &world, Shape::Steady(3), Some(layout(4, 2))).expect("renders");
+        assert_eq!(jobs(&d), vec!["shop-sweep-shards-v2"]);
+        assert!(
+            d.expected
+                .iter()
+                .any(|e| e.kind == "Job" && e.name == "shop-sweep-shards-v2" && e.replicas == 1)
+        );
+        let pod = d.jobs[0]
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .spec
+            .as_ref()
+            .expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.args.as_deref(), Some(&["sweep".to_owned()][..]));
+        assert_eq!(
+            env_of(c, ladder_crds::contract::env::STORE),
+            Some("shards:/etc/ladder/shard-map-v2/shard-map.json")
+        );
+        assert!(env_of(c, "LADDER_LISTEN").is_none());
+        assert!(
+            pod.volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "shard-map-v2")
+        );
+        let labels = d.jobs[0].metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get(transition::JOB_LABEL).map(String::as_str),
+            Some(transition::JOB_MIGRATE)
+        );
     }
 }

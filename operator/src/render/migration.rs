@@ -357,6 +357,80 @@ pub fn migration_job(
     })
 }
 
+/// `ladder-app sweep` as a Job of the app image, with the app pod's env,
+/// volumes and mounts (so its `LADDER_STORE` is the app's shard map): after
+/// a resharding that reused shards, it deletes the rows a shard holds but no
+/// longer owns, each only once its owner holds the same row (see
+/// `app/src/migrate/sweep.rs`). Its pods carry [`JOB_LABEL`] like the
+/// migration's, so the e2e runner runs them for real.
+pub fn sweep_job(
+    job_name: &str,
+    app_name: &str,
+    owner_meta: &ObjectMeta,
+    d: &Desired,
+) -> Result<Job, JobError> {
+    let t = app_template(d, app_name)
+        .ok_or_else(|| JobError(format!("the phase renders no Deployment {app_name}")))?;
+    let pod = t.spec.clone().unwrap_or_default();
+    let c = pod
+        .containers
+        .first()
+        .ok_or_else(|| JobError("the app pod has no container".into()))?;
+    store_of(c).ok_or_else(|| JobError(format!("the app has no {}", env::STORE)))?;
+    const SERVING_ONLY: &[&str] = &["LADDER_LISTEN", "LADDER_REPORT_LOAD"];
+    let envs: Vec<EnvVar> = c
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| !SERVING_ONLY.contains(&e.name.as_str()))
+        .cloned()
+        .collect();
+    let container = Container {
+        name: "sweep".into(),
+        image: c.image.clone(),
+        image_pull_policy: c.image_pull_policy.clone(),
+        args: Some(vec!["sweep".into()]),
+        env: Some(envs),
+        volume_mounts: c.volume_mounts.clone(),
+        resources: c.resources.clone(),
+        security_context: c.security_context.clone(),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let mut labels: BTreeMap<String, String> = owner_meta.labels.clone().unwrap_or_default();
+    labels.insert(JOB_LABEL.into(), JOB_MIGRATE.into());
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        service_account_name: pod.service_account_name.clone(),
+        security_context: pod.security_context.clone(),
+        enable_service_links: Some(false),
+        automount_service_account_token: Some(false),
+        volumes: pod.volumes.clone(),
+        ..PodSpec::default()
+    };
+    let mut meta = owner_meta.clone();
+    meta.name = Some(job_name.to_owned());
+    meta.labels = Some(labels.clone());
+    Ok(Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            // One attempt: a failure shows (the phase is not Ready), and
+            // deleting the Job retries.
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
