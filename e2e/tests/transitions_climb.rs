@@ -399,7 +399,6 @@ async fn resharding_2_to_4_keeps_every_acknowledged_write() {
     );
     let steps = c.steps(3, 3);
     for step in [
-        TransitionStep::PrepareTarget,
         TransitionStep::Migrate,
         TransitionStep::Verify,
         TransitionStep::CutOver,
@@ -425,7 +424,15 @@ async fn resharding_2_to_4_keeps_every_acknowledged_write() {
         };
         assert_eq!(snap.shards, Some(want), "at {step:?}\n{}", c.diagnostics());
     }
-    // 2 -> 3, the resharding, and the sweep: each run for real, each exit 0.
+    // 2 -> 3, the resharding, and the sweep: each run for real, each exit 0
+    // (Ready waits for the sweep Job; its pod's outcome reaches the
+    // runner's list as it is written back).
+    wait_for("the sweep's run", Duration::from_secs(60), || {
+        let n = c.runner.runs().len();
+        async move { Ok((n >= 3).then_some(())) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
     let runs = c.runner.runs();
     let names: Vec<&str> = runs.iter().map(|r| r.pod.as_str()).collect();
     assert!(
