@@ -89,7 +89,7 @@ pub(super) fn render_shape(
     shape: Shape,
     shards: Option<ShardLayout>,
 ) -> Result<Desired, String> {
-    let (serving, beside, v, job) = match shape {
+    let (serving, beside, v, job, bouncer_of_beside) = match shape {
         Shape::Steady(phase) => return render_steady(sp, world, phase, shards),
         Shape::Both { serve, other, job } => {
             let (v, serving) = render_at(sp, world, serve, shards)?;
@@ -98,7 +98,7 @@ pub(super) fn render_shape(
                 let name = transition::job_name(&sp.name_any(), from, to);
                 (name, from == serve)
             });
-            (serving, beside, v, job)
+            (serving, beside, v, job, None)
         }
         Shape::Reshard { serve, other, job } => {
             let (v, serving) = render_at(sp, world, SHARDED, Some(serve))?;
@@ -107,7 +107,7 @@ pub(super) fn render_shape(
                 let name = transition::reshard_job_name(&sp.name_any(), from, to);
                 (name, from == serve)
             });
-            (serving, beside, v, job)
+            (serving, beside, v, job, Some(other.shards > serve.shards))
         }
     };
     let job = match job {
@@ -126,7 +126,10 @@ pub(super) fn render_shape(
         }
         None => None,
     };
-    let mut d = migration::merge(serving, beside);
+    let mut d = match bouncer_of_beside {
+        Some(more) => migration::merge_shard_layouts(&v, serving, beside, more),
+        None => migration::merge(serving, beside),
+    };
     d.jobs.extend(job);
     Ok(d)
 }
@@ -348,6 +351,57 @@ mod tests {
             render_shape(&sp(2), &world, Shape::Steady(3), Some(layout(2, 2))).expect("renders");
         assert_eq!(shard_sets(&d), vec!["shop-pg-shard-0", "shop-pg-shard-1"]);
     }
+    /// PgBouncer's `[databases]` as rendered.
+    fn bouncer_databases(d: &Desired) -> Vec<String> {
+        let cm = d
+            .config_maps
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some("shop-pgbouncer-config"))
+            .expect("PgBouncer's config");
+        let ini = &cm.data.as_ref().expect("data")["pgbouncer.ini"];
+        ini.lines()
+            .skip_while(|l| *l != "[databases]")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(" = ").map(|(db, _)| db.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn pgbouncer_routes_the_shards_of_both_layouts_while_they_run_side_by_side() {
+        let world = World::default();
+        let two = ["shard_0", "shard_1"];
+        let four = ["shard_0", "shard_1", "shard_2", "shard_3"];
+        let d =
+            render_shape(&sp(4), &world, Shape::Steady(3), Some(layout(2, 1))).expect("renders");
+        assert_eq!(bouncer_databases(&d), two);
+        // Growing: the app still on 2 shards, the Job writing to 4.
+        let grow = Shape::Reshard {
+            serve: layout(2, 1),
+            other: layout(4, 2),
+            job: Some((layout(2, 1), layout(4, 2))),
+        };
+        let d = render_shape(&sp(4), &world, grow, None).expect("renders");
+        assert_eq!(bouncer_databases(&d), four);
+        assert_eq!(app_store(&d), "shards:/etc/ladder/shard-map/shard-map.json");
+        // Shrinking, cut over: the app on 2 shards, the 4 kept for a rollback.
+        let shrunk = Shape::Reshard {
+            serve: layout(2, 2),
+            other: layout(4, 1),
+            job: Some((layout(4, 1), layout(2, 2))),
+        };
+        let d = render_shape(&sp(2), &world, shrunk, None).expect("renders");
+        assert_eq!(bouncer_databases(&d), four);
+        assert_eq!(
+            app_store(&d),
+            "shards:/etc/ladder/shard-map-v2/shard-map.json"
+        );
+        // Retired: 2 again.
+        let d =
+            render_shape(&sp(2), &world, Shape::Steady(3), Some(layout(2, 2))).expect("renders");
+        assert_eq!(bouncer_databases(&d), two);
+    }
+
     #[test]
     fn the_sweep_runs_only_once_the_old_map_is_retired() {
         let world = World::default();

@@ -18,8 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Resource;
 use ladder_crds::contract::env;
 
-use super::{Desired, ExpectedComponent, GeneratedSecret, SecretContent};
+use super::{Desired, ExpectedComponent, GeneratedSecret, SecretContent, child_name, pgbouncer};
 use crate::transition::{JOB_LABEL, JOB_MIGRATE};
+use crate::validate::Validated;
 
 /// Env names of `ladder-app migrate` (see `app/src/migrate.rs`).
 pub mod migrate_env {
@@ -123,6 +124,47 @@ pub fn merge(mut primary: Desired, secondary: Desired) -> Desired {
         .collect();
     primary.expected.extend(extra);
     primary
+}
+
+/// Like [`merge`], for phase 3 with two shard layouts side by side (a
+/// resharding). The app and the migration Job reach every shard through
+/// PgBouncer, which knows only the databases of the layout it was rendered
+/// for; shards are numbered from 0, so the layout with more shards names
+/// every database of the other. When `secondary` is that layout, its
+/// PgBouncer (configuration and Deployment) replaces the primary's.
+pub fn merge_shard_layouts(
+    v: &Validated,
+    mut primary: Desired,
+    secondary: Desired,
+    secondary_has_more_shards: bool,
+) -> Desired {
+    if secondary_has_more_shards {
+        let deployment = child_name(v, pgbouncer::NAME);
+        let config = child_name(v, pgbouncer::CONFIG);
+        for d in primary
+            .deployments
+            .iter_mut()
+            .filter(|d| name_of(*d) == deployment)
+        {
+            if let Some(x) = secondary
+                .deployments
+                .iter()
+                .find(|x| name_of(*x) == deployment)
+            {
+                *d = x.clone();
+            }
+        }
+        for c in primary
+            .config_maps
+            .iter_mut()
+            .filter(|c| name_of(*c) == config)
+        {
+            if let Some(x) = secondary.config_maps.iter().find(|x| name_of(*x) == config) {
+                *c = x.clone();
+            }
+        }
+    }
+    merge(primary, secondary)
 }
 
 /// Names of the workloads and claims only `old` renders: what retiring the
