@@ -249,7 +249,9 @@ async fn shard_map(c: &Climb, version: i32) -> Option<ShardMap> {
 async fn check_routing(c: &Climb) -> usize {
     let map = shard_map(c, 1).await.expect("the shard map");
     let table = map.slot_table().expect("slot table");
-    let seen = app::links_in(&c.dbs.shard_urls().expect("urls"))
+    // The map's shards: databases past them have no tables yet.
+    let urls = c.dbs.shard_urls().expect("urls");
+    let seen = app::links_in(&urls[..map.shards.len().min(urls.len())])
         .await
         .expect("links");
     let mut wrong = Vec::new();
@@ -375,7 +377,8 @@ async fn resharding_2_to_4_keeps_every_acknowledged_write() {
     let s = c.climb(3).await;
     assert_eq!(s.shards, Some((2, 1)), "status after 2 -> 3: {s}");
     let shards = c.dbs.shard_urls().expect("urls");
-    c.check("after 2 -> 3 on 2 shards", &shards).await;
+    // Shards 2 and 3 are databases the cluster does not use yet.
+    c.check("after 2 -> 3 on 2 shards", &shards[..2]).await;
     let routed = check_routing(&c).await;
     eprintln!("after 2 -> 3: {routed} links, each in the shard its slot names");
     let retain_2_3 = c.retain_until(2, 3);
