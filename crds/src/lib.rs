@@ -111,7 +111,9 @@ mod tests {
         }
         let json = serde_json::to_string(&crd).expect("serializes");
         assert!(json.contains("at least 3 nodes per region"));
-        assert!(json.contains("immutable while in phase 3"));
+        // A shard-count change in phase 3 is a resharding now, not refused.
+        assert!(!json.contains("immutable while in phase 3"));
+        assert!(json.contains("shardMapVersion"));
     }
 
     /// The apiserver warns (`unrecognized format "uint8"`) on formats it does

@@ -93,12 +93,6 @@ pub const MAX_HISTORY: usize = 10;
         "message": "autoscale.maxPhase must not be below spec.phase",
         "fieldPath": ".autoscale.maxPhase",
         "reason": "FieldValueInvalid"
-    },
-    {
-        "rule": "self.phase != 3 || oldSelf.phase != 3 || ((has(self.overrides) && has(self.overrides.postgres) && has(self.overrides.postgres.shards)) ? self.overrides.postgres.shards : 4) == ((has(oldSelf.overrides) && has(oldSelf.overrides.postgres) && has(oldSelf.overrides.postgres.shards)) ? oldSelf.overrides.postgres.shards : 4)",
-        "message": "overrides.postgres.shards is immutable while in phase 3 (unset means 4): resharding is a data migration Ladder does not run yet",
-        "fieldPath": ".overrides.postgres.shards",
-        "reason": "FieldValueForbidden"
     }
 ]))]
 pub struct ScalingPhaseSpec {
@@ -311,7 +305,11 @@ pub struct PostgresOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 15))]
     pub read_replicas: Option<i32>,
-    /// Number of shards in phase 3 (default 4). Immutable while in phase 3.
+    /// Number of shards in phase 3 (default 4, at least 2). Changing it while
+    /// phase 3 is active is a resharding: the operator writes a new shard map
+    /// version, migrates the moved slots and cuts over (`status.shardMapVersion`);
+    /// fewer shards than in use needs the approval
+    /// `ladder.dev/approve-transition: "shards-<from>-to-<to>"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 64))]
     pub shards: Option<i32>,
@@ -695,6 +693,15 @@ pub struct ScalingPhaseStatus {
     /// restarts: the transition resumes at this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<TransitionStatus>,
+    /// Version of the shard map the app uses (phase 3 only): 1 for the map a
+    /// climb to phase 3 writes, one more for each resharding since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub shard_map_version: Option<i32>,
+    /// Number of shards the app uses (phase 3 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 64))]
+    pub shards: Option<i32>,
     /// Ready components over all components, such as `3/5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_components: Option<String>,
@@ -777,6 +784,27 @@ pub struct TransitionStatus {
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub message: String,
+    /// The shard layout being left, when `from` is phase 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_shards: Option<ShardLayout>,
+    /// The shard layout being entered, when `to` is phase 3. With `from`
+    /// and `to` both 3 and different layouts, the transition is a
+    /// resharding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_shards: Option<ShardLayout>,
+}
+
+/// A shard count and the version of the shard map that spreads the slots
+/// over those shards.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardLayout {
+    /// Number of shards.
+    #[schemars(range(min = 2, max = 64))]
+    pub shards: i32,
+    /// Version of the shard map (`<name>-shard-map-v<N>-<hash>`).
+    #[schemars(range(min = 1))]
+    pub map_version: i32,
 }
 
 /// The evidence behind `status.recommendedPhase`.

@@ -440,6 +440,32 @@ pub async fn links_of(urls: &[String], codes: Option<Vec<String>>) -> anyhow::Re
 /// acknowledged content. Returns how many live links were checked.
 pub async fn check_ledger_in(urls: &[String], ledger: &Ledger) -> anyhow::Result<usize> {
     let seen = links_of(urls, Some(ledger.links.keys().cloned().collect())).await?;
+    check_ledger_seen(seen, ledger)
+}
+
+/// Like [`check_ledger_in`], looking at each link only in the database
+/// `owner` names for its code (a shard map's owner of its slot): the rows
+/// an in-place resharding left on shards that no longer own them (and that
+/// `ladder-app sweep` kept, because the owner changed them since) are
+/// invisible to the app and are not counted. Returns how many live links
+/// were checked and how many such rows were left out.
+pub async fn check_ledger_owned(
+    urls: &[String],
+    ledger: &Ledger,
+    owner: impl Fn(&str) -> usize,
+) -> anyhow::Result<(usize, usize)> {
+    let mut seen = links_of(urls, Some(ledger.links.keys().cloned().collect())).await?;
+    let mut strays = 0;
+    for (code, places) in seen.iter_mut() {
+        let own = owner(code);
+        let before = places.len();
+        places.retain(|(i, _, _)| *i == own);
+        strays += before - places.len();
+    }
+    Ok((check_ledger_seen(seen, ledger)?, strays))
+}
+
+fn check_ledger_seen(seen: Links, ledger: &Ledger) -> anyhow::Result<usize> {
     if ledger.links.is_empty() {
         bail!("the ledger is empty: the load acknowledged nothing");
     }

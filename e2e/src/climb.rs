@@ -235,6 +235,8 @@ pub struct Snapshot {
     /// The promoter's view: `status.observedTPS`, `status.recommendedPhase`
     /// and (Auto mode) `status.targetPhase`.
     pub load: (Option<f64>, Option<i32>, Option<i32>),
+    /// The shard layout in use (`status.shards`, `status.shardMapVersion`).
+    pub shards: Option<(i32, i32)>,
 }
 
 impl Snapshot {
@@ -262,6 +264,7 @@ impl Snapshot {
                 status.recommended_phase,
                 status.target_phase,
             ),
+            shards: status.shards.zip(status.shard_map_version),
         }
     }
 
@@ -273,6 +276,7 @@ impl Snapshot {
             &self.blocked,
             self.ready,
             self.load,
+            self.shards,
         ) == (
             o.active,
             o.transition,
@@ -280,6 +284,7 @@ impl Snapshot {
             &o.blocked,
             o.ready,
             o.load,
+            o.shards,
         )
     }
 
@@ -309,6 +314,9 @@ impl std::fmt::Display for Snapshot {
             f,
             "PHASE {phase:<2} READY {ready:<5} TRANSITION {transition}"
         )?;
+        if let Some((shards, version)) = self.shards {
+            write!(f, "  SHARDS {shards} (map v{version})")?;
+        }
         if let Some((reason, _)) = &self.blocked {
             write!(f, "  BLOCKED {reason}")?;
         }

@@ -13,6 +13,11 @@
 //! - 3 → 2 without the approval annotation: blocked with `ApprovalRequired`,
 //!   nothing deleted, no migration; with `ladder.dev/approve-transition:
 //!   "3-to-2"`: it completes, and the data is back on the unsharded tier.
+//! - 2 → 3 on 2 shards (`status.shardMapVersion` 1), then the shard count
+//!   changed to 4: a resharding onto shard map v2 (the migration Job moves
+//!   the slots, the old map goes at Retire, the sweep Job runs), every
+//!   acknowledged write in the shard that owns it, nothing holding data
+//!   deleted.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -218,11 +223,10 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Checks that each live link sits in the shard its slot names in the
-/// rendered shard map. Returns how many were checked.
-async fn check_routing(c: &Climb) -> usize {
-    // Immutable, so named after its content: `<sp>-shard-map-v1-<hash>`.
-    let prefix = format!("{SP}-shard-map-v1");
+/// The rendered shard map of `version`, if its ConfigMap exists.
+async fn shard_map(c: &Climb, version: i32) -> Option<ShardMap> {
+    // Immutable, so named after its content: `<sp>-shard-map-v<N>-<hash>`.
+    let prefix = format!("{SP}-shard-map-v{version}-");
     let cm =
         c.ns.api::<ConfigMap>()
             .list(&Default::default())
@@ -235,12 +239,19 @@ async fn check_routing(c: &Climb) -> usize {
                     .name
                     .as_deref()
                     .is_some_and(|n| n.starts_with(&prefix))
-            })
-            .expect("the shard map");
+            })?;
     let text = cm.data.unwrap_or_default()["shard-map.json"].clone();
-    let map = ShardMap::parse(&text).expect("shard map");
+    Some(ShardMap::parse(&text).expect("shard map"))
+}
+
+/// Checks that each live link sits in the shard its slot names in the
+/// rendered shard map v1. Returns how many were checked.
+async fn check_routing(c: &Climb) -> usize {
+    let map = shard_map(c, 1).await.expect("the shard map");
     let table = map.slot_table().expect("slot table");
-    let seen = app::links_in(&c.dbs.shard_urls().expect("urls"))
+    // The map's shards: databases past them have no tables yet.
+    let urls = c.dbs.shard_urls().expect("urls");
+    let seen = app::links_in(&urls[..map.shards.len().min(urls.len())])
         .await
         .expect("links");
     let mut wrong = Vec::new();
@@ -348,6 +359,137 @@ async fn climbing_1_2_3_keeps_every_acknowledged_write() {
     eprintln!("after 2 -> 3: {routed} links, each in the shard its slot names");
     let retain = c.retain_until(2, 3);
     assert_only_retired(&c, &[&format!("{SP}-postgres")], Some(retain), false);
+    c.finish().await;
+}
+
+#[tokio::test]
+async fn resharding_2_to_4_keeps_every_acknowledged_write() {
+    const RETAIN: &str = "  transitions: {retainOldTierFor: 5s}\n";
+    let mut c = Climb::start(
+        "e2e-reshard",
+        2,
+        &format!("  overrides: {{postgres: {{shards: 2}}}}\n{RETAIN}"),
+    )
+    .await;
+    c.check("phase 2", &[c.dbs.url().expect("url")]).await;
+
+    // 2 -> 3 onto 2 shards: shard map v1.
+    let s = c.climb(3).await;
+    assert_eq!(s.shards, Some((2, 1)), "status after 2 -> 3: {s}");
+    let shards = c.dbs.shard_urls().expect("urls");
+    // Shards 2 and 3 are databases the cluster does not use yet.
+    c.check("after 2 -> 3 on 2 shards", &shards[..2]).await;
+    let routed = check_routing(&c).await;
+    eprintln!("after 2 -> 3: {routed} links, each in the shard its slot names");
+    let retain_2_3 = c.retain_until(2, 3);
+
+    // The shard count goes to 4: a resharding 3 -> 3 onto map v2.
+    let since = Instant::now();
+    c.extra = format!("  overrides: {{postgres: {{shards: 4}}}}\n{RETAIN}");
+    c.apply(3).await;
+    c.watch
+        .wait("the resharding to start", TIMEOUT, |s| {
+            s.at >= since
+                && (s.transition.is_some_and(|(f, t, _)| (f, t) == (3, 3)) || s.blocked.is_some())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    let s = c.settle(3, Instant::now(), None).await;
+    assert_eq!(
+        s.shards,
+        Some((4, 2)),
+        "status.shardMapVersion after 2 -> 4 shards: {s}"
+    );
+    let steps = c.steps(3, 3);
+    for step in [
+        TransitionStep::Migrate,
+        TransitionStep::Verify,
+        TransitionStep::CutOver,
+        TransitionStep::Retain,
+    ] {
+        assert!(
+            steps.contains(&step),
+            "the resharding went through {step:?}: {steps:?}"
+        );
+    }
+    // Until the cut-over the app used the 2 shards of map v1, from then on
+    // the 4 of map v2.
+    let history = c.watch.history();
+    for snap in history
+        .iter()
+        .filter(|s| s.transition.is_some_and(|(f, t, _)| (f, t) == (3, 3)))
+    {
+        let step = snap.step().expect("step");
+        let want = if step >= TransitionStep::CutOver {
+            (4, 2)
+        } else {
+            (2, 1)
+        };
+        assert_eq!(snap.shards, Some(want), "at {step:?}\n{}", c.diagnostics());
+    }
+    // 2 -> 3, the resharding, and the sweep: each run for real, each exit 0
+    // (Ready waits for the sweep Job; its pod's outcome reaches the
+    // runner's list as it is written back).
+    wait_for("the sweep's run", Duration::from_secs(60), || {
+        let n = c.runner.runs().len();
+        async move { Ok((n >= 3).then_some(())) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.diagnostics()));
+    let runs = c.runner.runs();
+    let names: Vec<&str> = runs.iter().map(|r| r.pod.as_str()).collect();
+    assert!(
+        runs.len() == 3
+            && runs.iter().all(|r| r.exit_code == 0)
+            && names[1].starts_with(&format!("{SP}-reshard-v1-to-v2"))
+            && names[2].starts_with(&format!("{SP}-sweep-shards-v2")),
+        "runs {names:?}:\n{}",
+        c.runner.logs()
+    );
+    // The app followed the cut-over onto the new map (its /readyz names
+    // the kind of tier only: `shards`).
+    let tier = c.app.tier(&app::http()).await;
+    let followed = c
+        .app
+        .log_text()
+        .lines()
+        .any(|l| l.contains("cut over to the new tier") && l.contains("shard-map-v2"));
+    assert!(
+        tier.as_deref() == Some("shards") && followed,
+        "the app serves from {tier:?}, followed the cut-over to map v2: {followed}\n{}",
+        c.diagnostics()
+    );
+    // The old map is retired, the new one written.
+    assert!(shard_map(&c, 1).await.is_none(), "map v1 outlived Retire");
+    let map = shard_map(&c, 2).await.expect("map v2");
+    assert_eq!(map.shards.len(), 4);
+    c.writes_go_on().await;
+
+    // Every acknowledged write, in the shard map v2 names for it.
+    let table = map.slot_table().expect("slot table");
+    let ledger = c.load.pause().await.expect("pause the load");
+    let (live, strays) =
+        app::check_ledger_owned(&shards, &ledger, |code| table[map.slot_of(code) as usize])
+            .await
+            .unwrap_or_else(|e| panic!("after 2 -> 4 shards: {e:#}\n{}", c.diagnostics()));
+    c.load.resume();
+    let per_shard = app::links_in(&shards).await.expect("links");
+    let mut counts = [0usize; 4];
+    for places in per_shard.values() {
+        for (i, _, _) in places {
+            counts[*i] += 1;
+        }
+    }
+    eprintln!(
+        "after 2 -> 4 shards: {} acknowledged writes, {live} live links verified; rows per shard {counts:?}; {strays} rows kept by the sweep on shards that no longer own them",
+        ledger.acked
+    );
+    assert!(
+        counts[2] > 0 && counts[3] > 0,
+        "the new shards got their slots: {counts:?}"
+    );
+    // Nothing holding data went, but the unsharded tier 2 -> 3 retired.
+    assert_only_retired(&c, &[&format!("{SP}-postgres")], Some(retain_2_3), false);
     c.finish().await;
 }
 

@@ -25,6 +25,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+pub use ladder_crds::scalingphase::ShardLayout;
 use ladder_crds::scalingphase::{TransitionStatus, TransitionStep};
 use serde::Deserialize;
 
@@ -103,9 +104,113 @@ pub fn moves_data(from: i32, to: i32) -> bool {
     DataTier::of(from) != DataTier::of(to)
 }
 
+/// The phase whose data tier is sharded (and can be resharded).
+pub const SHARDED: i32 = 3;
+
+/// The shard map version a climb into phase 3 writes.
+pub const FIRST_MAP_VERSION: i32 = 1;
+
 /// The name of the migration Job of a step.
 pub fn job_name(scaling_phase: &str, from: i32, to: i32) -> String {
     format!("{scaling_phase}-migrate-{from}-to-{to}")
+}
+
+/// Whether a transition is a resharding: phase 3 to phase 3, from one shard
+/// layout (count and map version) to another.
+pub fn is_reshard(t: &TransitionStatus) -> bool {
+    t.from == SHARDED && t.to == SHARDED && t.from_shards.is_some() && t.to_shards.is_some()
+}
+
+/// The name of the migration Job of a transition: per phase step, or per
+/// pair of shard map versions for a resharding (a later resharding never
+/// reads an earlier one's finished Job).
+pub fn transition_job_name(scaling_phase: &str, t: &TransitionStatus) -> String {
+    match (is_reshard(t), t.from_shards, t.to_shards) {
+        (true, Some(a), Some(b)) => reshard_job_name(scaling_phase, a, b),
+        _ => job_name(scaling_phase, t.from, t.to),
+    }
+}
+
+/// The name of the Job that sweeps the rows left behind on reused shards
+/// once shard map `map_version` is the only one (see
+/// [`crate::render::migration::sweep_job`]).
+pub fn sweep_job_name(scaling_phase: &str, map_version: i32) -> String {
+    format!("{scaling_phase}-sweep-shards-v{map_version}")
+}
+
+/// The name of a resharding's migration Job.
+pub fn reshard_job_name(scaling_phase: &str, from: ShardLayout, to: ShardLayout) -> String {
+    format!(
+        "{scaling_phase}-reshard-v{}-to-v{}",
+        from.map_version, to.map_version
+    )
+}
+
+/// How a step is named in the approval and rollback annotations and the
+/// retired volumes' label: `"<from>-to-<to>"` for a phase step,
+/// `"shards-<from>-to-<to>"` (shard counts) for a resharding.
+pub fn step_label(t: &TransitionStatus) -> String {
+    match (is_reshard(t), t.from_shards, t.to_shards) {
+        (true, Some(a), Some(b)) => reshard_label(a.shards, b.shards),
+        _ => format!("{}-to-{}", t.from, t.to),
+    }
+}
+
+fn reshard_label(from: i32, to: i32) -> String {
+    format!("shards-{from}-to-{to}")
+}
+
+/// How messages name one side of a transition.
+fn side_name(t: &TransitionStatus, to_side: bool) -> String {
+    let (phase, layout) = if to_side {
+        (t.to, t.to_shards)
+    } else {
+        (t.from, t.from_shards)
+    };
+    match layout {
+        Some(l) if is_reshard(t) => format!("{}-shard (map v{})", l.shards, l.map_version),
+        _ => format!("phase {phase}"),
+    }
+}
+
+/// The shape of a transition with both sides rendered: the app on the new
+/// side (`serve_to`) or the old one, and the migration Job when `job`.
+fn pair(t: &TransitionStatus, serve_to: bool, job: bool) -> Shape {
+    match (is_reshard(t), t.from_shards, t.to_shards) {
+        (true, Some(a), Some(b)) => {
+            let (serve, other) = if serve_to { (b, a) } else { (a, b) };
+            Shape::Reshard {
+                serve,
+                other,
+                job: job.then_some((a, b)),
+            }
+        }
+        _ => {
+            let (serve, other) = if serve_to {
+                (t.to, t.from)
+            } else {
+                (t.from, t.to)
+            };
+            Shape::Both {
+                serve,
+                other,
+                job: job.then_some((t.from, t.to)),
+            }
+        }
+    }
+}
+
+/// The shard layout phase 3 is rendered with in `shape` during `t` (see
+/// [`Plan::shards`]).
+fn layout_in(shape: Shape, t: &TransitionStatus) -> Option<ShardLayout> {
+    match shape {
+        Shape::Reshard { serve, .. } => Some(serve),
+        Shape::Steady(p) if p != SHARDED => None,
+        Shape::Steady(p) if p == t.to => t.to_shards,
+        Shape::Steady(_) => t.from_shards,
+        Shape::Both { serve, other, .. } if serve != SHARDED && other != SHARDED => None,
+        Shape::Both { .. } => t.to_shards.or(t.from_shards),
+    }
 }
 
 /// What `ladder-app migrate --result-file` writes (the Job pod's
@@ -232,6 +337,12 @@ pub struct Facts<'a> {
     pub step_timeout_secs: u64,
     /// The ScalingPhase's name (for the Job's name).
     pub name: &'a str,
+    /// The shard layout phase 3 uses now (`status.shards` and
+    /// `status.shardMapVersion`), when phase 3 is active.
+    pub shards: Option<ShardLayout>,
+    /// The shard count the spec asks for in phase 3 (`None`: the spec does
+    /// not validate at phase 3).
+    pub want_shards: Option<i32>,
 }
 
 /// Which phases' objects to render, and which one the app uses.
@@ -250,6 +361,19 @@ pub enum Shape {
         /// Render the migration Job `from` → `to`.
         job: Option<(i32, i32)>,
     },
+    /// Phase 3 with two shard layouts side by side (a resharding): everything
+    /// phase 3 renders with the `serve` layout (the app uses its shard map),
+    /// plus the objects only the `other` layout renders (its extra shards and
+    /// its shard map), plus the migration Job when `job` is set. Shards both
+    /// layouts name are the same StatefulSets.
+    Reshard {
+        /// The layout whose shard map the app uses.
+        serve: ShardLayout,
+        /// The layout kept beside it.
+        other: ShardLayout,
+        /// Render the migration Job `from` → `to`.
+        job: Option<(ShardLayout, ShardLayout)>,
+    },
 }
 
 /// The shape applied for a stored transition step: what the previous
@@ -258,24 +382,24 @@ pub fn current_shape(active: i32, t: Option<&TransitionStatus>) -> Shape {
     let Some(t) = t else {
         return Shape::Steady(active);
     };
-    let job = t.moves_data.then_some((t.from, t.to));
     match t.step {
-        TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady => Shape::Both {
-            serve: t.from,
-            other: t.to,
-            job: None,
-        },
-        TransitionStep::Migrate | TransitionStep::Verify => Shape::Both {
-            serve: t.from,
-            other: t.to,
-            job,
-        },
-        TransitionStep::CutOver | TransitionStep::Retain => Shape::Both {
-            serve: t.to,
-            other: t.from,
-            job,
-        },
+        TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady => pair(t, false, false),
+        TransitionStep::Migrate | TransitionStep::Verify => pair(t, false, t.moves_data),
+        TransitionStep::CutOver | TransitionStep::Retain => pair(t, true, t.moves_data),
         TransitionStep::Retire | TransitionStep::Done => Shape::Steady(t.to),
+    }
+}
+
+/// The shard layout of phase 3 in [`current_shape`] (see [`Plan::shards`]):
+/// the stored transition's, else the one in use (`in_use`, from status).
+pub fn current_shards(
+    active: i32,
+    t: Option<&TransitionStatus>,
+    in_use: Option<ShardLayout>,
+) -> Option<ShardLayout> {
+    match t {
+        Some(t) => layout_in(current_shape(active, Some(t)), t),
+        None => in_use.filter(|_| active == SHARDED),
     }
 }
 
@@ -307,6 +431,10 @@ pub struct Plan {
     pub retire: Option<(i32, i32)>,
     /// Rows the operator's own verification counted, when it passed now.
     pub verified_rows: Option<u64>,
+    /// The shard layout phase 3 is rendered with in a `Steady` or `Both`
+    /// shape (`None` when neither side is phase 3); in a `Reshard` shape,
+    /// its `serve` layout.
+    pub shards: Option<ShardLayout>,
 }
 
 impl Plan {
@@ -320,7 +448,18 @@ impl Plan {
             entered: None,
             retire: None,
             verified_rows: None,
+            shards: None,
         }
+    }
+
+    /// The shard layout the app uses under this plan (for
+    /// `status.shardMapVersion`): phase 3's when the app is on phase 3.
+    pub fn shards_in_use(&self) -> Option<ShardLayout> {
+        let serving = match self.shape {
+            Shape::Steady(p) | Shape::Both { serve: p, .. } => p,
+            Shape::Reshard { .. } => SHARDED,
+        };
+        self.shards.filter(|_| serving == SHARDED)
     }
 }
 
@@ -335,9 +474,12 @@ fn elapsed_secs(since: &Time, now: Timestamp) -> u64 {
 
 /// Whether a demotion `from` → `to` has been approved.
 pub fn approved(f: &Facts<'_>, from: i32, to: i32) -> bool {
-    f.allow_demotion
-        || f.approval
-            .is_some_and(|a| a.trim() == format!("{from}-to-{to}"))
+    approved_step(f, &format!("{from}-to-{to}"))
+}
+
+/// Whether the step named `label` (see [`step_label`]) has been approved.
+fn approved_step(f: &Facts<'_>, label: &str) -> bool {
+    f.allow_demotion || f.approval.is_some_and(|a| a.trim() == label)
 }
 
 /// The next step. Pure: the same facts always give the same plan.
@@ -353,25 +495,43 @@ fn step(f: &Facts<'_>) -> Plan {
     let Some(t) = f.current else {
         return start(f);
     };
-    let (from, to) = (t.from, t.to);
-    let mut next = t.clone();
-    let mut plan = Plan {
-        shape: Shape::Both {
-            serve: from,
-            other: to,
-            job: None,
-        },
-        active: from,
-        transition: None,
-        blocked: None,
-        finished: None,
-        entered: None,
-        retire: None,
-        verified_rows: None,
-    };
     if let Some(p) = rollback(f, t) {
         return p;
     }
+    // Before any row has moved, a target that no longer wants this step
+    // abandons it: the new tier was only prepared, the app never left the old.
+    let wanted = if is_reshard(t) {
+        f.target == SHARDED && f.want_shards == t.to_shards.map(|l| l.shards)
+    } else if t.to > t.from {
+        f.target >= t.to
+    } else {
+        f.target <= t.to
+    };
+    if !wanted
+        && matches!(
+            t.step,
+            TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady
+        )
+    {
+        let mut p = Plan::steady(t.from);
+        p.shards = t.from_shards.filter(|_| t.from == SHARDED);
+        return p;
+    }
+    let mut plan = advance(f, t);
+    plan.shards = layout_in(plan.shape, t);
+    plan
+}
+
+/// The next step of the transition `t` (wanted, not rolled back).
+fn advance(f: &Facts<'_>, t: &TransitionStatus) -> Plan {
+    let (from, to) = (t.from, t.to);
+    let (from_s, to_s) = (side_name(t, false), side_name(t, true));
+    let mut next = t.clone();
+    let mut plan = Plan {
+        shape: pair(t, false, false),
+        active: from,
+        ..Plan::steady(from)
+    };
     let timed_out = elapsed_secs(&t.step_started_at, f.now) > f.step_timeout_secs;
     let enter =
         |next: &mut TransitionStatus, plan: &mut Plan, step: TransitionStep, msg: String| {
@@ -380,82 +540,55 @@ fn step(f: &Facts<'_>) -> Plan {
             next.message = msg;
             plan.entered = Some(step);
         };
-    // Before any row has moved, a target that no longer wants this step
-    // abandons it: the new tier was only prepared, the app never left the old.
-    let wanted = if to > from {
-        f.target >= to
-    } else {
-        f.target <= to
-    };
-    if !wanted
-        && matches!(
-            t.step,
-            TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady
-        )
-    {
-        return Plan::steady(from);
-    }
     match t.step {
         TransitionStep::PrepareTarget => {
             enter(
                 &mut next,
                 &mut plan,
                 TransitionStep::WaitTargetReady,
-                format!("waiting for the phase {to} tier to be ready beside phase {from}"),
+                format!("waiting for the {to_s} tier to be ready beside {from_s}"),
             );
         }
         TransitionStep::WaitTargetReady => {
             if f.shape_ready {
                 if t.moves_data {
-                    let job = job_name(f.name, from, to);
+                    let job = transition_job_name(f.name, t);
                     next.job_name = Some(job.clone());
                     enter(
                         &mut next,
                         &mut plan,
                         TransitionStep::Migrate,
-                        format!("copying data from phase {from} to phase {to} (Job {job})"),
+                        format!("copying data from {from_s} to {to_s} (Job {job})"),
                     );
-                    plan.shape = Shape::Both {
-                        serve: from,
-                        other: to,
-                        job: Some((from, to)),
-                    };
+                    plan.shape = pair(t, false, true);
                 } else {
                     enter(
                         &mut next,
                         &mut plan,
                         TransitionStep::CutOver,
-                        format!("pointing the app at the phase {to} tier"),
+                        format!("pointing the app at the {to_s} tier"),
                     );
-                    plan.shape = Shape::Both {
-                        serve: to,
-                        other: from,
-                        job: None,
-                    };
+                    plan.shape = pair(t, true, false);
                 }
             } else if timed_out {
                 plan.blocked = Some(Blocked {
                     reason: blocked::TARGET_NOT_READY,
                     message: format!(
-                        "the phase {to} tier is not ready after {}s; the app keeps using phase {from}. See status.components",
+                        "the {to_s} tier is not ready after {}s; the app keeps using {from_s}. See status.components",
                         f.step_timeout_secs
                     ),
                 });
             }
         }
         TransitionStep::Migrate => {
-            plan.shape = Shape::Both {
-                serve: from,
-                other: to,
-                job: Some((from, to)),
-            };
+            plan.shape = pair(t, false, true);
             match &f.job {
                 JobState::Absent | JobState::Running => {
                     if timed_out {
                         plan.blocked = Some(Blocked {
                             reason: blocked::MIGRATION_SLOW,
                             message: format!(
-                                "the migration Job {} has run for more than {}s; the app keeps using phase {from}",
+                                "the migration Job {} has run for more than {}s; the app keeps using {from_s}",
                                 next.job_name.clone().unwrap_or_default(),
                                 f.step_timeout_secs
                             ),
@@ -466,7 +599,7 @@ fn step(f: &Facts<'_>) -> Plan {
                     plan.blocked = Some(Blocked {
                         reason: blocked::MIGRATION_FAILED,
                         message: format!(
-                            "the migration Job {} failed: {why}. Phase {from} keeps serving; fix the cause and delete the Job to retry",
+                            "the migration Job {} failed: {why}. {from_s} keeps serving; fix the cause and delete the Job to retry",
                             next.job_name.clone().unwrap_or_default()
                         ),
                     });
@@ -482,11 +615,7 @@ fn step(f: &Facts<'_>) -> Plan {
             }
         }
         TransitionStep::Verify => {
-            plan.shape = Shape::Both {
-                serve: from,
-                other: to,
-                job: Some((from, to)),
-            };
+            plan.shape = pair(t, false, true);
             let result = match &f.job {
                 JobState::Succeeded(Some(r)) => r.check(),
                 JobState::Succeeded(None) => Err("the migration Job reported no result".to_owned()),
@@ -503,13 +632,9 @@ fn step(f: &Facts<'_>) -> Plan {
                         &mut next,
                         &mut plan,
                         TransitionStep::CutOver,
-                        format!("verified {rows} rows; pointing the app at the phase {to} tier"),
+                        format!("verified {rows} rows; pointing the app at the {to_s} tier"),
                     );
-                    plan.shape = Shape::Both {
-                        serve: to,
-                        other: from,
-                        job: Some((from, to)),
-                    };
+                    plan.shape = pair(t, true, true);
                 }
                 Err(why) if f.job == JobState::Absent || f.job == JobState::Running => {
                     // A deleted Job is re-created: go back to Migrate.
@@ -524,18 +649,14 @@ fn step(f: &Facts<'_>) -> Plan {
                     plan.blocked = Some(Blocked {
                         reason: blocked::VERIFICATION_FAILED,
                         message: format!(
-                            "{why}. The app stays on phase {from}; nothing was cut over. Delete the Job to retry"
+                            "{why}. The app stays on {from_s}; nothing was cut over. Delete the Job to retry"
                         ),
                     });
                 }
             }
         }
         TransitionStep::CutOver => {
-            plan.shape = Shape::Both {
-                serve: to,
-                other: from,
-                job: t.moves_data.then_some((from, to)),
-            };
+            plan.shape = pair(t, true, t.moves_data);
             if f.shape_ready {
                 if t.moves_data {
                     let until = f
@@ -550,7 +671,7 @@ fn step(f: &Facts<'_>) -> Plan {
                         &mut plan,
                         TransitionStep::Retain,
                         format!(
-                            "the app uses phase {to}; the phase {from} tier is kept read-only until {until}"
+                            "the app uses {to_s}; the {from_s} tier is kept read-only until {until}"
                         ),
                     );
                 } else {
@@ -558,7 +679,7 @@ fn step(f: &Facts<'_>) -> Plan {
                         &mut next,
                         &mut plan,
                         TransitionStep::Retire,
-                        format!("retiring what phase {to} no longer needs"),
+                        format!("retiring what {to_s} no longer needs"),
                     );
                     plan.shape = Shape::Steady(to);
                     plan.retire = Some((from, to));
@@ -566,11 +687,7 @@ fn step(f: &Facts<'_>) -> Plan {
             }
         }
         TransitionStep::Retain => {
-            plan.shape = Shape::Both {
-                serve: to,
-                other: from,
-                job: Some((from, to)),
-            };
+            plan.shape = pair(t, true, true);
             // A retention shortened in the spec since (retainOldTierFor
             // lowered) ends early; a longer one does not extend it.
             let due = t.retain_until.as_ref().is_none_or(|u| f.now >= u.0)
@@ -580,7 +697,7 @@ fn step(f: &Facts<'_>) -> Plan {
                     &mut next,
                     &mut plan,
                     TransitionStep::Retire,
-                    format!("retiring the phase {from} tier per deletionPolicy"),
+                    format!("retiring the {from_s} tier per deletionPolicy"),
                 );
                 plan.shape = Shape::Steady(to);
                 plan.retire = Some((from, to));
@@ -592,7 +709,7 @@ fn step(f: &Facts<'_>) -> Plan {
                 &mut next,
                 &mut plan,
                 TransitionStep::Done,
-                format!("phase {to} is active"),
+                format!("{to_s} is active"),
             );
         }
         TransitionStep::Done => {
@@ -605,9 +722,9 @@ fn step(f: &Facts<'_>) -> Plan {
     plan
 }
 
-/// Whether the rollback annotation names the step `from` → `to`.
-fn names(annotation: Option<&str>, from: i32, to: i32) -> bool {
-    annotation.is_some_and(|a| a.trim() == format!("{from}-to-{to}"))
+/// Whether the rollback annotation names the step `label`.
+fn names(annotation: Option<&str>, label: &str) -> bool {
+    annotation.is_some_and(|a| a.trim() == label)
 }
 
 /// The rollback annotation during a transition: a cut-over that moved data
@@ -618,7 +735,8 @@ fn names(annotation: Option<&str>, from: i32, to: i32) -> bool {
 /// reason and the transition goes on.
 fn rollback(f: &Facts<'_>, t: &TransitionStatus) -> Option<Plan> {
     let (from, to) = (t.from, t.to);
-    if t.rollback_of.is_some() || !names(f.rollback, from, to) {
+    let label = step_label(t);
+    if t.rollback_of.is_some() || !names(f.rollback, &label) {
         return None;
     }
     let reversible =
@@ -630,33 +748,35 @@ fn rollback(f: &Facts<'_>, t: &TransitionStatus) -> Option<Plan> {
         return None;
     }
     let now = time(f.now);
-    let job = job_name(f.name, to, from);
+    let mut back = TransitionStatus {
+        from: to,
+        to: from,
+        step: TransitionStep::Migrate,
+        moves_data: true,
+        started_at: now.clone(),
+        step_started_at: now,
+        job_name: None,
+        retain_until: None,
+        rollback_of: Some(label.clone()),
+        message: String::new(),
+        from_shards: t.to_shards,
+        to_shards: t.from_shards,
+    };
+    let job = transition_job_name(f.name, &back);
+    back.job_name = Some(job.clone());
+    back.message = format!(
+        "rolling back {label}: copying the writes made on {} back to {} (Job {job})",
+        side_name(t, true),
+        side_name(t, false)
+    );
+    let shape = pair(&back, false, true);
     Some(Plan {
-        shape: Shape::Both {
-            serve: to,
-            other: from,
-            job: Some((to, from)),
-        },
+        shape,
         active: to,
-        transition: Some(TransitionStatus {
-            from: to,
-            to: from,
-            step: TransitionStep::Migrate,
-            moves_data: true,
-            started_at: now.clone(),
-            step_started_at: now,
-            job_name: Some(job.clone()),
-            retain_until: None,
-            rollback_of: Some(format!("{from}-to-{to}")),
-            message: format!(
-                "rolling back {from}-to-{to}: copying the writes made on phase {to} back to phase {from} (Job {job})"
-            ),
-        }),
-        blocked: None,
-        finished: None,
+        shards: layout_in(shape, &back),
+        transition: Some(back),
         entered: Some(TransitionStep::Migrate),
-        retire: None,
-        verified_rows: None,
+        ..Plan::steady(to)
     })
 }
 
@@ -664,7 +784,8 @@ fn rollback(f: &Facts<'_>, t: &TransitionStatus) -> Option<Plan> {
 /// names it but the step cannot be reversed now.
 pub fn rollback_refused(f: &Facts<'_>) -> Option<Blocked> {
     let t = f.current?;
-    if t.rollback_of.is_some() || !names(f.rollback, t.from, t.to) {
+    let label = step_label(t);
+    if t.rollback_of.is_some() || !names(f.rollback, &label) {
         return None;
     }
     let why = if !t.moves_data {
@@ -680,66 +801,111 @@ pub fn rollback_refused(f: &Facts<'_>) -> Option<Blocked> {
     };
     Some(Blocked {
         reason: blocked::ROLLBACK_REFUSED,
-        message: format!(
-            "{ROLLBACK_ANNOTATION}={}-to-{} cannot be honoured: {why}",
-            t.from, t.to
-        ),
+        message: format!("{ROLLBACK_ANNOTATION}={label} cannot be honoured: {why}"),
     })
 }
 
-/// No transition in progress: stay, or start one step toward the target.
+/// No transition in progress: stay, start one step toward the target, or,
+/// in phase 3 with a shard count the spec changed, start a resharding.
 fn start(f: &Facts<'_>) -> Plan {
+    let in_use = f.shards.filter(|_| f.active == SHARDED);
+    let steady = || Plan {
+        shards: in_use,
+        ..Plan::steady(f.active)
+    };
+    let now = time(f.now);
+    let mut t = TransitionStatus {
+        from: f.active,
+        to: f.active,
+        step: TransitionStep::PrepareTarget,
+        moves_data: true,
+        started_at: now.clone(),
+        step_started_at: now,
+        job_name: None,
+        retain_until: None,
+        rollback_of: None,
+        message: String::new(),
+        from_shards: in_use,
+        to_shards: None,
+    };
+    let demotion;
     if f.active == f.target {
-        return Plan::steady(f.active);
+        // A resharding: a new map version beside the one in use.
+        let (Some(cur), Some(want)) = (in_use, f.want_shards) else {
+            return steady();
+        };
+        if cur.shards == want {
+            return steady();
+        }
+        t.to_shards = Some(ShardLayout {
+            shards: want,
+            map_version: cur.map_version.saturating_add(1),
+        });
+        demotion = want < cur.shards;
+    } else {
+        let from = f.active;
+        let to = if f.target > from { from + 1 } else { from - 1 };
+        t.to = to;
+        t.moves_data = moves_data(from, to);
+        t.to_shards = f
+            .want_shards
+            .filter(|_| to == SHARDED)
+            .map(|shards| ShardLayout {
+                shards,
+                map_version: FIRST_MAP_VERSION,
+            });
+        demotion = to < from && t.moves_data;
     }
-    let from = f.active;
-    let to = if f.target > from { from + 1 } else { from - 1 };
-    let moves = moves_data(from, to);
-    if names(f.rollback, from, to) {
-        let mut p = Plan::steady(from);
+    let label = step_label(&t);
+    if names(f.rollback, &label) {
+        let mut p = steady();
         p.blocked = Some(Blocked {
             reason: blocked::ROLLED_BACK,
-            message: format!(
-                "the step {from}-to-{to} was rolled back ({ROLLBACK_ANNOTATION}={from}-to-{to}): set spec.phase to {from} in Git, or remove the annotation to try the step again"
-            ),
+            message: if is_reshard(&t) {
+                format!(
+                    "the resharding {label} was rolled back ({ROLLBACK_ANNOTATION}={label}): set spec.overrides.postgres.shards back in Git, or remove the annotation to try it again"
+                )
+            } else {
+                format!(
+                    "the step {label} was rolled back ({ROLLBACK_ANNOTATION}={label}): set spec.phase to {} in Git, or remove the annotation to try the step again",
+                    t.from
+                )
+            },
         });
         return p;
     }
-    if to < from && moves && !approved(f, from, to) {
-        let mut p = Plan::steady(from);
+    if demotion && !approved_step(f, &label) {
+        let mut p = steady();
         p.blocked = Some(Blocked {
             reason: blocked::APPROVAL_REQUIRED,
-            message: format!(
-                "stepping down from phase {from} to {to} moves data: annotate the ScalingPhase with {APPROVE_ANNOTATION}={from}-to-{to} (or set spec.transitions.allowDemotion) to go on"
-            ),
+            message: if is_reshard(&t) {
+                format!(
+                    "going from {} shards down to {} moves data and retires shards: annotate the ScalingPhase with {APPROVE_ANNOTATION}={label} (or set spec.transitions.allowDemotion) to go on",
+                    t.from_shards.map_or(0, |l| l.shards),
+                    t.to_shards.map_or(0, |l| l.shards)
+                )
+            } else {
+                format!(
+                    "stepping down from phase {} to {} moves data: annotate the ScalingPhase with {APPROVE_ANNOTATION}={label} (or set spec.transitions.allowDemotion) to go on",
+                    t.from, t.to
+                )
+            },
         });
         return p;
     }
-    let now = time(f.now);
+    t.message = format!(
+        "preparing the {} tier beside {}",
+        side_name(&t, true),
+        side_name(&t, false)
+    );
+    let shape = pair(&t, false, false);
     Plan {
-        shape: Shape::Both {
-            serve: from,
-            other: to,
-            job: None,
-        },
-        active: from,
-        transition: Some(TransitionStatus {
-            from,
-            to,
-            step: TransitionStep::PrepareTarget,
-            moves_data: moves,
-            started_at: now.clone(),
-            step_started_at: now,
-            job_name: None,
-            retain_until: None,
-            rollback_of: None,
-            message: format!("preparing the phase {to} tier beside phase {from}"),
-        }),
-        blocked: None,
-        finished: None,
+        shape,
+        active: f.active,
+        shards: layout_in(shape, &t),
+        transition: Some(t),
         entered: Some(TransitionStep::PrepareTarget),
-        retire: None,
-        verified_rows: None,
+        ..Plan::steady(f.active)
     }
 }
 
@@ -765,6 +931,8 @@ mod tests {
             retain_secs: 3600,
             step_timeout_secs: 600,
             name: "shop",
+            shards: None,
+            want_shards: Some(4),
         }
     }
 
@@ -900,7 +1068,7 @@ mod tests {
                 Shape::Both { serve, other, .. } => {
                     assert_eq!((serve, other), (2, 3), "at {step:?}")
                 }
-                Shape::Steady(_) => panic!("old tier dropped at {step:?}"),
+                other => panic!("old tier dropped at {step:?}: {other:?}"),
             }
         }
         // Retain keeps the old tier too.
@@ -925,6 +1093,14 @@ mod tests {
             retain_until: None,
             rollback_of: None,
             message: String::new(),
+            from_shards: (from == SHARDED).then_some(ShardLayout {
+                shards: 4,
+                map_version: 1,
+            }),
+            to_shards: (to == SHARDED).then_some(ShardLayout {
+                shards: 4,
+                map_version: 1,
+            }),
         }
     }
 
@@ -987,7 +1163,7 @@ mod tests {
         };
         let p = decide(&f);
         assert_eq!(
-            p.blocked.expect("blocked").reason,
+            p.blocked.clone().expect("blocked").reason,
             blocked::VERIFICATION_FAILED
         );
         assert!(matches!(p.shape, Shape::Both { serve: 2, .. }));
@@ -1023,7 +1199,7 @@ mod tests {
     fn demotion_that_moves_data_needs_approval() {
         let p = decide(&facts(3, 2, None));
         assert_eq!(
-            p.blocked.expect("blocked").reason,
+            p.blocked.clone().expect("blocked").reason,
             blocked::APPROVAL_REQUIRED
         );
         assert_eq!(p.shape, Shape::Steady(3));
@@ -1065,7 +1241,7 @@ mod tests {
         };
         let p = decide(&f);
         assert_eq!(
-            p.blocked.expect("blocked").reason,
+            p.blocked.clone().expect("blocked").reason,
             blocked::TARGET_NOT_READY
         );
         assert_eq!(
@@ -1239,5 +1415,449 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(r.check(), Ok(3));
+    }
+
+    const TWO_V1: ShardLayout = ShardLayout {
+        shards: 2,
+        map_version: 1,
+    };
+    const FOUR_V2: ShardLayout = ShardLayout {
+        shards: 4,
+        map_version: 2,
+    };
+
+    /// Drives the machine as the reconciler does: status keeps the plan's
+    /// transition and the shard layout in use; everything succeeds. Checks
+    /// on every decision that what a restarted operator would render from
+    /// the stored status alone ([`current_shape`], [`current_shards`]) is
+    /// what the decision rendered. Returns every plan and the final
+    /// (active, layout in use).
+    fn drive(
+        active: i32,
+        target: i32,
+        in_use: Option<ShardLayout>,
+        want: i32,
+        f0: impl Fn(Facts<'_>) -> Facts<'_>,
+    ) -> (Vec<Plan>, i32, Option<ShardLayout>) {
+        let (mut active, mut in_use) = (active, in_use);
+        let mut current: Option<TransitionStatus> = None;
+        let mut plans = Vec::new();
+        let mut now = 0;
+        for _ in 0..200 {
+            now += 10;
+            let job = match current.as_ref().map(|t| t.step) {
+                Some(TransitionStep::Migrate | TransitionStep::Verify) => {
+                    JobState::Succeeded(Some(good_result()))
+                }
+                _ => JobState::Absent,
+            };
+            let f = f0(Facts {
+                now: ts(now),
+                shape_ready: true,
+                job,
+                shards: in_use,
+                want_shards: Some(want),
+                ..facts(active, target, current.as_ref())
+            });
+            let p = decide(&f);
+            assert!(p.blocked.is_none(), "blocked: {:?}", p.blocked);
+            assert_eq!(
+                current_shape(p.active, p.transition.as_ref()),
+                p.shape,
+                "a restart would render another shape than {p:?}"
+            );
+            assert_eq!(
+                current_shards(p.active, p.transition.as_ref(), p.shards_in_use()),
+                p.shards,
+                "a restart would render other shards than {p:?}"
+            );
+            if p.transition.as_ref().map(|t| t.step) == Some(TransitionStep::Retain) {
+                now += 3600;
+            }
+            active = p.finished.map_or(p.active, |(_, to)| to);
+            in_use = p.shards_in_use();
+            current = p.transition.clone();
+            let done = current.is_none() && p.finished.is_none();
+            plans.push(p);
+            if done {
+                break;
+            }
+        }
+        (plans, active, in_use)
+    }
+
+    fn steps_of(plans: &[Plan]) -> Vec<TransitionStep> {
+        plans
+            .iter()
+            .filter_map(|p| p.transition.as_ref().map(|t| t.step))
+            .collect()
+    }
+
+    #[test]
+    fn a_shard_count_change_reshards_through_every_step() {
+        let (plans, active, in_use) = drive(3, 3, Some(TWO_V1), 4, |f| f);
+        assert_eq!((active, in_use), (3, Some(FOUR_V2)));
+        assert_eq!(
+            steps_of(&plans),
+            vec![
+                TransitionStep::PrepareTarget,
+                TransitionStep::WaitTargetReady,
+                TransitionStep::Migrate,
+                TransitionStep::Verify,
+                TransitionStep::CutOver,
+                TransitionStep::Retain,
+                TransitionStep::Retire,
+                TransitionStep::Done,
+            ]
+        );
+        for p in &plans {
+            let Some(t) = &p.transition else { continue };
+            assert!(is_reshard(t) && t.moves_data, "{t:?}");
+            assert_eq!((t.from_shards, t.to_shards), (Some(TWO_V1), Some(FOUR_V2)));
+            assert_eq!(step_label(t), "shards-2-to-4");
+            let old_serves = Shape::Reshard {
+                serve: TWO_V1,
+                other: FOUR_V2,
+                job: None,
+            };
+            let new_serves = Shape::Reshard {
+                serve: FOUR_V2,
+                other: TWO_V1,
+                job: Some((TWO_V1, FOUR_V2)),
+            };
+            match t.step {
+                // The new shards and map beside the old; the app on the old.
+                TransitionStep::PrepareTarget | TransitionStep::WaitTargetReady => {
+                    assert_eq!(p.shape, old_serves, "{:?}", t.step);
+                    assert_eq!(p.shards_in_use(), Some(TWO_V1));
+                }
+                // The Job copies the moved slots; the app stays on the old map.
+                TransitionStep::Migrate | TransitionStep::Verify => {
+                    assert_eq!(
+                        p.shape,
+                        Shape::Reshard {
+                            serve: TWO_V1,
+                            other: FOUR_V2,
+                            job: Some((TWO_V1, FOUR_V2)),
+                        },
+                        "{:?}",
+                        t.step
+                    );
+                    assert_eq!(t.job_name.as_deref(), Some("shop-reshard-v1-to-v2"));
+                    assert_eq!(p.shards_in_use(), Some(TWO_V1));
+                }
+                // Cut over to the new map; the old map stays until Retire.
+                TransitionStep::CutOver | TransitionStep::Retain => {
+                    assert_eq!(p.shape, new_serves, "{:?}", t.step);
+                    assert_eq!(p.shards_in_use(), Some(FOUR_V2));
+                    assert!(p.retire.is_none());
+                }
+                TransitionStep::Retire | TransitionStep::Done => {
+                    assert_eq!(p.shape, Shape::Steady(3));
+                    assert_eq!(p.shards, Some(FOUR_V2));
+                }
+            }
+            if t.step == TransitionStep::Retire {
+                assert_eq!(p.retire, Some((3, 3)), "the old map is retired now");
+            }
+        }
+        let finished: Vec<_> = plans.iter().filter_map(|p| p.finished).collect();
+        assert_eq!(finished, vec![(3, 3)]);
+        // Steady afterwards: nothing more to do.
+        let f = Facts {
+            shards: Some(FOUR_V2),
+            want_shards: Some(4),
+            ..facts(3, 3, None)
+        };
+        let p = decide(&f);
+        assert_eq!(
+            (p.transition, p.shape, p.shards),
+            (None, Shape::Steady(3), Some(FOUR_V2))
+        );
+    }
+
+    #[test]
+    fn a_climb_into_phase_3_records_map_v1_and_a_later_step_leaves_from_it() {
+        let (plans, active, in_use) = drive(2, 3, None, 4, |f| f);
+        let four_v1 = ShardLayout {
+            shards: 4,
+            map_version: FIRST_MAP_VERSION,
+        };
+        assert_eq!((active, in_use), (3, Some(four_v1)));
+        assert!(plans.iter().filter_map(|p| p.transition.as_ref()).all(|t| {
+            !is_reshard(t) && t.to_shards == Some(four_v1) && t.from_shards.is_none()
+        }));
+        // 3 -> 4 leaves the layout in use.
+        let (plans, active, in_use) = drive(3, 4, Some(FOUR_V2), 4, |f| f);
+        assert_eq!((active, in_use), (4, None));
+        let t = plans[0].transition.clone().expect("started");
+        assert_eq!((t.from_shards, t.to_shards), (Some(FOUR_V2), None));
+        assert_eq!(plans[0].shards, Some(FOUR_V2), "phase 3 beside 4 keeps v2");
+        // A phase step comes first; the shard count is changed in phase 3.
+        let (plans, _, in_use) = drive(2, 3, None, 2, |f| f);
+        assert_eq!(in_use, Some(TWO_V1));
+        assert!(
+            plans
+                .iter()
+                .filter_map(|p| p.transition.as_ref())
+                .all(|t| !is_reshard(t))
+        );
+    }
+
+    fn reshard(step: TransitionStep, from: ShardLayout, to: ShardLayout) -> TransitionStatus {
+        TransitionStatus {
+            from_shards: Some(from),
+            to_shards: Some(to),
+            moves_data: true,
+            job_name: Some(reshard_job_name("shop", from, to)),
+            ..transition(3, 3, step)
+        }
+    }
+
+    fn reshard_facts<'a>(
+        t: Option<&'a TransitionStatus>,
+        in_use: ShardLayout,
+        want: i32,
+    ) -> Facts<'a> {
+        Facts {
+            shards: Some(in_use),
+            want_shards: Some(want),
+            shape_ready: true,
+            job: JobState::Succeeded(Some(good_result())),
+            ..facts(3, 3, t)
+        }
+    }
+
+    #[test]
+    fn a_restarted_operator_resumes_a_resharding_at_every_step() {
+        let steps = [
+            TransitionStep::PrepareTarget,
+            TransitionStep::WaitTargetReady,
+            TransitionStep::Migrate,
+            TransitionStep::Verify,
+            TransitionStep::CutOver,
+            TransitionStep::Retain,
+            TransitionStep::Retire,
+            TransitionStep::Done,
+        ];
+        for (i, step) in steps.iter().copied().enumerate() {
+            let t = TransitionStatus {
+                retain_until: Some(time(ts(-1))),
+                ..reshard(step, TWO_V1, FOUR_V2)
+            };
+            // status.shards as the previous decision wrote it.
+            let in_use = if step >= TransitionStep::CutOver {
+                FOUR_V2
+            } else {
+                TWO_V1
+            };
+            let f = reshard_facts(Some(&t), in_use, 4);
+            let a = decide(&f);
+            assert_eq!(a, decide(&f.clone()), "not deterministic at {step:?}");
+            match a.transition.clone() {
+                Some(next) => {
+                    assert_eq!(next.step, steps[i + 1], "at {step:?}");
+                    assert_eq!(
+                        (next.from_shards, next.to_shards),
+                        (Some(TWO_V1), Some(FOUR_V2))
+                    );
+                }
+                None => {
+                    assert_eq!(step, TransitionStep::Done);
+                    assert_eq!((a.finished, a.shards), (Some((3, 3)), Some(FOUR_V2)));
+                }
+            }
+            // Until the cut-over the app stays on the old map, and nothing
+            // holding data leaves the rendered shape before Retire.
+            if step < TransitionStep::Verify {
+                assert_eq!(a.shards_in_use(), Some(TWO_V1), "at {step:?}");
+            }
+            if step < TransitionStep::Retain {
+                assert!(
+                    a.retire.is_none() && !matches!(a.shape, Shape::Steady(_)),
+                    "at {step:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_resharding_keeps_the_old_map_serving() {
+        let t = reshard(TransitionStep::Migrate, TWO_V1, FOUR_V2);
+        let f = Facts {
+            job: JobState::Failed("exit code 1".into()),
+            ..reshard_facts(Some(&t), TWO_V1, 4)
+        };
+        let p = decide(&f);
+        assert_eq!(
+            p.blocked.clone().expect("blocked").reason,
+            blocked::MIGRATION_FAILED
+        );
+        assert_eq!(p.shards_in_use(), Some(TWO_V1));
+        let t = reshard(TransitionStep::Verify, TWO_V1, FOUR_V2);
+        let bad = MigrationResult {
+            verified: false,
+            ..good_result()
+        };
+        let f = Facts {
+            job: JobState::Succeeded(Some(bad)),
+            ..reshard_facts(Some(&t), TWO_V1, 4)
+        };
+        let p = decide(&f);
+        assert_eq!(
+            p.blocked.clone().expect("blocked").reason,
+            blocked::VERIFICATION_FAILED
+        );
+        assert_eq!(p.shards_in_use(), Some(TWO_V1));
+        assert_eq!(p.transition.expect("kept").step, TransitionStep::Verify);
+    }
+
+    #[test]
+    fn fewer_shards_need_an_approval() {
+        let four_v1 = ShardLayout {
+            shards: 4,
+            map_version: 1,
+        };
+        let two_v2 = ShardLayout {
+            shards: 2,
+            map_version: 2,
+        };
+        for wrong in [
+            None,
+            Some("3-to-2"),
+            Some("shards-4-to-3"),
+            Some("shards-2-to-4"),
+        ] {
+            let f = Facts {
+                approval: wrong,
+                ..reshard_facts(None, four_v1, 2)
+            };
+            let p = decide(&f);
+            let b = p.blocked.expect("blocked");
+            assert_eq!(b.reason, blocked::APPROVAL_REQUIRED, "{wrong:?}");
+            assert!(
+                b.message
+                    .contains("ladder.dev/approve-transition=shards-4-to-2"),
+                "{}",
+                b.message
+            );
+            assert_eq!(
+                (p.transition, p.shape, p.shards),
+                (None, Shape::Steady(3), Some(four_v1))
+            );
+        }
+        for f in [
+            Facts {
+                approval: Some(" shards-4-to-2 "),
+                ..reshard_facts(None, four_v1, 2)
+            },
+            Facts {
+                allow_demotion: true,
+                ..reshard_facts(None, four_v1, 2)
+            },
+        ] {
+            let p = decide(&f);
+            assert!(p.blocked.is_none());
+            let t = p.transition.expect("started");
+            assert_eq!((t.from_shards, t.to_shards), (Some(four_v1), Some(two_v2)));
+            assert_eq!(t.step, TransitionStep::PrepareTarget);
+        }
+        // More shards need none.
+        let p = decide(&reshard_facts(None, TWO_V1, 4));
+        assert!(p.blocked.is_none() && p.transition.is_some());
+        // A shrink retires the dropped shards only at Retire, after Retain.
+        let (plans, _, in_use) = drive(3, 3, Some(four_v1), 2, |f| Facts {
+            allow_demotion: true,
+            ..f
+        });
+        assert_eq!(in_use, Some(two_v2));
+        let first_retire = plans
+            .iter()
+            .position(|p| p.retire.is_some())
+            .expect("retired");
+        assert_eq!(
+            plans[first_retire].transition.as_ref().map(|t| t.step),
+            Some(TransitionStep::Retire)
+        );
+    }
+
+    #[test]
+    fn a_resharding_is_abandoned_before_data_moves_when_the_count_goes_back() {
+        for step in [
+            TransitionStep::PrepareTarget,
+            TransitionStep::WaitTargetReady,
+        ] {
+            let t = reshard(step, TWO_V1, FOUR_V2);
+            let p = decide(&reshard_facts(Some(&t), TWO_V1, 2));
+            assert_eq!(
+                (p.transition, p.shape, p.shards),
+                (None, Shape::Steady(3), Some(TWO_V1))
+            );
+            // Toward yet another count: abandoned too, the next look starts it.
+            let p = decide(&reshard_facts(Some(&t), TWO_V1, 8));
+            assert!(p.transition.is_none());
+            let p = decide(&reshard_facts(None, TWO_V1, 8));
+            assert_eq!(
+                p.transition.expect("started").to_shards,
+                Some(ShardLayout {
+                    shards: 8,
+                    map_version: 2
+                })
+            );
+        }
+        // Once the migration runs it finishes.
+        let t = reshard(TransitionStep::Migrate, TWO_V1, FOUR_V2);
+        let p = decide(&reshard_facts(Some(&t), TWO_V1, 2));
+        assert_eq!(p.transition.expect("kept").step, TransitionStep::Verify);
+    }
+
+    #[test]
+    fn a_retained_resharding_rolls_back_to_the_old_map_and_then_holds() {
+        let t = TransitionStatus {
+            retain_until: Some(time(ts(3600))),
+            ..reshard(TransitionStep::Retain, TWO_V1, FOUR_V2)
+        };
+        let f = Facts {
+            rollback: Some("shards-2-to-4"),
+            ..reshard_facts(Some(&t), FOUR_V2, 4)
+        };
+        let p = decide(&f);
+        assert!(p.blocked.is_none());
+        let back = p.transition.clone().expect("rolling back");
+        assert_eq!(
+            (back.from_shards, back.to_shards),
+            (Some(FOUR_V2), Some(TWO_V1))
+        );
+        assert_eq!(back.step, TransitionStep::Migrate);
+        assert_eq!(back.rollback_of.as_deref(), Some("shards-2-to-4"));
+        assert_eq!(back.job_name.as_deref(), Some("shop-reshard-v2-to-v1"));
+        assert_eq!(
+            p.shape,
+            Shape::Reshard {
+                serve: FOUR_V2,
+                other: TWO_V1,
+                job: Some((FOUR_V2, TWO_V1))
+            }
+        );
+        // Rolled back (2 shards, map v1 in use), the annotation holds the
+        // spec's 4 shards off.
+        let f = Facts {
+            rollback: Some("shards-2-to-4"),
+            ..reshard_facts(None, TWO_V1, 4)
+        };
+        let p = decide(&f);
+        assert_eq!(p.blocked.expect("held").reason, blocked::ROLLED_BACK);
+        assert!(p.transition.is_none());
+        // Before the cut-over there is nothing to roll back.
+        let t = reshard(TransitionStep::Migrate, TWO_V1, FOUR_V2);
+        let f = Facts {
+            rollback: Some("shards-2-to-4"),
+            job: JobState::Running,
+            ..reshard_facts(Some(&t), TWO_V1, 4)
+        };
+        assert_eq!(
+            decide(&f).blocked.expect("refused").reason,
+            blocked::ROLLBACK_REFUSED
+        );
     }
 }

@@ -102,6 +102,30 @@ pub fn next_approval(sp: &ScalingPhase) -> Result<Step, String> {
         })
 }
 
+/// A resharding to fewer shards that waits (or will wait) for an approval:
+/// phase 3 stays the target, and the spec asks for fewer shards than
+/// `status.shards`. Its annotation value, `"shards-<from>-to-<to>"`. `None`
+/// with `allowDemotion`, or while a transition runs (it is decided after).
+pub fn reshard_approval(sp: &ScalingPhase) -> Option<String> {
+    if sp.spec.transitions.allow_demotion {
+        return None;
+    }
+    let s = sp.status.as_ref()?;
+    if s.transition.is_some()
+        || s.active_phase != Some(transition::SHARDED)
+        || effective_phase(sp) != transition::SHARDED
+    {
+        return None;
+    }
+    let cur = s.shards?;
+    let want = ladder_operator::validate::validate(sp, &Default::default())
+        .ok()?
+        .0
+        .postgres?
+        .shards;
+    (want < cur).then(|| format!("shards-{cur}-to-{want}"))
+}
+
 /// The approval annotation's current value.
 pub fn approved_value(sp: &ScalingPhase) -> Option<&str> {
     sp.annotations().get(APPROVE_ANNOTATION).map(|v| v.trim())
@@ -120,9 +144,11 @@ pub fn waiting_for_approval(sp: &ScalingPhase) -> bool {
 
 /// What the status shows about approvals: waiting, approved, or needed later.
 pub fn summary(sp: &ScalingPhase) -> Option<String> {
-    let step = next_approval(sp).ok()?;
+    let value = match reshard_approval(sp) {
+        Some(v) => v,
+        None => next_approval(sp).ok()?.value(),
+    };
     let name = sp.name_any();
-    let value = step.value();
     Some(if approved_value(sp) == Some(value.as_str()) {
         format!("{value} approved ({APPROVE_ANNOTATION})")
     } else if waiting_for_approval(sp) {
@@ -258,6 +284,8 @@ mod tests {
                 retain_until: None,
                 rollback_of: None,
                 message: String::new(),
+                from_shards: None,
+                to_shards: None,
             });
         }
         // 3→2 runs (it was approved); 2→1 moves no data: nothing left to approve.
@@ -301,6 +329,63 @@ mod tests {
             Some([(APPROVE_ANNOTATION.to_owned(), "3-to-2".to_owned())].into());
         assert!(summary(&s).expect("waiting").starts_with("waiting"));
         assert_eq!(summary(&sp(1, Some(1))), None);
+    }
+
+    fn sharded(spec_shards: i32, in_use: i32) -> ScalingPhase {
+        let mut s: ScalingPhase = serde_yaml::from_str(&format!(
+            "apiVersion: ladder.dev/v1alpha1\nkind: ScalingPhase\nmetadata: {{name: shop, namespace: default, uid: 11111111-2222-3333-4444-555555555555}}\nspec: {{phase: 3, overrides: {{postgres: {{shards: {spec_shards}}}}}}}\n"
+        ))
+        .expect("parses");
+        s.status = Some(ScalingPhaseStatus {
+            active_phase: Some(3),
+            shards: Some(in_use),
+            shard_map_version: Some(1),
+            ..ScalingPhaseStatus::default()
+        });
+        s
+    }
+
+    #[test]
+    fn fewer_shards_need_their_own_approval() {
+        let s = sharded(2, 4);
+        assert_eq!(reshard_approval(&s).as_deref(), Some("shards-4-to-2"));
+        assert_eq!(
+            summary(&s).as_deref(),
+            Some("shards-4-to-2 will need an approval (`kubectl ladder approve shop`)")
+        );
+        let mut approved = s.clone();
+        approved.metadata.annotations =
+            Some([(APPROVE_ANNOTATION.to_owned(), "shards-4-to-2".to_owned())].into());
+        assert!(
+            summary(&approved)
+                .expect("approved")
+                .starts_with("shards-4-to-2 approved")
+        );
+        // More shards, the same count, allowDemotion, or a transition that
+        // runs: nothing to approve (now).
+        assert_eq!(reshard_approval(&sharded(8, 4)), None);
+        assert_eq!(reshard_approval(&sharded(4, 4)), None);
+        let mut allowed = s.clone();
+        allowed.spec.transitions.allow_demotion = true;
+        assert_eq!(reshard_approval(&allowed), None);
+        let mut running = s.clone();
+        if let Some(st) = running.status.as_mut() {
+            st.transition = Some(TransitionStatus {
+                from: 2,
+                to: 3,
+                step: TransitionStep::Retain,
+                moves_data: true,
+                started_at: at(),
+                step_started_at: at(),
+                job_name: None,
+                retain_until: None,
+                rollback_of: None,
+                message: String::new(),
+                from_shards: None,
+                to_shards: None,
+            });
+        }
+        assert_eq!(reshard_approval(&running), None);
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub enum Command {
     Approve {
         /// The ScalingPhase (optional when the namespace has only one).
         name: Option<String>,
-        /// The step to approve, such as `3-to-2`; by default the next step down that moves data.
+        /// The step to approve, such as `3-to-2` or `shards-4-to-2` (fewer shards in phase 3); by
+        /// default the resharding to fewer shards that waits, else the next step down that moves data.
         #[arg(long)]
         step: Option<String>,
     },
@@ -233,11 +234,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Approve { name, step } => {
             let sp = cluster::get(&client, &ns, name.as_deref()).await?;
-            let step = match step {
-                Some(s) => Step::parse(&s).map_err(anyhow::Error::msg)?,
-                None => approval::next_approval(&sp).map_err(anyhow::Error::msg)?,
+            // Fewer shards in phase 3 (a resharding) first: no phase step
+            // is pending then.
+            let reshard = match &step {
+                Some(s) if s.trim().starts_with("shards-") => Some(s.trim().to_owned()),
+                Some(_) => None,
+                None => approval::reshard_approval(&sp),
             };
-            let r = approve(&client, &sp, step).await?;
+            let r = match reshard {
+                Some(value) => approve_value(&client, &sp, value, Vec::new()).await?,
+                None => {
+                    let step = match step {
+                        Some(s) => Step::parse(&s).map_err(anyhow::Error::msg)?,
+                        None => approval::next_approval(&sp).map_err(anyhow::Error::msg)?,
+                    };
+                    approve(&client, &sp, step).await?
+                }
+            };
             emit(out, &r, || r.render())
         }
         Command::Pause { name } => {
@@ -272,7 +285,6 @@ async fn approve(
     step: Step,
 ) -> anyhow::Result<ActionReport> {
     let value = step.value();
-    let name = sp.name_any();
     let mut warnings = Vec::new();
     if !step.moves_data() {
         warnings.push(format!(
@@ -292,6 +304,17 @@ async fn approve(
             later.join(", ")
         ));
     }
+    approve_value(client, sp, value, warnings).await
+}
+
+/// Sets the approval annotation to `value` (a phase step or a resharding).
+async fn approve_value(
+    client: &kube::Client,
+    sp: &ladder_crds::scalingphase::ScalingPhase,
+    value: String,
+    warnings: Vec<String>,
+) -> anyhow::Result<ActionReport> {
+    let name = sp.name_any();
     let changed = approval::approved_value(sp) != Some(value.as_str());
     if changed {
         let body = serde_json::json!({"metadata": {"annotations": {APPROVE_ANNOTATION: value}}});

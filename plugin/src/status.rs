@@ -435,7 +435,11 @@ mod tests {
                 retain_until: None,
                 rollback_of: None,
                 message: "waiting for the phase 2 tier to be ready beside phase 1".into(),
+                from_shards: None,
+                to_shards: None,
             }),
+            shard_map_version: None,
+            shards: None,
             ready_components: Some("4/5".into()),
             components: vec![
                 ComponentStatus {

@@ -138,7 +138,7 @@ pub(super) async fn refuse(
 
 /// The part of a status that records decisions rather than observations:
 /// the transition in progress, the promoter's target and recommendation, a
-/// blocked transition. A status that differs in these must be written at
+/// blocked transition, the shard layout in use. A status that differs in these must be written at
 /// once; one that differs only in what was observed may wait for an
 /// observation that includes the operator's own last writes.
 #[derive(Debug, PartialEq)]
@@ -147,6 +147,8 @@ pub(super) struct Decisions<'a> {
     target: Option<i32>,
     recommended: Option<i32>,
     blocked: Option<(&'a str, &'a str)>,
+    /// The shard layout in use: a restart reshards from it.
+    shards: (Option<i32>, Option<i32>),
 }
 
 impl<'a> Decisions<'a> {
@@ -162,6 +164,10 @@ impl<'a> Decisions<'a> {
                     .find(|c| c.type_ == status::types::TRANSITION_BLOCKED && c.status == "True")
                     .map(|c| (c.reason.as_str(), c.message.as_str()))
             }),
+            shards: (
+                s.and_then(|s| s.shards),
+                s.and_then(|s| s.shard_map_version),
+            ),
         }
     }
 }

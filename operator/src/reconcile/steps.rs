@@ -68,31 +68,43 @@ pub(super) async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Acti
 
     // 3. observe (pure) what the last decision applied, from the stores;
     //    and the migration Job (its pod's result only once it finished).
+    let want_shards = validated_at(sp, &world, transition::SHARDED, None)
+        .ok()
+        .and_then(|(v, _)| v.postgres.map(|pg| pg.shards));
+    let in_use = shards_in_use(sp, active, want_shards);
     let shape_now = transition::current_shape(active, stored);
-    let rendered_now = match render_shape(sp, &world, shape_now) {
+    let shards_now = transition::current_shards(active, stored, in_use);
+    let rendered_now = match render_shape(sp, &world, shape_now, shards_now) {
         Ok(d) => d,
         Err(message) => return report::refuse(sp, ctx, &uid, message).await,
     };
     let seen_now = observe::observe(&ctx.stores, &ns, &rendered_now, &ctx.written(&uid));
     let job = read_job(ctx, &ns, stored).await?;
-    let facts = facts(sp, active, target, &seen_now, job, &name);
+    let mut facts = facts(sp, active, target, &seen_now, job, &name);
+    facts.shards = in_use;
+    facts.want_shards = want_shards;
 
     // 4. decide (pure) the transition step; a step back onto retired
     //    volumes is refused (client: only when a transition starts).
-    let mut decided = decide(sp, &facts, shape_now);
+    let mut decided = decide(sp, &facts, shape_now, shards_now);
     if decided.entered == Some(TransitionStep::PrepareTarget)
         && let Some(t) = &decided.transition
-        && let Some(stale) = volumes::stale_volumes(sp, &world, ctx, &ns, t.from, t.to).await?
+        && let Some(stale) = volumes::stale_volumes(sp, &world, ctx, &ns, t).await?
     {
         decided = transition::Plan {
             transition: None,
             shape: shape_now,
+            shards: shards_now,
             entered: None,
             blocked: Some(transition::Blocked {
                 reason: transition::blocked::STALE_VOLUMES,
                 message: format!(
-                    "phase {} would start on volumes a past transition retired ({stale}); they hold stale data. Back them up and delete them (or remove their {} label to reuse them knowingly) to go on",
-                    t.to,
+                    "{} would start on volumes a past transition retired ({stale}); they hold stale data. Back them up and delete them (or remove their {} label to reuse them knowingly) to go on",
+                    if transition::is_reshard(t) {
+                        format!("resharding {}", transition::step_label(t))
+                    } else {
+                        format!("phase {}", t.to)
+                    },
                     transition::RETIRED_BY_LABEL
                 ),
             }),
@@ -101,17 +113,19 @@ pub(super) async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Acti
     }
 
     // 5. render (pure) what the decision needs.
-    let desired = render_decided(sp, &world, &mut decided, shape_now, rendered_now);
-    let (active_v, active_profile) =
-        validated_at(sp, &world, decided.active).map_err(|e| Error::Render(e.to_string()))?;
+    let now_view = (shape_now, shards_now);
+    let desired = render_decided(sp, &world, &mut decided, now_view, rendered_now);
+    let decided_view = (decided.shape, decided.shards);
+    let (active_v, active_profile) = validated_at(sp, &world, decided.active, decided.shards)
+        .map_err(|e| Error::Render(e.to_string()))?;
 
     // 6. plan (pure) the writes, then write the children (client).
     let hash = render::short_hash(desired.to_yaml().as_bytes());
-    let phase_changed = decided.shape != shape_now
+    let phase_changed = decided_view != now_view
         || old
             .and_then(|s| s.active_phase)
             .is_some_and(|p| p != decided.active);
-    let seen = if decided.shape == shape_now {
+    let seen = if decided_view == now_view {
         seen_now
     } else {
         observe::observe(&ctx.stores, &ns, &desired, &ctx.written(&uid))
@@ -138,9 +152,10 @@ pub(super) async fn apply_phase(sp: &ScalingPhase, ctx: &Context) -> Result<Acti
         }
     };
     if !sp.spec.paused
-        && let Some((from, to)) = decided.retire
+        && decided.retire.is_some()
+        && let Some(t) = &decided.transition
     {
-        volumes::retire_volumes(sp, &world, ctx, &ns, from, to).await?;
+        volumes::retire_volumes(sp, &world, ctx, &ns, t).await?;
     }
 
     // 7. observe again (pure) after writing: the stores lag the writes.
@@ -221,6 +236,31 @@ fn active_phase(sp: &ScalingPhase, ctx: &Context, declared: i32) -> i32 {
 /// Past the end of a promoter window: the sample that ends it must be older
 /// than the window when the reconciler looks.
 const WINDOW_SLACK: Duration = Duration::from_millis(50);
+/// The shard layout phase 3 uses now: from status; in phase 3 without one
+/// (a ScalingPhase created at phase 3, or status written by an operator
+/// before resharding existed), the spec's shard count on map v1, which is
+/// what such an operator rendered (CEL refused a change of the count then).
+fn shards_in_use(
+    sp: &ScalingPhase,
+    active: i32,
+    want_shards: Option<i32>,
+) -> Option<transition::ShardLayout> {
+    if active != transition::SHARDED {
+        return None;
+    }
+    let status = sp.status.as_ref();
+    let stored = status.and_then(|s| s.shards.zip(s.shard_map_version));
+    match stored {
+        Some((shards, map_version)) => Some(transition::ShardLayout {
+            shards,
+            map_version,
+        }),
+        None => want_shards.map(|shards| transition::ShardLayout {
+            shards,
+            map_version: transition::FIRST_MAP_VERSION,
+        }),
+    }
+}
 
 /// The effective target: the declared phase, or the promoter's target
 /// above it (capped) under `autoscale.mode: Auto`.
@@ -275,14 +315,22 @@ fn facts<'a>(
             .and_then(|d| d.seconds())
             .unwrap_or(transition::DEFAULT_STEP_TIMEOUT_SECS),
         name,
+        shards: None,
+        want_shards: None,
     }
 }
 
 /// The transition machine's plan; paused, the stored step stays as it is.
-fn decide(sp: &ScalingPhase, facts: &Facts<'_>, shape_now: Shape) -> transition::Plan {
+fn decide(
+    sp: &ScalingPhase,
+    facts: &Facts<'_>,
+    shape_now: Shape,
+    shards_now: Option<transition::ShardLayout>,
+) -> transition::Plan {
     if sp.spec.paused {
         transition::Plan {
             shape: shape_now,
+            shards: shards_now,
             active: facts.active,
             transition: facts.current.cloned(),
             blocked: None,
@@ -302,16 +350,17 @@ fn render_decided(
     sp: &ScalingPhase,
     world: &World,
     decided: &mut transition::Plan,
-    shape_now: Shape,
+    (shape_now, shards_now): (Shape, Option<transition::ShardLayout>),
     rendered_now: Desired,
 ) -> Desired {
-    if decided.shape == shape_now {
+    if (decided.shape, decided.shards) == (shape_now, shards_now) {
         return rendered_now;
     }
-    match render_shape(sp, world, decided.shape) {
+    match render_shape(sp, world, decided.shape, decided.shards) {
         Ok(d) => d,
         Err(message) => {
             decided.shape = shape_now;
+            decided.shards = shards_now;
             decided.transition = sp.status.as_ref().and_then(|s| s.transition.clone());
             decided.entered = None;
             decided.retire = None;
@@ -433,6 +482,9 @@ async fn report_status(
     let at = now();
     let mut next = status::compute(old, generation, observed, at.clone());
     next.transition = decided.transition.clone();
+    let in_use = decided.shards_in_use();
+    next.shards = in_use.map(|l| l.shards);
+    next.shard_map_version = in_use.map(|l| l.map_version);
     report::apply_decision(&mut next, decision, sp, generation, &at);
     report::transition_conditions(&mut next, decided, decision, generation, &at);
     if !settled && report::Decisions::of(Some(&next)) == report::Decisions::of(old) {
@@ -566,6 +618,8 @@ mod tests {
             retain_secs: 60,
             step_timeout_secs: 60,
             name: "shop",
+            shards: None,
+            want_shards: None,
         };
         let idle = transition::decide(&f);
         assert_eq!(requeue_after(&idle, true, &f), DRIFT_CHECK);

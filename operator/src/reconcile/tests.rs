@@ -187,7 +187,7 @@ fn shop(spec: &str) -> ScalingPhase {
 
 /// What phase 0 renders for `sp`.
 fn rendered(sp: &ScalingPhase) -> Desired {
-    shapes::render_shape(sp, &World::default(), Shape::Steady(0)).expect("renders")
+    shapes::render_shape(sp, &World::default(), Shape::Steady(0), None).expect("renders")
 }
 
 use crate::render::Desired;

@@ -12,20 +12,30 @@ use super::{Context, Error};
 use crate::render::migration::TierVolumes;
 use crate::transition;
 use crate::validate::World;
-use ladder_crds::scalingphase::ScalingPhase;
+use ladder_crds::scalingphase::{ScalingPhase, TransitionStatus};
 
-/// The first claim of the tier `to` returns to that a past transition
-/// retired, if any.
+/// Both sides of `t` rendered: `(from, to)`. A resharding renders phase 3
+/// with each side's shard layout.
+fn sides(
+    sp: &ScalingPhase,
+    world: &World,
+    t: &TransitionStatus,
+) -> Option<(crate::render::Desired, crate::render::Desired)> {
+    let (_, from_d) = render_at(sp, world, t.from, t.from_shards).ok()?;
+    let (_, to_d) = render_at(sp, world, t.to, t.to_shards).ok()?;
+    Some((from_d, to_d))
+}
+
+/// The first claim of the tier `t` enters (for a resharding: its added
+/// shards) that a past transition retired, if any.
 pub(super) async fn stale_volumes(
     sp: &ScalingPhase,
     world: &World,
     ctx: &Context,
     ns: &str,
-    from: i32,
-    to: i32,
+    t: &TransitionStatus,
 ) -> Result<Option<String>, Error> {
-    let (Ok((_, from_d)), Ok((_, to_d))) = (render_at(sp, world, from), render_at(sp, world, to))
-    else {
+    let Some((from_d, to_d)) = sides(sp, world, t) else {
         return Ok(None);
     };
     let coming = TierVolumes::only_in(&to_d, &from_d);
@@ -49,17 +59,16 @@ pub(super) async fn stale_volumes(
 
 /// Labels the volumes of the tier a transition retires: which transition,
 /// and when. With `deletionPolicy: Retain` they stay; a later step back to
-/// that tier refuses to start on them.
+/// that tier refuses to start on them. A resharding to fewer shards
+/// retires the shards the new layout drops.
 pub(super) async fn retire_volumes(
     sp: &ScalingPhase,
     world: &World,
     ctx: &Context,
     ns: &str,
-    from: i32,
-    to: i32,
+    t: &TransitionStatus,
 ) -> Result<(), Error> {
-    let (Ok((_, from_d)), Ok((_, to_d))) = (render_at(sp, world, from), render_at(sp, world, to))
-    else {
+    let Some((from_d, to_d)) = sides(sp, world, t) else {
         return Ok(());
     };
     let leaving = TierVolumes::only_in(&from_d, &to_d);
@@ -75,7 +84,7 @@ pub(super) async fn retire_volumes(
             name: String::new(),
             source,
         })?;
-    let by = format!("{from}-to-{to}");
+    let by = transition::step_label(t);
     for c in claims
         .items
         .iter()

@@ -73,7 +73,7 @@ impl Wiring {
             f.immutable,
         ));
         self.config.push(f.text);
-        self.mount(config_volume(f.volume, &f.config_map, None), f.dir, false);
+        self.mount(config_volume(&f.volume, &f.config_map, None), &f.dir, false);
         format!("{}/{}", f.dir, f.file)
     }
 }
@@ -81,11 +81,11 @@ impl Wiring {
 /// A config file of the app, in its own ConfigMap.
 pub(super) struct AppFile {
     /// The volume's name in the pod.
-    pub volume: &'static str,
+    pub volume: String,
     /// The ConfigMap's name.
     pub config_map: String,
     /// Where the volume is mounted.
-    pub dir: &'static str,
+    pub dir: String,
     /// The file (the ConfigMap's key).
     pub file: &'static str,
     /// Its content.
@@ -177,9 +177,9 @@ pub(super) fn sqlite(v: &Validated, d: &mut Desired, wiring: &mut Wiring) {
 /// humans bound to the groups the provider asserts.
 pub(super) fn oidc(v: &Validated, oidc: &Oidc, d: &mut Desired, wiring: &mut Wiring) {
     let file = AppFile {
-        volume: "oidc",
+        volume: "oidc".into(),
         config_map: child_name(v, "oidc"),
-        dir: "/etc/ladder/oidc",
+        dir: "/etc/ladder/oidc".into(),
         file: "oidc.json",
         text: config::oidc_json(oidc),
         immutable: false,

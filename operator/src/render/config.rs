@@ -13,9 +13,10 @@ use serde_json::json;
 use crate::validate::{Edge, Oidc};
 use ladder_crds::contract;
 
-/// Version of the first shard allocation (the ConfigMap holding a map is immutable and named
-/// after its version; the slot count is [`ladder_crds::contract::SHARD_SLOTS`], fixed: changing it is
-/// a resharding migration).
+/// Version of the first shard allocation, the one a climb to phase 3 writes (the ConfigMap
+/// holding a map is immutable and named after its version; the slot count is
+/// [`ladder_crds::contract::SHARD_SLOTS`], fixed). A shard-count change in phase 3 is a
+/// resharding: it writes the next version beside this one (`crate::transition`).
 pub const SHARD_MAP_VERSION: u32 = 1;
 
 /// Quotes a `postgresql.conf` value: single quotes, with `'` and `\` doubled.
@@ -346,7 +347,7 @@ pub fn cdn_json(edge: &Edge, origin: &str) -> String {
 
 /// The shard allocation map ([`contract::ShardMap`]): contiguous ranges of hash slots per
 /// shard, each shard named by the URL (without password) the app connects to.
-pub fn shard_map_json(shards: &[(String, String)]) -> String {
+pub fn shard_map_json(version: u32, shards: &[(String, String)]) -> String {
     let defs = shards
         .iter()
         .map(|(name, url)| contract::ShardDef {
@@ -354,7 +355,7 @@ pub fn shard_map_json(shards: &[(String, String)]) -> String {
             url: url.clone(),
         })
         .collect();
-    let map = contract::ShardMap::even(u64::from(SHARD_MAP_VERSION), contract::SHARD_SLOTS, defs);
+    let map = contract::ShardMap::even(u64::from(version), contract::SHARD_SLOTS, defs);
     serde_json::to_string_pretty(&map).unwrap_or_default()
 }
 
@@ -457,7 +458,8 @@ mod tests {
                 )
             })
             .collect();
-        let map = contract::ShardMap::parse(&shard_map_json(&shards)).expect("valid map");
+        let map = contract::ShardMap::parse(&shard_map_json(SHARD_MAP_VERSION, &shards))
+            .expect("valid map");
         assert_eq!(map.shards.len(), 3);
         assert_eq!(map.slots, contract::SHARD_SLOTS);
         assert_eq!(map.shards[2].url, "postgres://ladder@h:6432/shard_2");

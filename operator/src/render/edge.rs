@@ -44,9 +44,9 @@ pub(super) fn build(
     wiring: &mut Wiring,
 ) {
     let file = AppFile {
-        volume: "edge-policy",
+        volume: "edge-policy".into(),
         config_map: child_name(v, "edge-policy"),
-        dir: "/etc/ladder/edge",
+        dir: "/etc/ladder/edge".into(),
         file: "policy.json",
         text: config::edge_policy_json(edge),
         immutable: false,

@@ -18,8 +18,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Resource;
 use ladder_crds::contract::env;
 
-use super::{Desired, ExpectedComponent, GeneratedSecret, Kind, SecretContent};
+use super::{
+    Desired, ExpectedComponent, GeneratedSecret, Kind, SecretContent, child_name, pgbouncer,
+};
 use crate::transition::{JOB_LABEL, JOB_MIGRATE};
+use crate::validate::Validated;
 
 /// Env names of `ladder-app migrate` (see `app/src/migrate.rs`).
 pub mod migrate_env {
@@ -89,6 +92,47 @@ pub fn merge(mut primary: Desired, mut secondary: Desired) -> Desired {
         .collect();
     primary.expected.extend(extra);
     primary
+}
+
+/// Like [`merge`], for phase 3 with two shard layouts side by side (a
+/// resharding). The app and the migration Job reach every shard through
+/// PgBouncer, which knows only the databases of the layout it was rendered
+/// for; shards are numbered from 0, so the layout with more shards names
+/// every database of the other. When `secondary` is that layout, its
+/// PgBouncer (configuration and Deployment) replaces the primary's.
+pub fn merge_shard_layouts(
+    v: &Validated,
+    mut primary: Desired,
+    secondary: Desired,
+    secondary_has_more_shards: bool,
+) -> Desired {
+    if secondary_has_more_shards {
+        let deployment = child_name(v, pgbouncer::NAME);
+        let config = child_name(v, pgbouncer::CONFIG);
+        for d in primary
+            .deployments
+            .iter_mut()
+            .filter(|d| name_of(*d) == deployment)
+        {
+            if let Some(x) = secondary
+                .deployments
+                .iter()
+                .find(|x| name_of(*x) == deployment)
+            {
+                *d = x.clone();
+            }
+        }
+        for c in primary
+            .config_maps
+            .iter_mut()
+            .filter(|c| name_of(*c) == config)
+        {
+            if let Some(x) = secondary.config_maps.iter().find(|x| name_of(*x) == config) {
+                *c = x.clone();
+            }
+        }
+    }
+    merge(primary, secondary)
 }
 
 /// Names of the workloads and claims only `old` renders: what retiring the
@@ -309,6 +353,80 @@ pub fn migration_job(
         metadata: meta,
         spec: Some(JobSpec {
             // One attempt: a failure is shown, and deleting the Job retries.
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// `ladder-app sweep` as a Job of the app image, with the app pod's env,
+/// volumes and mounts (so its `LADDER_STORE` is the app's shard map): after
+/// a resharding that reused shards, it deletes the rows a shard holds but no
+/// longer owns, each only once its owner holds the same row (see
+/// `app/src/migrate/sweep.rs`). Its pods carry [`JOB_LABEL`] like the
+/// migration's, so the e2e runner runs them for real.
+pub fn sweep_job(
+    job_name: &str,
+    app_name: &str,
+    owner_meta: &ObjectMeta,
+    d: &Desired,
+) -> Result<Job, JobError> {
+    let t = app_template(d, app_name)
+        .ok_or_else(|| JobError(format!("the phase renders no Deployment {app_name}")))?;
+    let pod = t.spec.clone().unwrap_or_default();
+    let c = pod
+        .containers
+        .first()
+        .ok_or_else(|| JobError("the app pod has no container".into()))?;
+    store_of(c).ok_or_else(|| JobError(format!("the app has no {}", env::STORE)))?;
+    const SERVING_ONLY: &[&str] = &["LADDER_LISTEN", "LADDER_REPORT_LOAD"];
+    let envs: Vec<EnvVar> = c
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| !SERVING_ONLY.contains(&e.name.as_str()))
+        .cloned()
+        .collect();
+    let container = Container {
+        name: "sweep".into(),
+        image: c.image.clone(),
+        image_pull_policy: c.image_pull_policy.clone(),
+        args: Some(vec!["sweep".into()]),
+        env: Some(envs),
+        volume_mounts: c.volume_mounts.clone(),
+        resources: c.resources.clone(),
+        security_context: c.security_context.clone(),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let mut labels: BTreeMap<String, String> = owner_meta.labels.clone().unwrap_or_default();
+    labels.insert(JOB_LABEL.into(), JOB_MIGRATE.into());
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        service_account_name: pod.service_account_name.clone(),
+        security_context: pod.security_context.clone(),
+        enable_service_links: Some(false),
+        automount_service_account_token: Some(false),
+        volumes: pod.volumes.clone(),
+        ..PodSpec::default()
+    };
+    let mut meta = owner_meta.clone();
+    meta.name = Some(job_name.to_owned());
+    meta.labels = Some(labels.clone());
+    Ok(Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            // One attempt: a failure shows (the phase is not Ready), and
+            // deleting the Job retries.
             backoff_limit: Some(0),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {

@@ -16,6 +16,8 @@ use crate::validate::{PgBouncer, Size, Validated};
 const TIER: &str = "pgbouncer";
 /// Suffix of the Deployment's and Service's name.
 pub(super) const NAME: &str = "pgbouncer";
+/// Suffix of its configuration's ConfigMap.
+pub(super) const CONFIG: &str = "pgbouncer-config";
 pub(super) const PORT: Port = Port::new("pgbouncer", 6432);
 
 /// Builds PgBouncer over `cluster` and lets the app reach it.
@@ -31,7 +33,7 @@ pub(super) fn build(
     let owner = Owner::tier(TIER);
     let tls = tls::server(v, d, TIER, std::slice::from_ref(&name));
     let ini = config::pgbouncer_ini(&cluster.databases, bouncer.pool_size);
-    let cm = push_config_file(v, d, "pgbouncer-config", TIER, "pgbouncer.ini", &ini);
+    let cm = push_config_file(v, d, CONFIG, TIER, "pgbouncer.ini", &ini);
     // A small process: a fixed size, not one of the overrides.
     let size = Size {
         cpu: "100m".into(),

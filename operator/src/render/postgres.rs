@@ -146,19 +146,27 @@ fn store(v: &Validated, pg: &Postgres, shards: &[Shard], d: &mut Desired, wiring
                 )
             })
             .collect();
-        let text = config::shard_map_json(&map);
+        let version = pg.map_version;
+        let text = config::shard_map_json(version, &map);
         // Immutable, so named after its content too: a map that differs
         // (the URLs' host names, for instance) is a new ConfigMap the app's
         // pods roll onto, not a refused update of the old one.
-        let name = format!(
-            "shard-map-v{}-{}",
-            config::SHARD_MAP_VERSION,
-            short_hash(text.as_bytes())
-        );
+        let name = format!("shard-map-v{version}-{}", short_hash(text.as_bytes()));
+        // Version 1 keeps the volume and path it always had; a resharding's
+        // map gets its own, so that the migration Job (which mounts the
+        // volumes of both sides) reads the old map and the new one.
+        let (volume, dir) = if version == config::SHARD_MAP_VERSION {
+            ("shard-map".to_owned(), "/etc/ladder/shard-map".to_owned())
+        } else {
+            (
+                format!("shard-map-v{version}"),
+                format!("/etc/ladder/shard-map-v{version}"),
+            )
+        };
         let file = AppFile {
-            volume: "shard-map",
+            volume,
             config_map: child_name(v, &name),
-            dir: "/etc/ladder/shard-map",
+            dir,
             file: "shard-map.json",
             text,
             immutable: true,

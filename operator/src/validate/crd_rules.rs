@@ -100,10 +100,6 @@ const RULES: &[(&str, Mirror)] = &[
         )]),
     ),
     (
-        "overrides.postgres.shards is immutable while in phase 3 (unset means 4): resharding is a data migration Ladder does not run yet",
-        Mirror::Transition,
-    ),
-    (
         "autoscale.minPhase must not be above autoscale.maxPhase",
         Mirror::Refuses(&[breaks(
             "phase: 0\nautoscale: {minPhase: 3, maxPhase: 2}",
@@ -301,5 +297,35 @@ fn the_env_rule_names_the_contracts_reserved_names() {
         rule.matches("'OTEL_").count(),
         contract::env::OTEL_SET_BY_OPERATOR.len(),
         "{rule}"
+    );
+}
+
+/// A shard count below 2 (or above 64) is refused by the schema's bounds on
+/// `overrides.postgres.shards` (the apiserver) and by `validate` alike; any
+/// count in bounds may change in phase 3 (a resharding), so no rule refuses
+/// a change of it any more.
+#[test]
+fn shard_counts_out_of_bounds_are_refused_by_the_schema_and_validate() {
+    let crd = serde_json::to_value(ScalingPhase::crd()).expect("crd");
+    let shards = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["overrides"]["properties"]["postgres"]["properties"]["shards"];
+    assert_eq!(shards["minimum"].as_f64(), Some(2.0), "{shards}");
+    assert_eq!(shards["maximum"].as_f64(), Some(64.0), "{shards}");
+    for bad in [0, 1, 65] {
+        let spec = format!("phase: 3\noverrides: {{postgres: {{shards: {bad}}}}}");
+        match refusal("shop", &spec) {
+            Some(Invalid::Field { field, .. }) => {
+                assert_eq!(field, "spec.overrides.postgres.shards", "{bad}")
+            }
+            None => panic!("validate accepted shards: {bad}"),
+        }
+    }
+    assert!(refusal("shop", "phase: 3\noverrides: {postgres: {shards: 2}}").is_none());
+    let rules = cel_rules();
+    assert!(
+        !rules
+            .iter()
+            .any(|(r, _)| r.contains("shards") && r.contains("oldSelf")),
+        "a CEL rule still refuses a shard-count change: {rules:?}"
     );
 }

@@ -98,6 +98,9 @@ pub struct Postgres {
     pub component: DataComponent,
     /// Shards: 1 = one primary, not sharded.
     pub shards: i32,
+    /// Version of the shard map (phase 3): 1 unless a resharding wrote a
+    /// newer one (set by the reconciler from `status.shardMapVersion`).
+    pub map_version: u32,
     /// Extra `postgresql.conf` settings, validated (keys) and still unquoted.
     pub parameters: BTreeMap<String, String>,
 }

@@ -107,6 +107,7 @@ pub(super) fn postgres(
             storage_class,
         },
         shards,
+        map_version: 1,
         parameters,
     }))
 }
