@@ -64,8 +64,95 @@ fn union_secrets(primary: &mut Vec<GeneratedSecret>, secondary: Vec<GeneratedSec
     }
 }
 
+/// The file of PgBouncer's ConfigMap.
+const PGBOUNCER_INI: &str = "pgbouncer.ini";
+
+/// The `[databases]` lines of a `pgbouncer.ini`.
+fn database_lines(ini: &str) -> Vec<&str> {
+    ini.lines()
+        .skip_while(|l| l.trim() != "[databases]")
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .filter(|l| l.contains('='))
+        .collect()
+}
+
+/// `ini` with the `[databases]` lines of `other` whose database it lacks.
+fn union_databases(ini: &str, other: &str) -> String {
+    let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_owned();
+    let have: BTreeSet<String> = database_lines(ini).into_iter().map(key).collect();
+    let extra: Vec<&str> = database_lines(other)
+        .into_iter()
+        .filter(|l| !have.contains(&key(l)))
+        .collect();
+    let Some(last) = database_lines(ini).last().copied() else {
+        return ini.to_owned();
+    };
+    if extra.is_empty() {
+        return ini.to_owned();
+    }
+    let mut out = String::new();
+    for line in ini.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line == last {
+            for e in &extra {
+                out.push_str(e);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// While two phases run side by side, one PgBouncer serves both: the app
+/// reaches the serving phase's databases through it and the migration Job
+/// the other phase's (2 → 3: `ladder` and the shard databases). The
+/// serving phase's configuration gets the other's `[databases]` lines it
+/// lacks, and its Deployment the matching config hash, so its pods roll onto
+/// the configuration that routes both.
+fn route_both_tiers(primary: &mut Desired, secondary: &Desired) {
+    let Desired {
+        config_maps,
+        deployments,
+        ..
+    } = primary;
+    for cm in config_maps.iter_mut() {
+        let name = name_of(cm);
+        let Some(other) = secondary
+            .config_maps
+            .iter()
+            .find(|c| name_of(*c) == name)
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(PGBOUNCER_INI))
+        else {
+            continue;
+        };
+        let Some(ini) = cm.data.as_mut().and_then(|d| d.get_mut(PGBOUNCER_INI)) else {
+            continue;
+        };
+        let merged = union_databases(ini, other);
+        if merged == *ini {
+            continue;
+        }
+        *ini = merged;
+        let hash = super::pod::hash_of(&[ini.as_str()]);
+        let deployment = name.strip_suffix("-config").unwrap_or(&name).to_owned();
+        for d in deployments.iter_mut().filter(|d| name_of(*d) == deployment) {
+            d.spec
+                .template
+                .metadata
+                .get_or_insert_with(Default::default)
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(super::CONFIG_HASH_ANNOTATION.to_owned(), hash.clone());
+        }
+    }
+}
+
 /// Everything `primary` renders, plus what only `secondary` renders.
 pub fn merge(mut primary: Desired, mut secondary: Desired) -> Desired {
+    route_both_tiers(&mut primary, &secondary);
     union_secrets(
         &mut primary.generated_secrets,
         std::mem::take(&mut secondary.generated_secrets),
@@ -475,6 +562,61 @@ mod tests {
             .flatten()
             .map(|e| (e.name.clone(), e.clone()))
             .collect()
+    }
+
+    /// 2 → 3: the phase-2 PgBouncer knows only `ladder`, the Job reaches
+    /// the shard databases through it; side by side it routes both, and its
+    /// pods roll (the config hash follows the merged file).
+    #[test]
+    fn pgbouncer_routes_both_tiers_side_by_side() {
+        let (_, two) = at(2);
+        let (_, three) = at(3);
+        let ini = |d: &Desired| {
+            d.config_maps
+                .iter()
+                .find(|c| name_of(*c) == "shop-pgbouncer-config")
+                .and_then(|c| c.data.as_ref())
+                .map(|data| data[PGBOUNCER_INI].clone())
+                .expect("pgbouncer.ini")
+        };
+        let hash = |d: &Desired| {
+            d.deployments
+                .iter()
+                .find(|x| name_of(*x) == "shop-pgbouncer")
+                .and_then(|x| x.spec.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(super::super::CONFIG_HASH_ANNOTATION).cloned())
+                .expect("config hash")
+        };
+        let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_owned();
+        let dbs = |text: &str| -> BTreeSet<String> {
+            database_lines(text).into_iter().map(key).collect()
+        };
+        let (two_dbs, three_dbs) = (dbs(&ini(&two)), dbs(&ini(&three)));
+        assert!(two_dbs.is_disjoint(&three_dbs), "{two_dbs:?} {three_dbs:?}");
+        for (serving, other) in [(&two, &three), (&three, &two)] {
+            let d = merge(serving.clone(), other.clone());
+            let merged = ini(&d);
+            let all: BTreeSet<String> = two_dbs.union(&three_dbs).cloned().collect();
+            assert_eq!(dbs(&merged), all, "{merged}");
+            assert_eq!(hash(&d), crate::render::pod::hash_of(&[merged.as_str()]));
+            assert_ne!(
+                hash(&d),
+                hash(serving),
+                "the pods roll onto the merged file"
+            );
+            // The rest of the file is the serving phase's.
+            let rest = |t: &str| -> Vec<String> {
+                t.lines()
+                    .filter(|l| !l.contains(" = host="))
+                    .map(str::to_owned)
+                    .collect()
+            };
+            assert_eq!(rest(&merged), rest(&ini(serving)));
+        }
+        // One phase alone is left as rendered.
+        let d = merge(two.clone(), two.clone());
+        assert_eq!(ini(&d), ini(&two));
     }
 
     #[test]
