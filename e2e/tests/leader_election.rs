@@ -32,6 +32,26 @@ fn example(phase: i32) -> String {
     std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example")
 }
 
+/// Deletes `shop-app` (a child every operator of the namespace watches) and
+/// waits until the leader has restored it: a reason for any process that
+/// believes it leads to write.
+async fn restore_deleted_app(ns: &TestNamespace) -> anyhow::Result<()> {
+    let deploys = ns.api::<Deployment>();
+    let old_uid = deploys.get("shop-app").await?.uid();
+    deploys
+        .delete("shop-app", &DeleteParams::background())
+        .await?;
+    wait_for("shop-app restored by the new leader", TIMEOUT, || {
+        let deploys = deploys.clone();
+        let old_uid = old_uid.clone();
+        async move {
+            let d = deploys.get_opt("shop-app").await?;
+            Ok(d.filter(|d| d.uid() != old_uid).map(|_| ()))
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() -> anyhow::Result<()> {
     let client = client().await?;
@@ -84,20 +104,7 @@ async fn a_leader_paused_past_its_lease_writes_nothing_after_it_resumes() -> any
     // under both (each watches it), which the new leader restores.
     a.signal("CONT")?;
     let resumed_at = Timestamp::now();
-    let deploys = ns.api::<Deployment>();
-    let old_uid = deploys.get("shop-app").await?.uid();
-    deploys
-        .delete("shop-app", &DeleteParams::background())
-        .await?;
-    wait_for("shop-app restored by the new leader", TIMEOUT, || {
-        let deploys = deploys.clone();
-        let old_uid = old_uid.clone();
-        async move {
-            let d = deploys.get_opt("shop-app").await?;
-            Ok(d.filter(|d| d.uid() != old_uid).map(|_| ()))
-        }
-    })
-    .await?;
+    restore_deleted_app(&ns).await?;
     a.wait_log("lost the leader Lease", TIMEOUT).await?;
     // A spec change too (a metadata-only edit of the ScalingPhase).
     let touch = serde_json::json!({"metadata": {"annotations": {"e2e.ladder.dev/touch": "1"}}});
@@ -206,20 +213,7 @@ async fn a_leader_cut_off_from_the_apiserver_steps_down_by_its_deadline() -> any
     // new leader restores it) and a spec change.
     partition.heal();
     let healed_at = Timestamp::now();
-    let deploys = ns.api::<Deployment>();
-    let old_uid = deploys.get("shop-app").await?.uid();
-    deploys
-        .delete("shop-app", &DeleteParams::background())
-        .await?;
-    wait_for("shop-app restored by the new leader", TIMEOUT, || {
-        let deploys = deploys.clone();
-        let old_uid = old_uid.clone();
-        async move {
-            let d = deploys.get_opt("shop-app").await?;
-            Ok(d.filter(|d| d.uid() != old_uid).map(|_| ()))
-        }
-    })
-    .await?;
+    restore_deleted_app(&ns).await?;
     let touch = serde_json::json!({"metadata": {"annotations": {"e2e.ladder.dev/touch": "1"}}});
     ns.sps()
         .patch("shop", &PatchParams::default(), &Patch::Merge(&touch))

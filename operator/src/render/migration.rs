@@ -222,6 +222,34 @@ pub fn merge_shard_layouts(
     merge(primary, secondary)
 }
 
+/// A Job of one attempt (a failure shows, and deleting the Job retries),
+/// named `job_name`, owned like `owner_meta`, its pods labelled `labels`.
+fn one_attempt_job(
+    owner_meta: &ObjectMeta,
+    job_name: &str,
+    labels: BTreeMap<String, String>,
+    pod_spec: PodSpec,
+) -> Job {
+    let mut meta = owner_meta.clone();
+    meta.name = Some(job_name.to_owned());
+    meta.labels = Some(labels.clone());
+    Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
 /// Names of the workloads and claims only `old` renders: what retiring the
 /// old tier removes. StatefulSet claims are `<template>-<statefulset>-<n>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -433,25 +461,7 @@ pub fn migration_job(
         affinity,
         ..PodSpec::default()
     };
-    let mut meta = owner_meta.clone();
-    meta.name = Some(job_name.to_owned());
-    meta.labels = Some(labels.clone());
-    Ok(Job {
-        metadata: meta,
-        spec: Some(JobSpec {
-            // One attempt: a failure is shown, and deleting the Job retries.
-            backoff_limit: Some(0),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec),
-            },
-            ..JobSpec::default()
-        }),
-        status: None,
-    })
+    Ok(one_attempt_job(owner_meta, job_name, labels, pod_spec))
 }
 
 /// `ladder-app sweep` as a Job of the app image, with the app pod's env,
@@ -506,26 +516,7 @@ pub fn sweep_job(
         volumes: pod.volumes.clone(),
         ..PodSpec::default()
     };
-    let mut meta = owner_meta.clone();
-    meta.name = Some(job_name.to_owned());
-    meta.labels = Some(labels.clone());
-    Ok(Job {
-        metadata: meta,
-        spec: Some(JobSpec {
-            // One attempt: a failure shows (the phase is not Ready), and
-            // deleting the Job retries.
-            backoff_limit: Some(0),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec),
-            },
-            ..JobSpec::default()
-        }),
-        status: None,
-    })
+    Ok(one_attempt_job(owner_meta, job_name, labels, pod_spec))
 }
 
 #[cfg(test)]
