@@ -187,6 +187,10 @@ start_apiserver() {
 }
 
 # kube-controller-manager, kube-scheduler and kwok: the clients of the apiserver.
+# The scheduler retries a pod it found unschedulable within 10 s (default 5 min): a pod
+# created before the hostPath provisioner bound its claim ("unbound immediate
+# PersistentVolumeClaims") was not always woken by the binding, and then waited the full
+# 5 minutes (seen in `make bench`: one phase-3 ScalingPhase in eleven).
 start_dependents() {
   start kube-controller-manager "$LADDER_BIN/kube-controller-manager" \
     --kubeconfig "$KUBECONFIG_FILE" \
@@ -205,6 +209,7 @@ start_dependents() {
     --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false \
     --kube-api-qps 200 --kube-api-burst 400 \
+    --pod-max-in-unschedulable-pods-duration 10s \
     --v=1
   wait_until kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 

@@ -83,6 +83,32 @@ pub fn is_ready(sp: &ScalingPhase, phase: Option<i32>) -> bool {
     })
 }
 
+/// What a ScalingPhase's status says against readiness: its conditions and
+/// the components not ready, for a timeout's message.
+fn why_not_ready(sp: &ScalingPhase) -> String {
+    let Some(st) = sp.status.as_ref() else {
+        return "no status".into();
+    };
+    let conditions: Vec<String> = st
+        .conditions
+        .iter()
+        .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
+        .collect();
+    let waiting: Vec<String> = st
+        .components
+        .iter()
+        .filter(|c| !c.ready)
+        .map(|c| format!("{} {}: {}", c.kind, c.name, c.message))
+        .collect();
+    format!(
+        "generation {:?}, activePhase {:?}, conditions [{}], not ready [{}]",
+        sp.metadata.generation,
+        st.active_phase,
+        conditions.join("; "),
+        waiting.join("; ")
+    )
+}
+
 /// A watch of the ScalingPhases of one namespace (the bench's view: one
 /// WATCH instead of a LIST per check).
 pub struct Watched {
@@ -158,10 +184,12 @@ impl Watched {
                 let comps = sp.status.as_ref().map_or(0, |s| s.components.len());
                 return Ok((start.elapsed(), comps));
             }
-            anyhow::ensure!(
-                start.elapsed() < timeout,
-                "{name} not Ready at phase {phase} after {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                anyhow::bail!(
+                    "{name} not Ready at phase {phase} after {timeout:?}; last seen: {}",
+                    self.store.get(&r).map_or("never".into(), |sp| why_not_ready(&sp))
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
