@@ -144,6 +144,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     // One span per request, exported over OTLP when the app is given an endpoint (see
     // `ladder_telemetry`): read per request, the tier follows a cut-over.
     let span = request_span(method, route, state.store.get().tier());
+    if state.config.trace_context {
+        // Before the span is first entered: a child of the caller's span when the request
+        // carries a valid `traceparent`, a root otherwise (a malformed header is ignored, never
+        // refused). Public callers are trusted with it: see `ladder_telemetry::propagation`.
+        ladder_telemetry::propagation::continue_trace(&span, req.headers());
+    }
     let resp = next.run(req).instrument(span.clone()).await;
     let elapsed = start.elapsed();
     let status = resp.status();

@@ -71,6 +71,10 @@ pub struct AppConfig {
     pub request_timeout: Duration,
     /// Link API and redirect requests served at once; beyond it: 503 at once.
     pub max_in_flight: usize,
+    /// Continue the caller's W3C trace context (`traceparent`): set from the telemetry, only
+    /// when spans are exported and `OTEL_PROPAGATORS` allows it (see
+    /// `ladder_telemetry::propagation`, which also says why a public app may take it).
+    pub trace_context: bool,
 }
 
 /// Everything a handler can reach. Cheap to clone.

@@ -17,8 +17,9 @@ use crate::ratelimit::{Limiter, Rules};
 use crate::store::{self, StoreHandle, StoreSpec};
 use crate::{AppConfig, AppState};
 
-/// Opens the data tier and every optional service named in `args`.
-pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
+/// Opens the data tier and every optional service named in `args`. `trace_context`: continue
+/// incoming W3C trace context ([`ladder_telemetry::Telemetry::trace_context`]).
+pub async fn build_state(args: &ServeArgs, trace_context: bool) -> anyhow::Result<AppState> {
     crate::auth::check_exposure(
         args.listen,
         args.api_key_hash.is_some(),
@@ -146,6 +147,7 @@ pub async fn build_state(args: &ServeArgs) -> anyhow::Result<AppState> {
             api_key: args.api_key_hash.clone(),
             request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
             max_in_flight: args.max_in_flight.max(1),
+            trace_context,
         },
     );
     watch_cutover(&state, args);
@@ -294,7 +296,8 @@ impl Drop for Running {
 
 /// Binds `args.listen` (port 0 picks a free one) and serves in the background.
 pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
-    let state = build_state(args).await?;
+    // No telemetry is installed here (the binary's `serve` has it): no trace context to read.
+    let state = build_state(args, false).await?;
     if args.report_load {
         crate::report::spawn(state.clone(), args);
     }
@@ -314,9 +317,9 @@ pub async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     })
 }
 
-/// `ladder-app serve`: runs until SIGINT/SIGTERM.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let state = build_state(&args).await?;
+/// `ladder-app serve`: runs until SIGINT/SIGTERM. `trace_context` as in [`build_state`].
+pub async fn serve(args: ServeArgs, trace_context: bool) -> anyhow::Result<()> {
+    let state = build_state(&args, trace_context).await?;
     if args.report_load {
         crate::report::spawn(state.clone(), &args);
     }
@@ -433,12 +436,16 @@ pub async fn main_entry() -> anyhow::Result<std::process::ExitCode> {
         otlp_endpoint: endpoint.as_deref(),
     })?;
     if telemetry.exporting() {
-        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+        tracing::info!(
+            endpoint,
+            continue_incoming_trace_context = telemetry.trace_context(),
+            "exporting traces over OTLP/HTTP"
+        );
     }
     let result = match cli.command {
-        crate::config::Command::Serve(args) => {
-            serve(*args).await.map(|()| std::process::ExitCode::SUCCESS)
-        }
+        crate::config::Command::Serve(args) => serve(*args, telemetry.trace_context())
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS),
         crate::config::Command::Migrate(args) => crate::migrate::run(args).await,
         crate::config::Command::Sweep(args) => crate::migrate::run_sweep(args).await,
     };

@@ -28,6 +28,7 @@ pub fn config() -> AppConfig {
         api_key: None,
         request_timeout: Duration::from_secs(5),
         max_in_flight: 64,
+        trace_context: false,
     }
 }
 

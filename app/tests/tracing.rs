@@ -2,7 +2,9 @@
 //! standard OTEL_* variables exactly as the operator renders them (plus the
 //! endpoint a user adds in `spec.app.env`), sends one span per request to a
 //! loopback OTLP/HTTP receiver, with the store tier as an attribute, and
-//! flushes what it buffered on SIGTERM.
+//! flushes what it buffered on SIGTERM. A request that carries a W3C
+//! `traceparent` is served in a child of the caller's span; a malformed one
+//! is ignored; `OTEL_PROPAGATORS=none` ignores them all.
 
 mod common;
 
@@ -60,6 +62,45 @@ async fn stop(child: tokio::process::Child) -> String {
 
 fn find<'a>(spans: &'a [ReceivedSpan], name: &str) -> Option<&'a ReceivedSpan> {
     spans.iter().find(|s| s.name == name)
+}
+
+/// Lower-case hex of `len` digits, not all zero: a valid W3C id.
+fn is_id(id: &str, len: usize) -> bool {
+    id.len() == len
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
+}
+
+/// The caller's trace and span (examples of the W3C specification).
+const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CALLER_SPAN: &str = "b7ad6b7169203331";
+
+/// What the operator renders, every root sampled, nothing exported before
+/// the flush at SIGTERM; `extra` added.
+fn otel_env<'a>(endpoint: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_SERVICE_NAME", "shop-app"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.0"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// Creates a link and returns its code.
+async fn create_link(c: &reqwest::Client, base: &str) -> String {
+    let created: serde_json::Value = c
+        .post(format!("{base}/api/v1/links"))
+        .json(&serde_json::json!({"url": "https://example.com/traced"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    created["code"].as_str().expect("code").to_owned()
 }
 
 #[tokio::test]
@@ -147,6 +188,9 @@ async fn request_spans_reach_an_otlp_receiver_with_the_store_tier() {
     assert_eq!(create.attribute("http.route"), Some("/api/v1/links"));
     assert_eq!(create.attribute("http.response.status_code"), Some("201"));
     assert_eq!(create.attribute("ladder.store.tier"), Some(tier.as_str()));
+    // No `traceparent`: a root span of a trace of its own, as before.
+    assert!(create.parent_span_id.is_empty(), "{}", context());
+    assert!(is_id(&create.trace_id, 32), "{}", context());
     let redirect = find(&spans, "GET /{code}").unwrap_or_else(|| panic!("{}", context()));
     assert_eq!(
         redirect.attribute("http.route"),
@@ -211,4 +255,184 @@ async fn no_endpoint_no_export() {
     assert_eq!(r.status(), 200);
     let log = stop(child).await;
     assert!(!log.contains("exporting traces"), "{log}");
+}
+
+/// A redirect requested with the caller's `traceparent` and `tracestate` is
+/// served in a child of the caller's span: same trace id, the caller's span
+/// as parent (remote), the state carried on. Malformed headers are ignored:
+/// normal answers, root spans. The caller's sampled flag decides (the
+/// sampler is parent-based): `-00` is not exported though every root is.
+#[tokio::test]
+async fn a_callers_trace_context_is_continued() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let endpoint = receiver.endpoint();
+    let (child, base) = serve(&otel_env(&endpoint, &[])).await;
+    let c = http();
+    let code = create_link(&c, &base).await;
+
+    let r = c
+        .get(format!("{base}/{code}"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "ladder=t61rcWkgMzE,congo=t61rcWkgMzE")
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(r.status(), 302);
+
+    let zeros = "0".repeat(32);
+    let malformed = [
+        "hello".to_owned(),
+        format!("00-{CALLER_TRACE}-{CALLER_SPAN}"),
+        format!("00-{zeros}-{CALLER_SPAN}-01"),
+        format!("00-{}-{CALLER_SPAN}-01", CALLER_TRACE.to_uppercase()),
+        format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra"),
+        format!("00-{CALLER_TRACE}{CALLER_TRACE}-{CALLER_SPAN}-01"),
+    ];
+    for bad in &malformed {
+        let r = c
+            .get(format!("{base}/api/v1/links/{code}"))
+            .header("traceparent", bad)
+            .header("tracestate", "ladder=t61rcWkgMzE")
+            .send()
+            .await
+            .expect("get link");
+        assert_eq!(r.status(), 200, "traceparent {bad:?}");
+    }
+    // Two `traceparent` lines: which one is the caller? Ignored too.
+    let r = c
+        .get(format!("{base}/api/v1/links/{code}"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header(
+            "traceparent",
+            format!("00-{CALLER_TRACE}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .expect("get link");
+    assert_eq!(r.status(), 200);
+
+    let unsampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = c
+        .get(format!("{base}/readyz"))
+        .header(
+            "traceparent",
+            format!("00-{unsampled_trace}-{CALLER_SPAN}-00"),
+        )
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+
+    let log = stop(child).await;
+    assert!(
+        log.contains(r#""continue_incoming_trace_context":true"#),
+        "{log}"
+    );
+    let spans = receiver.spans();
+    let context = || format!("spans {spans:#?}\nlog {log}");
+
+    let redirect = find(&spans, "GET /{code}").unwrap_or_else(|| panic!("{}", context()));
+    assert_eq!(redirect.trace_id, CALLER_TRACE, "{}", context());
+    assert_eq!(redirect.parent_span_id, CALLER_SPAN, "{}", context());
+    assert!(is_id(&redirect.span_id, 16), "{}", context());
+    assert_ne!(redirect.span_id, CALLER_SPAN, "a span of its own");
+    assert_eq!(redirect.parent_is_remote(), Some(true), "{}", context());
+    assert_eq!(
+        redirect.trace_state,
+        "ladder=t61rcWkgMzE,congo=t61rcWkgMzE",
+        "{}",
+        context()
+    );
+    assert_eq!(redirect.attribute("http.response.status_code"), Some("302"));
+    assert_eq!(redirect.attribute("ladder.store.tier"), Some("sqlite"));
+
+    let ignored: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "GET /api/v1/links/{code}")
+        .collect();
+    assert_eq!(ignored.len(), malformed.len() + 1, "{}", context());
+    for s in &ignored {
+        assert!(s.parent_span_id.is_empty(), "a root: {s:#?}");
+        assert_eq!(s.parent_is_remote(), Some(false), "{s:#?}");
+        assert!(is_id(&s.trace_id, 32), "{s:#?}");
+        assert_ne!(s.trace_id, CALLER_TRACE, "{s:#?}");
+        assert_eq!(s.trace_state, "", "no state without a parent: {s:#?}");
+        assert_eq!(s.attribute("http.response.status_code"), Some("200"));
+    }
+    let mut traces: Vec<&str> = ignored.iter().map(|s| s.trace_id.as_str()).collect();
+    traces.sort_unstable();
+    traces.dedup();
+    assert_eq!(
+        traces.len(),
+        ignored.len(),
+        "a new trace each: {}",
+        context()
+    );
+
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.trace_id == unsampled_trace || s.name == "GET /readyz"),
+        "the caller did not sample its trace: {}",
+        context()
+    );
+}
+
+/// The other half of a parent-based sampler: a caller's sampled flag is
+/// followed even where the ratio would sample nothing (the trade-off
+/// `ladder_telemetry::propagation` documents).
+#[tokio::test]
+async fn a_sampled_caller_is_exported_whatever_the_ratio() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let endpoint = receiver.endpoint();
+    let (child, base) = serve(&otel_env(&endpoint, &[("OTEL_TRACES_SAMPLER_ARG", "0")])).await;
+    let c = http();
+    for traced in [true, false, false] {
+        let mut req = c.get(format!("{base}/readyz"));
+        if traced {
+            req = req.header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"));
+        }
+        assert_eq!(req.send().await.expect("readyz").status(), 200);
+    }
+    let log = stop(child).await;
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "only the caller's: {spans:#?}\n{log}");
+    assert_eq!(spans[0].name, "GET /readyz");
+    assert_eq!(spans[0].trace_id, CALLER_TRACE);
+    assert_eq!(spans[0].parent_span_id, CALLER_SPAN);
+}
+
+/// `OTEL_PROPAGATORS=none` (settable in `spec.app.env`): the app takes no
+/// trace context from outside; every request is a root, sampled by the
+/// app's own sampler whatever the caller's flag.
+#[tokio::test]
+async fn otel_propagators_none_ignores_a_callers_trace_context() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let endpoint = receiver.endpoint();
+    let (child, base) = serve(&otel_env(&endpoint, &[("OTEL_PROPAGATORS", "none")])).await;
+    let c = http();
+    for flags in ["01", "00"] {
+        let r = c
+            .get(format!("{base}/readyz"))
+            .header(
+                "traceparent",
+                format!("00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}"),
+            )
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(r.status(), 200);
+    }
+    let log = stop(child).await;
+    assert!(
+        log.contains(r#""continue_incoming_trace_context":false"#),
+        "{log}"
+    );
+    let spans = receiver.spans();
+    let ready: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == "GET /readyz").collect();
+    assert_eq!(ready.len(), 2, "{spans:#?}");
+    for s in ready {
+        assert!(s.parent_span_id.is_empty(), "{s:#?}");
+        assert_ne!(s.trace_id, CALLER_TRACE, "{s:#?}");
+    }
 }

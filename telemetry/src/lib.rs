@@ -17,6 +17,11 @@
 //! Spans are batched and sent from a background thread (the SDK's batch
 //! processor); a collector that is down costs dropped spans, never a slower
 //! request or reconcile.
+//!
+//! Incoming W3C trace context (`traceparent`, `tracestate`) is continued by
+//! a server that asks for it ([`propagation`], [`Telemetry::trace_context`]).
+//! The Rust SDK does not read `OTEL_PROPAGATORS`, so this crate does: it
+//! decides whether that context is read (see [`propagation`]).
 
 use opentelemetry::Key;
 use opentelemetry::trace::TracerProvider as _;
@@ -27,6 +32,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+pub mod propagation;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 
@@ -93,6 +99,8 @@ pub struct Options<'a> {
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// `OTEL_PROPAGATORS` names `tracecontext` (or is unset).
+    reads_trace_context: bool,
 }
 
 /// The URL spans are POSTed to: the endpoint is a base URL, as
@@ -177,6 +185,9 @@ pub fn init(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
             )
         }
     };
+    let (reads_trace_context, unread) = propagation::reads_trace_context(
+        std::env::var(propagation::PROPAGATORS_ENV).ok().as_deref(),
+    );
     let traces = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(options.service_name))
@@ -187,13 +198,30 @@ pub fn init(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
         .with(logs)
         .with(traces)
         .try_init()?;
-    Ok(Telemetry { provider })
+    if provider.is_some() && !unread.is_empty() {
+        tracing::warn!(
+            propagators = %unread.join(","),
+            "OTEL_PROPAGATORS names propagators this binary does not read; only tracecontext is"
+        );
+    }
+    Ok(Telemetry {
+        provider,
+        reads_trace_context,
+    })
 }
 
 impl Telemetry {
     /// Whether spans are exported.
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
+    }
+
+    /// Whether a server should continue the W3C trace context of incoming
+    /// requests ([`propagation::continue_trace`]): only when spans are
+    /// exported (otherwise reading the headers would cost for nothing) and
+    /// `OTEL_PROPAGATORS` is unset or names `tracecontext`.
+    pub fn trace_context(&self) -> bool {
+        self.provider.is_some() && self.reads_trace_context
     }
 
     /// Sends the spans still buffered and stops the exporter. Blocks (the

@@ -24,6 +24,16 @@ pub struct ReceivedSpan {
     pub name: String,
     /// Its attributes, values as text.
     pub attributes: Vec<(String, String)>,
+    /// Lower-case hex, as in a `traceparent` header.
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    /// The W3C `tracestate` it carries, as a header value.
+    pub trace_state: String,
+    /// OTLP span flags: the W3C trace flags in the low byte, then whether
+    /// the parent is known to be remote (bit 8) and is remote (bit 9).
+    pub flags: u32,
 }
 
 impl ReceivedSpan {
@@ -33,6 +43,11 @@ impl ReceivedSpan {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the exporter said the parent is remote (`None`: it did not say).
+    pub fn parent_is_remote(&self) -> Option<bool> {
+        (self.flags & 0x100 != 0).then_some(self.flags & 0x200 != 0)
     }
 }
 
@@ -114,6 +129,10 @@ fn text(v: Option<&AnyValue>) -> String {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn pairs(attrs: &[KeyValue]) -> Vec<(String, String)> {
     attrs
         .iter()
@@ -152,6 +171,11 @@ async fn traces(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> St
                     resource: resource.clone(),
                     name: span.name.clone(),
                     attributes: pairs(&span.attributes),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    trace_state: span.trace_state.clone(),
+                    flags: span.flags,
                 });
             }
         }
