@@ -37,7 +37,7 @@ test-unit: ## unit tests: pure code, no services (golden snapshots, property tes
 	$(CARGO) test --workspace --locked --lib --bins
 	$(CARGO) test -p ladder-operator --locked --test '*'
 
-test-rendered: toolchain ## the rendered config runs: Debian's postgres, pgbouncer and redis-server started with exactly what the operator renders (needs root)
+test-rendered: toolchain ## the rendered config runs: Debian's postgres, pgbouncer and redis-server started with exactly what the operator renders, their exporters scraped beside them (needs root; builds the exporters once)
 	$(CARGO) test -p ladder-operator --locked --test rendered_config_runs -- --ignored
 
 test-integration: services-up cluster-up ## integration tests against the real data services (LoadReports go to the control plane)

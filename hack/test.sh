@@ -7,7 +7,8 @@
 #   2. unit: pure tests of every crate (renderers, golden files, CRD drift, ...)
 #   3. rendered config: Debian's postgres (+ streaming replicas), pgbouncer
 #      and redis-server started with exactly what the operator renders, on
-#      loopback, clients verifying TLS as the app does (needs root)
+#      loopback, clients verifying TLS as the app does, and the rendered
+#      exporter sidecars scraped beside them (needs root)
 #   4. integration: ladder-app against real PostgreSQL (+ streaming replica),
 #      PgBouncer, Redis, ClickHouse (and chDB, ClickHouse's current engine)
 #      and Varnish on loopback
@@ -49,6 +50,11 @@ export LADDER_HELM
 # The edge's TLS sidecar, for app/tests/edge_hostile.rs (built once, cached).
 LADDER_GHOSTUNNEL="$(bash hack/build-ghostunnel.sh)"
 export LADDER_GHOSTUNNEL
+# The data tiers' exporter sidecars, for the rendered-config tier (the
+# catalogue's versions, built once, cached; one the Go module proxy does not
+# serve is named and left out, and the tier says what it could not run).
+exporters="$(bash hack/build-exporters.sh)"
+eval "$exporters"
 
 step "unit tests (pure)"
 cargo test --workspace "${TEST_FLAGS[@]}" --lib --bins

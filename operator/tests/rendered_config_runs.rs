@@ -12,6 +12,19 @@
 //! passwords of the generated Secrets. A server that refuses its config,
 //! stops, or cannot be reached like that fails the test.
 //!
+//! Beside each server, its rendered exporter sidecar
+//! (`render/exporters.rs`) runs too: the catalogue's version of the
+//! program (`hack/build-exporters.sh`) with exactly the rendered args and
+//! env (Secret values, `$(VAR)` expanded as the kubelet does), only its
+//! addresses moved to the pod's loopback address like the servers'. It is
+//! scraped where the pod's `prometheus.io/*` annotations point and must
+//! report its server reachable (`pg_up`, `pgbouncer_up`, `redis_up` 1), what
+//! only a connected exporter sees, and the catalogue's version; every
+//! data-tier metric the dashboard and the alert rules query must be among
+//! what they export. pgbouncer_exporter: the Go module proxy serves no
+//! version of it here, so its queries run over its rendered connection
+//! string by psql instead, and the run says so (`NOT RUN`).
+//!
 //! Not run here, and why: ClickHouse (the rendered config is for 25.8; Debian
 //! ships 18.16, which needs another root element and lacks the settings) and
 //! CockroachDB (no package we may use). The app's ClickHouse SQL is checked
@@ -25,7 +38,9 @@ mod rendered;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
+use ladder_crds::catalogue::images;
 use ladder_crds::contract::{self, ShardMap};
+use rendered::exporters::{Metrics, data_tier_names_used, exporter_bin, http_get};
 use rendered::*;
 
 /// The startup parameters the app's driver (sqlx 0.9) sends, besides user
@@ -471,9 +486,367 @@ fn check_replication(p: &Phase, app: &AppWiring, primary: &str) {
     );
 }
 
+// ------------------------------------------------------------ exporters --
+
+/// The program of each exporter image the operator renders: the catalogue's
+/// images, and the binaries `hack/build-exporters.sh` builds from the same
+/// tags.
+const EXPORTER_PROGRAMS: &[(&str, &str)] = &[
+    (images::POSTGRES_EXPORTER, "postgres_exporter"),
+    (images::PGBOUNCER_EXPORTER, "pgbouncer_exporter"),
+    (images::REDIS_EXPORTER, "redis_exporter"),
+];
+
+/// An exporter sidecar started beside its server.
+struct Sidecar {
+    pod: Pod,
+    program: &'static str,
+    /// The image's tag: the version the exporter must report.
+    tag: String,
+    /// Where Prometheus scrapes it: the pod's `prometheus.io/*` annotations.
+    port: u16,
+    path: String,
+    log: std::path::PathBuf,
+}
+
+/// An exporter sidecar this machine could not run, and why.
+struct NotRun {
+    pod: Pod,
+    program: &'static str,
+    container: Container,
+    why: String,
+}
+
+/// The pod's network is its own loopback address here (see rendered/mod.rs),
+/// so a sidecar's `127.0.0.1` (the server beside it) and its listen address
+/// without a host (`:9187`, every interface of the pod) become the pod's
+/// address. Nothing else of an argument or env value changes.
+fn on_pod_loopback(value: &str, ip: std::net::Ipv4Addr) -> String {
+    let value = value.replace("127.0.0.1", &ip.to_string());
+    let is_port = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(port) = value.strip_prefix(':').filter(|p| is_port(p)) {
+        return format!("{ip}:{port}");
+    }
+    match value.split_once("=:") {
+        Some((flag, port)) if is_port(port) => format!("{flag}={ip}:{port}"),
+        _ => value,
+    }
+}
+
+#[test]
+fn sidecar_addresses_move_to_the_pod_and_vars_expand_as_the_kubelet_does() {
+    let ip = std::net::Ipv4Addr::new(127, 9, 8, 7);
+    assert_eq!(on_pod_loopback(":9121", ip), "127.9.8.7:9121");
+    assert_eq!(
+        on_pod_loopback("--web.listen-address=:9187", ip),
+        "--web.listen-address=127.9.8.7:9187"
+    );
+    assert_eq!(
+        on_pod_loopback("rediss://127.0.0.1:6379", ip),
+        "rediss://127.9.8.7:6379"
+    );
+    assert_eq!(on_pod_loopback("true", ip), "true");
+    assert_eq!(on_pod_loopback("a=:b", ip), "a=:b");
+    let env = [
+        ("P".to_owned(), "s3cr$(x)".to_owned()),
+        ("P".to_owned(), "last".to_owned()),
+    ];
+    assert_eq!(
+        expand("u:$(P)@h", &env),
+        "u:last@h",
+        "the last definition wins"
+    );
+    assert_eq!(expand("$$(P) $(Q) $( $", &env), "$(P) $(Q) $( $");
+    assert_eq!(
+        expand("$(P)", &env[..1]),
+        "s3cr$(x)",
+        "values are not expanded again"
+    );
+}
+
+/// Starts every exporter sidecar of `pod` as a kubelet would: the image's
+/// program (the catalogue's version) with exactly the rendered args and
+/// env, env values from the generated Secrets and `$(VAR)` expanded in the
+/// args; only the addresses moved to the pod's loopback address. Its
+/// server must be running already.
+fn start_exporters(p: &mut Phase, pod: &Pod) -> Vec<Result<Sidecar, NotRun>> {
+    let mut out = Vec::new();
+    for c in &pod.spec.containers {
+        let image = c.image.as_deref().unwrap_or_default();
+        let Some(&(_, program)) = EXPORTER_PROGRAMS.iter().find(|(i, _)| *i == image) else {
+            continue;
+        };
+        let bin = match exporter_bin(program) {
+            Ok(bin) => bin,
+            Err(why) => {
+                out.push(Err(NotRun {
+                    pod: pod.clone(),
+                    program,
+                    container: c.clone(),
+                    why,
+                }));
+                continue;
+            }
+        };
+        assert!(
+            c.command.is_none(),
+            "{}: the rendered exporter keeps its image's entrypoint",
+            c.name
+        );
+        // The image's filesystem: its program, readable by the pod's user.
+        let image_dir = pod.dir.join("image");
+        std::fs::create_dir_all(&image_dir).expect("image dir");
+        let entrypoint = image_dir.join(program);
+        if std::fs::hard_link(&bin, &entrypoint).is_err() {
+            std::fs::copy(&bin, &entrypoint).expect("the exporter binary");
+        }
+        let mounts = p.mount(pod, c);
+        let env = p.env(pod, c, &mounts);
+        let mut argv = vec![entrypoint.display().to_string()];
+        argv.extend(
+            c.args
+                .iter()
+                .flatten()
+                .map(|a| on_pod_loopback(&expand(&mounts.rewrite(a), &env), pod.ip)),
+        );
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k, on_pod_loopback(&v, pod.ip)))
+            .collect();
+        let port = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|port| port.name.as_deref() == Some("metrics"))
+            .unwrap_or_else(|| panic!("{}: no metrics port", c.name))
+            .container_port;
+        let annotation = |k: &str| {
+            pod.annotations
+                .get(k)
+                .unwrap_or_else(|| panic!("{}: no {k} annotation", pod.name))
+                .clone()
+        };
+        assert_eq!(annotation("prometheus.io/scrape"), "true");
+        assert_eq!(
+            annotation("prometheus.io/port"),
+            port.to_string(),
+            "{}: Prometheus scrapes the exporter's port",
+            pod.name
+        );
+        let mut proc = p.spawn(pod, &c.name, &env, &argv);
+        let log = proc.log.clone();
+        wait_ready(&mut proc, program, || listening(pod.ip, port as u16));
+        p.keep(proc);
+        out.push(Ok(Sidecar {
+            pod: pod.clone(),
+            program,
+            tag: image.rsplit_once(':').expect("a tagged image").1.to_owned(),
+            port: port as u16,
+            path: annotation("prometheus.io/path"),
+            log,
+        }));
+    }
+    out
+}
+
+/// Scrapes a sidecar the way Prometheus would (its annotations' port and
+/// path). A few tries: the first scrape may race the exporter's own
+/// connection set-up; one that never reaches its server keeps its `up` at 0.
+fn scrape(s: &Sidecar, up: &str) -> Metrics {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match http_get(s.pod.ip, s.port, &s.path) {
+            Ok(text) => {
+                let m = Metrics::parse(&text);
+                if m.value(up) == Some(1.0) {
+                    return m;
+                }
+                last = text;
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!(
+        "{} of {} does not report `{up} 1`: it cannot reach its server with the rendered \
+         config. Its /metrics:\n{}\nIts log:\n{}",
+        s.program,
+        s.pod.name,
+        last.lines()
+            .filter(|l| l.contains("up") || l.contains("error"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        tail(&s.log)
+    );
+}
+
+/// The exporter reaches its server: its `up` is 1 and it reports what only
+/// a connected exporter can (its own session in `ladder`'s row of
+/// pg_stat_database; PgBouncer's pools for the app's user; Redis' clients),
+/// and the version it was built as is the catalogue's. Returns its scrape.
+fn check_exporter(s: &Sidecar) -> Metrics {
+    let at = format!("{} of {}", s.program, s.pod.name);
+    let m = match s.program {
+        "postgres_exporter" => {
+            let m = scrape(s, "pg_up");
+            let rows: Vec<_> = m
+                .find("pg_stat_database_numbackends", &[("datname", "ladder")])
+                .collect();
+            assert!(
+                rows.iter().any(|r| r.value >= 1.0),
+                "{at}: no pg_stat_database row for `ladder` with its own session: {rows:?}"
+            );
+            m
+        }
+        "pgbouncer_exporter" => {
+            let m = scrape(s, "pgbouncer_up");
+            let pools: Vec<_> = m
+                .find(
+                    "pgbouncer_pools_client_active_connections",
+                    &[("user", "ladder")],
+                )
+                .collect();
+            assert!(!pools.is_empty(), "{at}: no pool of user `ladder`");
+            m
+        }
+        "redis_exporter" => {
+            let m = scrape(s, "redis_up");
+            let clients = m.value("redis_connected_clients");
+            assert!(
+                clients.is_some_and(|c| c >= 1.0),
+                "{at}: redis_connected_clients {clients:?}"
+            );
+            m
+        }
+        other => panic!("no check for {other}"),
+    };
+    let info = format!("{}_build_info", s.program);
+    let version = s.tag.trim_start_matches('v');
+    let reported: Vec<_> = m.find(&info, &[]).collect();
+    assert!(
+        reported.iter().any(|r| r
+            .labels
+            .get("version")
+            .is_some_and(|v| v.trim_start_matches('v') == version)),
+        "{at} is not the catalogue's {}: {reported:?}",
+        s.tag
+    );
+    m
+}
+
+/// PgBouncer's exporter, when this machine cannot build it: its queries
+/// (SHOW STATS, LISTS, CONFIG, DATABASES, POOLS, STATS_TOTALS), run over
+/// exactly its rendered connection string by psql, so at least the
+/// credentials, the TLS mode and the `stats_users` grant it relies on are
+/// proved.
+fn check_pgbouncer_exporter_queries(p: &Phase, n: &NotRun) {
+    let env = p.env(&n.pod, &n.container, &Mounts(Vec::new()));
+    let dsn = n
+        .container
+        .args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix("--pgBouncer.connectionString="))
+        .expect("the rendered connection string");
+    let dsn = on_pod_loopback(&expand(dsn, &env), n.pod.ip);
+    for q in [
+        "SHOW STATS",
+        "SHOW LISTS",
+        "SHOW CONFIG",
+        "SHOW DATABASES",
+        "SHOW STATS_TOTALS",
+    ] {
+        psql(p, &dsn, "", q).unwrap_or_else(|e| {
+            panic!("pgbouncer_exporter's `{q}` over its rendered connection string: {e}")
+        });
+    }
+    let pools = psql(p, &dsn, "", "SHOW POOLS").expect("SHOW POOLS");
+    assert!(
+        pools.lines().any(|l| l.split('|').nth(1) == Some("ladder")),
+        "no pool of user `ladder`:\n{pools}"
+    );
+}
+
+/// Starts and checks the exporters of `pods`; returns the scrapes and the
+/// programs not run (printed, with why).
+fn run_exporters(p: &mut Phase, pods: &[Pod]) -> (Vec<(&'static str, Metrics)>, Vec<&'static str>) {
+    let mut started = Vec::new();
+    for pod in pods {
+        started.extend(start_exporters(p, pod));
+    }
+    assert!(!started.is_empty(), "no exporter sidecar rendered");
+    let (mut scraped, mut not_run) = (Vec::new(), Vec::new());
+    for s in started {
+        match s {
+            Ok(s) => {
+                scraped.push((s.program, check_exporter(&s)));
+                eprintln!("{} of {}: up, connected, {}", s.program, s.pod.name, s.tag);
+            }
+            Err(n) => {
+                eprintln!(
+                    "NOT RUN: {} of {} ({}); its queries were run over its rendered connection \
+                     instead",
+                    n.program, n.pod.name, n.why
+                );
+                assert_eq!(n.program, "pgbouncer_exporter", "{}", n.why);
+                check_pgbouncer_exporter_queries(p, &n);
+                not_run.push(n.program);
+            }
+        }
+    }
+    p.assert_all_running();
+    (scraped, not_run)
+}
+
+/// Every data-tier metric a dashboard panel or an alert rule queries is one
+/// the running exporters export (a panel on a name that no exporter has
+/// stays empty, an alert on it never fires).
+fn check_dashboard_names(scraped: &[(&'static str, Metrics)], not_run: &[&'static str]) {
+    let used = data_tier_names_used();
+    let program_of = |name: &str| {
+        [
+            ("pgbouncer_", "pgbouncer_exporter"),
+            ("pg_", "postgres_exporter"),
+            ("redis_", "redis_exporter"),
+            ("ClickHouse", "clickhouse"),
+        ]
+        .into_iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map(|(_, program)| program)
+        .expect("a data-tier name")
+    };
+    let (mut missing, mut verified) = (Vec::new(), Vec::new());
+    for name in &used {
+        let program = program_of(name);
+        if program == "clickhouse" || not_run.contains(&program) {
+            eprintln!("NOT VERIFIED (its exporter did not run here): {name}");
+            continue;
+        }
+        verified.push(name.as_str());
+        let exported = scraped
+            .iter()
+            .filter(|(p, _)| *p == program)
+            .any(|(_, m)| m.names().contains(name));
+        if !exported {
+            missing.push(name.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard or the rules query data-tier metrics the exporters do not export: \
+         {missing:?}"
+    );
+    eprintln!("data-tier metrics the dashboard and rules use, exported: {verified:?}");
+}
+
 /// Plans and starts PostgreSQL: every primary of `shards` (names), with
-/// `replicas` pods of each replica set; then PgBouncer and Redis.
-fn start_data_tier(p: &mut Phase, primaries: &[String], replicas: u32) -> (AppWiring, u32) {
+/// `replicas` pods of each replica set; then PgBouncer and Redis. Returns
+/// the app's wiring, redis-server's pid and every pod started.
+fn start_data_tier(
+    p: &mut Phase,
+    primaries: &[String],
+    replicas: u32,
+) -> (AppWiring, u32, Vec<Pod>) {
     let mut pods = Vec::new();
     for primary in primaries {
         pods.push(p.pod(primary, Some(0)));
@@ -489,19 +862,23 @@ fn start_data_tier(p: &mut Phase, primaries: &[String], replicas: u32) -> (AppWi
     }
     start_pgbouncer(p, &bouncer);
     let pid = start_redis(p, &redis);
-    (app, pid)
+    pods.extend([bouncer, redis]);
+    (app, pid, pods)
 }
 
 #[test]
 #[ignore = "the rendered-config tier: make test-rendered (root, Debian's servers)"]
 fn phase_1_postgres_pgbouncer_and_redis_run_their_rendered_config() {
     let mut p = Phase::new("phase: 1");
-    let (app, redis_pid) = start_data_tier(&mut p, &[format!("{SP}-postgres")], 0);
+    let (app, redis_pid, pods) = start_data_tier(&mut p, &[format!("{SP}-postgres")], 0);
     check_pg_endpoint(&p, &svc(&format!("{SP}-postgres")), 5432);
     check_pg_endpoint(&p, &svc(&format!("{SP}-pgbouncer")), 6432);
     check_app_urls(&p, &app, 1);
     check_pgbouncer_settings(&p, &app);
     check_redis(&p, &app, redis_pid);
+    // After the app's connections, so PgBouncer has its pools.
+    let (scraped, not_run) = run_exporters(&mut p, &pods);
+    check_dashboard_names(&scraped, &not_run);
     p.assert_all_running();
 }
 
@@ -517,7 +894,7 @@ fn phase_2_streaming_replicas_run_their_rendered_config() {
         .find(|s| s.metadata.name.as_deref() == Some(&format!("{primary}-replica")))
         .and_then(|s| s.spec.replicas)
         .expect("a replica set") as u32;
-    let (app, redis_pid) = start_data_tier(&mut p, std::slice::from_ref(&primary), replicas);
+    let (app, redis_pid, pods) = start_data_tier(&mut p, std::slice::from_ref(&primary), replicas);
     for i in 0..replicas {
         let set = format!("{primary}-replica");
         check_pg_endpoint(&p, &format!("{set}-{i}.{}", svc(&set)), 5432);
@@ -526,6 +903,7 @@ fn phase_2_streaming_replicas_run_their_rendered_config() {
     check_app_urls(&p, &app, 1);
     check_replication(&p, &app, &svc(&primary));
     check_redis(&p, &app, redis_pid);
+    run_exporters(&mut p, &pods);
     p.assert_all_running();
 }
 
@@ -543,13 +921,14 @@ fn phase_3_shards_behind_pgbouncer_run_their_rendered_config() {
     assert_eq!(primaries.len(), 4, "{primaries:?}");
     // One replica pod per shard keeps the run small; every replica set
     // shares one rendered config.
-    let (app, redis_pid) = start_data_tier(&mut p, &primaries, 1);
+    let (app, redis_pid, pods) = start_data_tier(&mut p, &primaries, 1);
     for primary in &primaries {
         check_pg_endpoint(&p, &svc(primary), 5432);
     }
     check_app_urls(&p, &app, 4);
     check_pgbouncer_settings(&p, &app);
     check_redis(&p, &app, redis_pid);
+    run_exporters(&mut p, &pods);
     p.assert_all_running();
 }
 
@@ -563,6 +942,7 @@ fn phase_4_redis_runs_its_rendered_config() {
     let app = AppWiring::of(&mut p);
     let pid = start_redis(&mut p, &pod);
     check_redis(&p, &app, pid);
+    run_exporters(&mut p, &[pod]);
     p.assert_all_running();
 }
 

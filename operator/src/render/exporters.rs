@@ -22,9 +22,24 @@
 //! Exporters have no readiness probe on purpose: readiness is per pod, and a
 //! failing exporter must never take a database out of its Service.
 //!
+//! Proved by running them: `operator/tests/rendered_config_runs.rs` starts
+//! the catalogue's versions of the programs (built from the image tags by
+//! `hack/build-exporters.sh`) with exactly these args and env beside
+//! Debian's servers running the rendered config, and scrapes them where the
+//! annotations point: each reports its server up, what only a connected
+//! exporter sees, and the catalogue's version; every data-tier metric of
+//! the dashboard and the alert rules is among what they export. Not
+//! pgbouncer_exporter: the Go module proxy serves no version of it on our
+//! machines, so its queries run by psql over the connection string rendered
+//! here instead. ClickHouse's endpoint is not run (Debian's ClickHouse is
+//! too old for the rendered config).
+//!
 //! Not covered: Varnish has no Prometheus endpoint of its own, and its
 //! exporter reads varnishd's shared memory through `varnishstat`, which is
-//! in the Varnish image, not the exporter's; the edge tier is not scraped yet.
+//! in the Varnish image, not the exporter's; the exporter
+//! (jonnenauha/prometheus_varnish_exporter) is not served by the Go module
+//! proxy either, so it could not be built or run against the rendered edge.
+//! The edge tier is not scraped yet.
 
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

@@ -25,6 +25,8 @@
 
 #![allow(dead_code)]
 
+pub mod exporters;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -246,6 +248,8 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub spec: PodSpec,
     pub labels: BTreeMap<String, String>,
+    /// The pod template's annotations (`prometheus.io/*` among them).
+    pub annotations: BTreeMap<String, String>,
     /// The StatefulSet's governing Service, if any.
     pub service: Option<String>,
     /// The pod's directory: volumes under `vol/`, logs.
@@ -295,7 +299,7 @@ impl Phase {
     /// Plans pod `ordinal` of the StatefulSet `name` (or the Deployment, for
     /// `ordinal` None): an address, a directory, its names in DNS.
     pub fn pod(&mut self, workload: &str, ordinal: Option<u32>) -> Pod {
-        let (spec, labels, service, pod_name) = if let Some(i) = ordinal {
+        let (spec, (labels, annotations), service, pod_name) = if let Some(i) = ordinal {
             let sts = self
                 .desired
                 .stateful_sets
@@ -319,12 +323,10 @@ impl Phase {
             (spec.template.clone(), None, format!("{workload}-pod"))
         }
         .pipe(|(t, svc, n)| {
-            let labels = t
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            (t.spec.expect("pod spec"), labels, svc, n)
+            let meta = t.metadata.clone().unwrap_or_default();
+            let labels = meta.labels.unwrap_or_default();
+            let annotations = meta.annotations.unwrap_or_default();
+            (t.spec.expect("pod spec"), (labels, annotations), svc, n)
         });
         let ip = Ipv4Addr::new(self.net[0], self.net[1], self.net[2], self.next_ip);
         self.next_ip += 1;
@@ -338,6 +340,7 @@ impl Phase {
             ip,
             spec,
             labels,
+            annotations,
             service,
             dir,
         };
@@ -648,12 +651,32 @@ fn write_file(path: &Path, text: &str, mode: u32, uid: u32, gid: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// `$(VAR)` expansion of the kubelet (unknown names stay as written).
-fn expand(value: &str, env: &[(String, String)]) -> String {
-    let mut out = value.to_owned();
-    for (k, v) in env {
-        out = out.replace(&format!("$({k})"), v);
+/// `$(VAR)` expansion as the kubelet does it (its `expansion.Expand`): a
+/// defined name is replaced by its value (the last definition wins), an
+/// unknown one stays as written, `$$` is an escaped `$`, and a value is
+/// never expanded again. For an env value the defined names are the
+/// variables above it; for command and args, all of the container's.
+pub fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|r| r.split_once(')')) {
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
     }
+    out.push_str(rest);
     out
 }
 
