@@ -39,6 +39,7 @@ use crate::integrations;
 use crate::leader::{Elector, Fence, KubeLeases, Timing, WriteGateLayer};
 use crate::metrics::Metrics;
 use crate::reconcile::stores::{Scope, Stores};
+use crate::reconcile::watches::slim_metadata;
 use crate::reconcile::{self, Context};
 use ladder_crds::scalingphase::ScalingPhase;
 
@@ -314,7 +315,8 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(
         reflector(
             reports_writer,
-            watcher(reports_api.clone(), watcher::Config::default()),
+            watcher(reports_api.clone(), watcher::Config::default())
+                .modify(slim_metadata::<LoadReport>),
         )
         .default_backoff()
         .touched_objects()
@@ -327,7 +329,8 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
             watcher(
                 pods_api,
                 watcher::Config::default().labels("app.kubernetes.io/component=app"),
-            ),
+            )
+            .modify(slim_metadata::<PartialObjectMeta<Pod>>),
         )
         .default_backoff()
         .touched_objects()
@@ -372,7 +375,8 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     queue.watch_store(sp_store.clone());
     let sp_stream = reflector(
         sp_writer,
-        watcher(sps, watcher::Config::default().any_semantic()),
+        watcher(sps, watcher::Config::default().any_semantic())
+            .modify(slim_metadata::<ScalingPhase>),
     )
     .default_backoff()
     .touched_objects()

@@ -352,13 +352,21 @@ pub mod readiness {
     }
 }
 
+/// Drops from `o`, before it is cached, the metadata no reader of the
+/// operator's caches looks at: managed fields (most of a small object's
+/// bytes) and kubectl's last-applied copy. For the other caches of
+/// `crate::run` (ScalingPhases, LoadReports, app pods).
+pub fn slim_metadata<K: Resource>(o: &mut K) {
+    slim::metadata(o.meta_mut());
+}
+
 /// What the stores keep of each object: what readiness, applied phase,
 /// ownership and pruning read. The rest (managed fields, the bulk of pod
 /// templates) is dropped to keep memory flat as the fleet grows.
 mod slim {
     use super::*;
 
-    fn metadata(m: &mut ObjectMeta) {
+    pub(super) fn metadata(m: &mut ObjectMeta) {
         m.managed_fields = None;
         if let Some(a) = m.annotations.as_mut() {
             a.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -533,5 +541,39 @@ mod tests {
         assert_eq!(c.image, None);
         assert_eq!(c.env.as_ref().map(Vec::len), Some(1));
         assert_eq!(readiness::deployment(&d), readiness::deployment(&deploy(1)));
+    }
+
+    #[test]
+    fn slimmed_scalingphases_keep_spec_status_and_labels() {
+        let mut sp: ScalingPhase = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ladder.dev/v1alpha1",
+            "kind": "ScalingPhase",
+            "metadata": {
+                "name": "shop", "namespace": "prod", "generation": 3,
+                "labels": {"team": "a"},
+                "annotations": {
+                    "ladder.dev/approve-transition": "1-to-0",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"phase": 1}
+        }))
+        .expect("a ScalingPhase");
+        let before = sp.spec.clone();
+        slim_metadata(&mut sp);
+        assert_eq!(sp.metadata.managed_fields, None);
+        let annotations = sp.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["ladder.dev/approve-transition"]
+        );
+        assert_eq!(sp.labels().get("team").map(String::as_str), Some("a"));
+        assert_eq!(sp.metadata.generation, Some(3));
+        assert_eq!(
+            serde_json::to_value(&sp.spec).ok(),
+            serde_json::to_value(&before).ok()
+        );
     }
 }

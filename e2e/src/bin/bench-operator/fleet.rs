@@ -187,7 +187,9 @@ impl Watched {
             if start.elapsed() >= timeout {
                 anyhow::bail!(
                     "{name} not Ready at phase {phase} after {timeout:?}; last seen: {}",
-                    self.store.get(&r).map_or("never".into(), |sp| why_not_ready(&sp))
+                    self.store
+                        .get(&r)
+                        .map_or("never".into(), |sp| why_not_ready(&sp))
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

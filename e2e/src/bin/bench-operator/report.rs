@@ -450,7 +450,7 @@ pub fn markdown(r: &Results) -> anyhow::Result<String> {
     if let Some((n, all, mf)) = r.memory.cache {
         writeln!(
             md,
-            "\nWhat the caches hold at {n} ScalingPhases, as JSON: {:.1} MiB (the ScalingPhases in full, metadata of their Deployments, StatefulSets, Jobs and app pods), of which **{:.0}% is `managedFields`**, which the operator never reads.",
+            "\nWhat the apiserver serves for the objects the operator caches at {n} ScalingPhases, as JSON: {:.1} MiB (the ScalingPhases in full, metadata of their Deployments, StatefulSets, Jobs and app pods), of which **{:.0}% is `managedFields`**, which the operator drops before caching (`reconcile::watches::slim_metadata`).",
             all as f64 / 1_048_576.0,
             100.0 * mf as f64 / all.max(1) as f64
         )?;
