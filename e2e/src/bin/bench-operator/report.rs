@@ -302,24 +302,28 @@ pub fn markdown(r: &Results) -> anyhow::Result<String> {
             md,
             "The operator's own count includes watches when they open; the apiserver's count of the operator's user is what it dispatched."
         )?;
-        if let Some(f) = r.fleets.first() {
+        // One table per fleet: where a larger fleet costs more requests per
+        // ScalingPhase shows in the rows that grow.
+        for (i, f) in r.fleets.iter().enumerate() {
             writeln!(
                 md,
                 "\n### Where the requests go (N = {}), per ScalingPhase\n",
                 f.n
             )?;
-            writeln!(
-                md,
-                "Verb and resource as `apiserver_request_total` names them (APPLY = server-side apply). \"operator\" is the operator's own count,"
-            )?;
-            writeln!(
-                md,
-                "labelled the same way; the two apiserver columns count every client during each run (the operator's or the floor's, plus the"
-            )?;
-            writeln!(
-                md,
-                "controller-manager, scheduler and kwok making the same workloads Ready, plus the bench's creates), so their difference is what the operator adds.\n"
-            )?;
+            if i == 0 {
+                writeln!(
+                    md,
+                    "Verb and resource as `apiserver_request_total` names them (APPLY = server-side apply). \"operator\" is the operator's own count,"
+                )?;
+                writeln!(
+                    md,
+                    "labelled the same way; the two apiserver columns count every client during each run (the operator's or the floor's, plus the"
+                )?;
+                writeln!(
+                    md,
+                    "controller-manager, scheduler and kwok making the same workloads Ready, plus the bench's creates), so their difference is what the operator adds.\n"
+                )?;
+            }
             writeln!(
                 md,
                 "| verb resource | operator | apiserver, operator run | apiserver, floor run | difference |"
