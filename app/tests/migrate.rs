@@ -560,6 +560,82 @@ async fn verification_failure_exits_non_zero_and_keeps_the_source() {
 /// Resharding onto the same databases leaves each shard holding the rows whose slots moved
 /// away. `sweep` removes exactly those whose new owner holds them, keeps any it does not, and
 /// the cut-over pointer left in the source carries no password.
+/// An in-place resharding (2 shards -> 3, the first two reused) writes only the rows that
+/// change database. A row whose old and new shard are one database is already in place: the
+/// copy used to write the scanned row back, and an app update committed between the scan and
+/// that write was overwritten by the older copy, which then carried a fresh seq (so the later
+/// passes and the verification agreed with it): an acknowledged write lost. CI's resharding
+/// e2e caught one such update. The race itself is too narrow to provoke here; what closes it is
+/// that such rows are never written, which the migrator's own count shows.
+#[tokio::test]
+async fn an_in_place_reshard_writes_only_the_rows_that_change_database() {
+    let dbs = [
+        fresh_db("inplace_0").await,
+        fresh_db("inplace_1").await,
+        fresh_db("inplace_2").await,
+    ];
+    let dir = std::env::temp_dir().join(unique("maps"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let two = write_map(&dir, "v1.json", &map(1, &dbs[..2]));
+    let three = write_map(&dir, "v2.json", &map(2, &dbs));
+    let app = start(&args(two.clone())).await;
+    let seeded = seed(&app.url(), 200).await;
+    drop(app);
+
+    // Partition i is dbs[i] in both maps: a row stays in its database when its partition
+    // index does not change.
+    let (old, new) = (open_m(&two).await, open_m(&three).await);
+    let moving = seeded
+        .iter()
+        .filter(|(code, _)| old.partition_of(code) != new.partition_of(code))
+        .count();
+    assert!(
+        moving > 0 && moving < seeded.len(),
+        "the maps must move some rows and keep others: {moving} of {}",
+        seeded.len()
+    );
+
+    let mut cmd = migrate_cmd(&two, &three, &[]);
+    cmd.env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped());
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("migrate finishes in time")
+        .expect("migrate runs");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}\n{log}",
+        out.status
+    );
+    // The last live pass's running total of rows written to the target.
+    let written = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "live copy pass done")
+        .filter_map(|v| v["fields"]["total"].as_u64())
+        .next_back()
+        .unwrap_or_else(|| panic!("no live copy pass in the log:\n{log}"));
+    assert_eq!(
+        written, moving as u64,
+        "rows written by the copy, against rows that change database"
+    );
+
+    // And every link reads back from its new shard, with its target.
+    let live = open_m(&three).await;
+    for (code, target) in &seeded {
+        let (link, _) = live
+            .get_link(code, store::ReadCtx::default())
+            .await
+            .expect("read");
+        assert_eq!(
+            link.map(|l| l.target).as_deref(),
+            Some(target.as_str()),
+            "{code}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
     let dbs = [

@@ -10,7 +10,10 @@
 //! 1. **Copy (live).** The app keeps serving from the source. The migrator walks every source
 //!    partition in `seq` order (`seq` grows on every insert, update and delete; deletes are
 //!    tombstones) in batches, upserting into the target (routed by the *target's* partitioning),
-//!    and saves a checkpoint (per-partition cursor) in the target after every batch. Each pass
+//!    and saves a checkpoint (per-partition cursor) in the target after every batch. A row
+//!    whose old and new partitions are one database (an in-place resharding reusing a shard)
+//!    is already in place and never written: writing the scanned copy back would overwrite an
+//!    update the app committed meanwhile (see `copy_pass`). Each pass
 //!    stops at the partition's *watermark* (see `MigrationStore::watermark`), so a row whose
 //!    `seq` was taken before another's but committed after it is never skipped.
 //! 2. **Fence.** The migrator fences every source partition with a *lease* that it renews
@@ -550,6 +553,19 @@ async fn copy_pass(
     fenced: bool,
 ) -> anyhow::Result<u64> {
     let mut copied = 0;
+    // Where each partition lives. An in-place resharding reuses shards: a row whose old and
+    // new partitions are one database is already in place. Writing the scanned copy back would
+    // race the app: an update committed between the scan and the write would be overwritten by
+    // the older copy (with a fresh seq, so every later pass and the verification would agree
+    // with it), and an acknowledged write would be lost.
+    let mut src_ids = Vec::with_capacity(src.partitions());
+    for part in 0..src.partitions() {
+        src_ids.push(src.partition_identity(part).await.map_err(se)?);
+    }
+    let mut dst_ids = Vec::with_capacity(dst.partitions());
+    for part in 0..dst.partitions() {
+        dst_ids.push(dst.partition_identity(part).await.map_err(se)?);
+    }
     for part in 0..src.partitions() {
         // None: the source is fenced, nothing is in flight, copy to the end.
         let upto = match fenced {
@@ -566,10 +582,12 @@ async fn copy_pass(
             }
             let Some(last) = rows.last() else { break };
             let last = last.seq;
-            // Only rows the source partition owns (a resharded shard may hold strays).
+            // Only rows the source partition owns (a resharded shard may hold strays), and
+            // only those that move to another database (see above).
             let owned: Vec<LinkRow> = rows
                 .into_iter()
                 .filter(|r| src.partition_of(&r.code) == part)
+                .filter(|r| dst_ids.get(dst.partition_of(&r.code)) != src_ids.get(part))
                 .collect();
             dst.put_links(&owned).await.map_err(se)?;
             cp.cursors[part] = last;

@@ -280,6 +280,14 @@ pub trait MigrationStore: Store {
     /// of one database are one tier), for SQLite the file's canonical path, for shards the map
     /// version and every shard's identity.
     async fn identity(&self) -> StoreResult<String>;
+    /// What partition `part` lives in ([`Self::identity`] of its own database). An in-place
+    /// resharding reuses shards: a row whose old and new partitions are one database is
+    /// already where it belongs, and the migration must not write it again (see
+    /// `crate::migrate::copy_pass`). Default: the tier's identity (one partition).
+    async fn partition_identity(&self, part: usize) -> StoreResult<String> {
+        let _ = part;
+        self.identity().await
+    }
     /// Number of independent partitions (shards); 1 for unsharded tiers.
     fn partitions(&self) -> usize {
         1

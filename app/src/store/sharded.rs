@@ -275,6 +275,17 @@ impl MigrationStore for ShardedStore {
         Ok(format!("shards-v{}[{}]", r.map.version, ids.join(",")))
     }
 
+    async fn partition_identity(&self, part: usize) -> StoreResult<String> {
+        let r = self.current();
+        match r.stores.get(part) {
+            Some(s) => s.identity().await,
+            None => Err(StoreError::Other(anyhow::anyhow!(
+                "partition {part} of a map with {} shards",
+                r.stores.len()
+            ))),
+        }
+    }
+
     async fn controls(&self) -> StoreResult<Vec<Control>> {
         let mut out = Vec::new();
         for s in &self.current().stores {
