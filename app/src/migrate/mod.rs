@@ -13,7 +13,7 @@
 //!    and saves a checkpoint (per-partition cursor) in the target after every batch. A row
 //!    whose old and new partitions are one database (an in-place resharding reusing a shard)
 //!    is already in place and never written: writing the scanned copy back would overwrite an
-//!    update the app committed meanwhile (see `copy_pass`). Each pass
+//!    update the app committed meanwhile (see `Placement`). Each pass
 //!    stops at the partition's *watermark* (see `MigrationStore::watermark`), so a row whose
 //!    `seq` was taken before another's but committed after it is never skipped.
 //! 2. **Fence.** The migrator fences every source partition with a *lease* that it renews
@@ -298,6 +298,7 @@ pub async fn migrate(args: &MigrateArgs, report: &mut Report) -> Result<Outcome,
         "mig-{:016x}",
         store::fnv1a64(format!("{src_id}\u{1f}{dst_id}").as_bytes())
     );
+    let placement = Placement::read(&*src, &*dst).await?;
     let holder = Holder {
         migration: migration.clone(),
         run: run_id(),
@@ -374,7 +375,8 @@ pub async fn migrate(args: &MigrateArgs, report: &mut Report) -> Result<Outcome,
 
     if cp.phase == Phase::Copy {
         for pass in 0..args.passes.max(1) {
-            let copied = copy_pass(&*src, &*dst, &migration, &mut cp, args, false).await?;
+            let copied =
+                copy_pass(&*src, &*dst, &placement, &migration, &mut cp, args, false).await?;
             tracing::info!(pass, copied, total = cp.copied, "live copy pass done");
             if copied < args.batch_size as u64 {
                 break;
@@ -407,7 +409,7 @@ pub async fn migrate(args: &MigrateArgs, report: &mut Report) -> Result<Outcome,
     }
     let fenced_at = Instant::now();
 
-    let delta = copy_pass(&*src, &*dst, &migration, &mut cp, args, true).await?;
+    let delta = copy_pass(&*src, &*dst, &placement, &migration, &mut cp, args, true).await?;
     let clicks = verify::copy_clicks(&*src, &*dst).await?;
     tracing::info!(
         links = delta,
@@ -542,30 +544,51 @@ async fn save(dst: &dyn MigrationStore, id: &str, cp: &Checkpoint) -> anyhow::Re
     dst.checkpoint_put(id, &text).await.map_err(se)
 }
 
+/// Where each partition of both tiers lives ([`MigrationStore::partition_identity`]), read once
+/// per run. An in-place resharding reuses shards: a row whose old and new partitions are one
+/// database is already in place. Writing the scanned copy back would race the app: an update
+/// committed between the scan and the write would be overwritten by the older copy (with a
+/// fresh seq, so every later pass and the verification would agree with it), and an
+/// acknowledged write would be lost.
+struct Placement {
+    src: Vec<String>,
+    dst: Vec<String>,
+}
+
+impl Placement {
+    async fn read(src: &dyn MigrationStore, dst: &dyn MigrationStore) -> anyhow::Result<Self> {
+        async fn ids(s: &dyn MigrationStore) -> anyhow::Result<Vec<String>> {
+            let mut ids = Vec::with_capacity(s.partitions());
+            for part in 0..s.partitions() {
+                ids.push(s.partition_identity(part).await.map_err(se)?);
+            }
+            Ok(ids)
+        }
+        Ok(Self {
+            src: ids(src).await?,
+            dst: ids(dst).await?,
+        })
+    }
+
+    /// Whether a row of source partition `src` changes database when it goes to target
+    /// partition `dst`.
+    fn moves(&self, src: usize, dst: usize) -> bool {
+        self.src.get(src) != self.dst.get(dst)
+    }
+}
+
 /// One pass over every source partition from its cursor (up to its watermark unless the source
 /// is `fenced`); returns rows copied.
 async fn copy_pass(
     src: &dyn MigrationStore,
     dst: &dyn MigrationStore,
+    placement: &Placement,
     id: &str,
     cp: &mut Checkpoint,
     args: &MigrateArgs,
     fenced: bool,
 ) -> anyhow::Result<u64> {
     let mut copied = 0;
-    // Where each partition lives. An in-place resharding reuses shards: a row whose old and
-    // new partitions are one database is already in place. Writing the scanned copy back would
-    // race the app: an update committed between the scan and the write would be overwritten by
-    // the older copy (with a fresh seq, so every later pass and the verification would agree
-    // with it), and an acknowledged write would be lost.
-    let mut src_ids = Vec::with_capacity(src.partitions());
-    for part in 0..src.partitions() {
-        src_ids.push(src.partition_identity(part).await.map_err(se)?);
-    }
-    let mut dst_ids = Vec::with_capacity(dst.partitions());
-    for part in 0..dst.partitions() {
-        dst_ids.push(dst.partition_identity(part).await.map_err(se)?);
-    }
     for part in 0..src.partitions() {
         // None: the source is fenced, nothing is in flight, copy to the end.
         let upto = match fenced {
@@ -583,11 +606,11 @@ async fn copy_pass(
             let Some(last) = rows.last() else { break };
             let last = last.seq;
             // Only rows the source partition owns (a resharded shard may hold strays), and
-            // only those that move to another database (see above).
+            // only those that move to another database ([`Placement`]).
             let owned: Vec<LinkRow> = rows
                 .into_iter()
                 .filter(|r| src.partition_of(&r.code) == part)
-                .filter(|r| dst_ids.get(dst.partition_of(&r.code)) != src_ids.get(part))
+                .filter(|r| placement.moves(part, dst.partition_of(&r.code)))
                 .collect();
             dst.put_links(&owned).await.map_err(se)?;
             cp.cursors[part] = last;
