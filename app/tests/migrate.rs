@@ -560,6 +560,22 @@ async fn verification_failure_exits_non_zero_and_keeps_the_source() {
 /// Resharding onto the same databases leaves each shard holding the rows whose slots moved
 /// away. `sweep` removes exactly those whose new owner holds them, keeps any it does not, and
 /// the cut-over pointer left in the source carries no password.
+/// Three fresh databases named after `prefix`, and two shard maps over them: v1 on the first
+/// two, v2 on all three (an in-place resharding: v2 reuses v1's databases, partition i is
+/// database i in both).
+async fn in_place_reshard_maps(prefix: &str) -> ([String; 3], StoreSpec, StoreSpec) {
+    let dbs = [
+        fresh_db(&format!("{prefix}_0")).await,
+        fresh_db(&format!("{prefix}_1")).await,
+        fresh_db(&format!("{prefix}_2")).await,
+    ];
+    let dir = std::env::temp_dir().join(unique("maps"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let two = write_map(&dir, "v1.json", &map(1, &dbs[..2]));
+    let three = write_map(&dir, "v2.json", &map(2, &dbs));
+    (dbs, two, three)
+}
+
 /// An in-place resharding (2 shards -> 3, the first two reused) writes only the rows that
 /// change database. A row whose old and new shard are one database is already in place: the
 /// copy used to write the scanned row back, and an app update committed between the scan and
@@ -569,20 +585,12 @@ async fn verification_failure_exits_non_zero_and_keeps_the_source() {
 /// that such rows are never written, which the migrator's own count shows.
 #[tokio::test]
 async fn an_in_place_reshard_writes_only_the_rows_that_change_database() {
-    let dbs = [
-        fresh_db("inplace_0").await,
-        fresh_db("inplace_1").await,
-        fresh_db("inplace_2").await,
-    ];
-    let dir = std::env::temp_dir().join(unique("maps"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let two = write_map(&dir, "v1.json", &map(1, &dbs[..2]));
-    let three = write_map(&dir, "v2.json", &map(2, &dbs));
+    let (_dbs, two, three) = in_place_reshard_maps("inplace").await;
     let app = start(&args(two.clone())).await;
     let seeded = seed(&app.url(), 200).await;
     drop(app);
 
-    // Partition i is dbs[i] in both maps: a row stays in its database when its partition
+    // Partition i is database i in both maps: a row stays in its database when its partition
     // index does not change.
     let (old, new) = (open_m(&two).await, open_m(&three).await);
     let moving = seeded
@@ -638,15 +646,7 @@ async fn an_in_place_reshard_writes_only_the_rows_that_change_database() {
 
 #[tokio::test]
 async fn sweep_removes_strays_left_by_an_in_place_reshard_only_once_copied() {
-    let dbs = [
-        fresh_db("sweep_0").await,
-        fresh_db("sweep_1").await,
-        fresh_db("sweep_2").await,
-    ];
-    let dir = std::env::temp_dir().join(unique("maps"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let two = write_map(&dir, "v1.json", &map(1, &dbs[..2]));
-    let three = write_map(&dir, "v2.json", &map(2, &dbs));
+    let (dbs, two, three) = in_place_reshard_maps("sweep").await;
 
     let app = start(&args(two.clone())).await;
     let (c, base) = (http(), app.url());
