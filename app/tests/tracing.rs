@@ -90,6 +90,19 @@ fn otel_env<'a>(endpoint: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str
 }
 
 /// Creates a link and returns its code.
+/// GET `url` with `headers` (a name given twice is sent as two lines); the status.
+async fn get_with(c: &reqwest::Client, url: String, headers: &[(&str, &str)]) -> u16 {
+    let mut req = c.get(&url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .status()
+        .as_u16()
+}
+
 async fn create_link(c: &reqwest::Client, base: &str) -> String {
     let created: serde_json::Value = c
         .post(format!("{base}/api/v1/links"))
@@ -270,14 +283,17 @@ async fn a_callers_trace_context_is_continued() {
     let c = http();
     let code = create_link(&c, &base).await;
 
-    let r = c
-        .get(format!("{base}/{code}"))
-        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-        .header("tracestate", "ladder=t61rcWkgMzE,congo=t61rcWkgMzE")
-        .send()
-        .await
-        .expect("redirect");
-    assert_eq!(r.status(), 302);
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let status = get_with(
+        &c,
+        format!("{base}/{code}"),
+        &[
+            ("traceparent", &caller),
+            ("tracestate", "ladder=t61rcWkgMzE,congo=t61rcWkgMzE"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 302);
 
     let zeros = "0".repeat(32);
     let malformed = [
@@ -289,39 +305,28 @@ async fn a_callers_trace_context_is_continued() {
         format!("00-{CALLER_TRACE}{CALLER_TRACE}-{CALLER_SPAN}-01"),
     ];
     for bad in &malformed {
-        let r = c
-            .get(format!("{base}/api/v1/links/{code}"))
-            .header("traceparent", bad)
-            .header("tracestate", "ladder=t61rcWkgMzE")
-            .send()
-            .await
-            .expect("get link");
-        assert_eq!(r.status(), 200, "traceparent {bad:?}");
+        let status = get_with(
+            &c,
+            format!("{base}/api/v1/links/{code}"),
+            &[("traceparent", bad), ("tracestate", "ladder=t61rcWkgMzE")],
+        )
+        .await;
+        assert_eq!(status, 200, "traceparent {bad:?}");
     }
     // Two `traceparent` lines: which one is the caller? Ignored too.
-    let r = c
-        .get(format!("{base}/api/v1/links/{code}"))
-        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-        .header(
-            "traceparent",
-            format!("00-{CALLER_TRACE}-00f067aa0ba902b7-01"),
-        )
-        .send()
-        .await
-        .expect("get link");
-    assert_eq!(r.status(), 200);
+    let other = format!("00-{CALLER_TRACE}-00f067aa0ba902b7-01");
+    let status = get_with(
+        &c,
+        format!("{base}/api/v1/links/{code}"),
+        &[("traceparent", &caller), ("traceparent", &other)],
+    )
+    .await;
+    assert_eq!(status, 200);
 
     let unsampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let r = c
-        .get(format!("{base}/readyz"))
-        .header(
-            "traceparent",
-            format!("00-{unsampled_trace}-{CALLER_SPAN}-00"),
-        )
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(r.status(), 200);
+    let unsampled = format!("00-{unsampled_trace}-{CALLER_SPAN}-00");
+    let status = get_with(&c, format!("{base}/readyz"), &[("traceparent", &unsampled)]).await;
+    assert_eq!(status, 200);
 
     let log = stop(child).await;
     assert!(
@@ -412,16 +417,9 @@ async fn otel_propagators_none_ignores_a_callers_trace_context() {
     let (child, base) = serve(&otel_env(&endpoint, &[("OTEL_PROPAGATORS", "none")])).await;
     let c = http();
     for flags in ["01", "00"] {
-        let r = c
-            .get(format!("{base}/readyz"))
-            .header(
-                "traceparent",
-                format!("00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}"),
-            )
-            .send()
-            .await
-            .expect("readyz");
-        assert_eq!(r.status(), 200);
+        let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}");
+        let status = get_with(&c, format!("{base}/readyz"), &[("traceparent", &caller)]).await;
+        assert_eq!(status, 200);
     }
     let log = stop(child).await;
     assert!(
